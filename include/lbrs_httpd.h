@@ -1,0 +1,17 @@
+/* The one header bindgen reads: the httpd, APR and mod_proxy declarations this module uses.
+ * build.rs keeps the generated bindings to an allowlist of these. */
+#include "httpd.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "ap_provider.h"
+#include "ap_mpm.h"
+#include "ap_slotmem.h"
+#include "mod_proxy.h"
+#include "apr_optional.h"
+#include "apr_pools.h"
+#include "apr_strings.h"
+#include "apr_tables.h"
+#include "apr_time.h"

@@ -1,0 +1,102 @@
+//! Logging through httpd's error log under this module's index, so that
+//! `LogLevel lbmethod_rs:debug` turns on this module's messages alone.
+//!
+//! The text is formatted in Rust and handed to httpd as data (`"%s"`), never as the format.
+
+use crate::ffi;
+use std::ffi::{CString, c_int};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(i32)]
+pub enum Level {
+    Emerg = ffi::APLOG_EMERG,
+    Crit = ffi::APLOG_CRIT,
+    Err = ffi::APLOG_ERR,
+    Warning = ffi::APLOG_WARNING,
+    Notice = ffi::APLOG_NOTICE,
+    Info = ffi::APLOG_INFO,
+    Debug = ffi::APLOG_DEBUG,
+}
+
+/// True when a message at `level` about request `r` would be written.
+pub fn request_enabled(r: *const ffi::request_rec, level: Level) -> bool {
+    if level <= Level::Notice {
+        return true;
+    }
+    // SAFETY: r is the live request httpd passed to the current callback.
+    let configured = unsafe { ffi::ap_get_request_module_loglevel(r, crate::module::index()) };
+    configured >= level as c_int
+}
+
+/// True when a message at `level` about server `s` would be written.
+pub fn server_enabled(s: *const ffi::server_rec, level: Level) -> bool {
+    if level <= Level::Notice || s.is_null() {
+        return true;
+    }
+    // SAFETY: s is a live server_rec of the current generation.
+    let configured = unsafe { ffi::ap_get_server_module_loglevel(s, crate::module::index()) };
+    configured >= level as c_int
+}
+
+/// Writes `message` about request `r` (call through `log_request!`).
+pub fn request(r: *const ffi::request_rec, level: Level, file: &str, line: u32, message: &str) {
+    let (file, message) = (c_text(file), c_text(message));
+    // SAFETY: r is live; format and arguments match ("%s" with one C string).
+    unsafe {
+        ffi::ap_log_rerror_(
+            file.as_ptr(),
+            line as c_int,
+            crate::module::index(),
+            level as c_int,
+            0,
+            r,
+            c"%s".as_ptr(),
+            message.as_ptr(),
+        );
+    }
+}
+
+/// Writes `message` about server `s` (null: the main server) (call through `log_server!`).
+pub fn server(s: *const ffi::server_rec, level: Level, file: &str, line: u32, message: &str) {
+    let (file, message) = (c_text(file), c_text(message));
+    // SAFETY: s is live or null (httpd then logs to the main error log); "%s" with one C string.
+    unsafe {
+        ffi::ap_log_error_(
+            file.as_ptr(),
+            line as c_int,
+            crate::module::index(),
+            level as c_int,
+            0,
+            s,
+            c"%s".as_ptr(),
+            message.as_ptr(),
+        );
+    }
+}
+
+/// A C string of `text`, with any NUL byte (which C would stop at) shown as `\0`.
+fn c_text(text: &str) -> CString {
+    CString::new(text.replace('\0', "\\0")).unwrap_or_default()
+}
+
+/// Logs about a request; the message is formatted only when the level is enabled.
+macro_rules! log_request {
+    ($r:expr, $level:expr, $($arg:tt)+) => {{
+        let (r, level) = ($r, $level);
+        if $crate::httpd::log::request_enabled(r, level) {
+            $crate::httpd::log::request(r, level, file!(), line!(), &format!($($arg)+));
+        }
+    }};
+}
+
+/// Logs about a server (null: the main server); formatted only when the level is enabled.
+macro_rules! log_server {
+    ($s:expr, $level:expr, $($arg:tt)+) => {{
+        let (s, level) = ($s, $level);
+        if $crate::httpd::log::server_enabled(s, level) {
+            $crate::httpd::log::server(s, level, file!(), line!(), &format!($($arg)+));
+        }
+    }};
+}
+
+pub(crate) use {log_request, log_server};

@@ -1,0 +1,165 @@
+//! The load-balancing methods: how one member is chosen among the ones httpd says are eligible.
+//!
+//! httpd decides eligibility (lbset tiers, hot spares and standbys, drain, disabled, error and
+//! retry, health checks); a method only ranks the candidates it is given. Everything here is
+//! plain Rust, with no httpd calls, so it is tested and benchmarked without a server.
+
+pub mod byweight;
+
+use crate::shm::BalancerSlot;
+use byweight::Schedule;
+use std::ffi::CStr;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The methods this module registers with mod_proxy_balancer (`ProxySet lbmethod=<name>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    ByWeight,
+}
+
+impl Method {
+    pub const ALL: [Method; 1] = [Method::ByWeight];
+
+    /// The provider name. httpd keeps it in a 16-byte field and balancer-manager refuses names
+    /// of 15 characters or more.
+    pub const fn c_name(self) -> &'static CStr {
+        match self {
+            Method::ByWeight => c"byweight",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or("")
+    }
+
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Method::ALL.len() {
+        assert!(Method::ALL[i].c_name().count_bytes() <= 14);
+        i += 1;
+    }
+};
+
+/// One member the method may choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// httpd's worker slot index (`worker->s->index`), the same in every process.
+    pub worker_index: u32,
+    /// The weight the method uses: the live loadfactor x 100 (`lbfactor`).
+    pub weight: u32,
+}
+
+/// What a method chose, and why (for `LogLevel lbmethod_rs:debug`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// Position in the candidate list.
+    pub position: usize,
+    pub reason: Reason,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// `byweight`: the shared ticket and the step of the smooth cycle it landed on.
+    Ticket { ticket: u64, step: usize, cycle: usize },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Ticket { ticket, step, cycle } => {
+                write!(f, "ticket {ticket} is step {} of the {cycle}-step smooth cycle", step + 1)
+            }
+        }
+    }
+}
+
+/// Per-process state of one balancer that methods keep between picks. Built from shared state
+/// only, so every process holds the same thing.
+#[derive(Default)]
+pub struct LocalBalancer {
+    /// `byweight`: the cycle for the current candidate weights.
+    schedule: Mutex<Option<Arc<Schedule>>>,
+}
+
+impl LocalBalancer {
+    /// Chooses among `candidates` (sorted by worker index, non-empty).
+    pub fn choose(&self, method: Method, shared: &BalancerSlot, candidates: &[Candidate]) -> Option<Choice> {
+        match method {
+            Method::ByWeight => self.choose_byweight(shared, candidates),
+        }
+    }
+
+    fn choose_byweight(&self, shared: &BalancerSlot, candidates: &[Candidate]) -> Option<Choice> {
+        let schedule = self.schedule_for(candidates);
+        let ticket = shared.ticket.fetch_add(1, Ordering::Relaxed);
+        let (position, step) = schedule.pick(ticket)?;
+        Some(Choice { position, reason: Reason::Ticket { ticket, step, cycle: schedule.len() } })
+    }
+
+    /// The cycle for these candidates' weights, rebuilt only when the weights change (a member
+    /// leaves or returns, or balancer-manager changes a loadfactor).
+    fn schedule_for(&self, candidates: &[Candidate]) -> Arc<Schedule> {
+        let mut cached = self.schedule.lock().unwrap_or_else(PoisonError::into_inner);
+        let same = cached.as_ref().is_some_and(|s| {
+            s.weights().len() == candidates.len()
+                && s.weights().iter().zip(candidates).all(|(&w, c)| w == c.weight)
+        });
+        if !same {
+            let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
+            *cached = Some(Arc::new(Schedule::build(&weights)));
+        }
+        Arc::clone(cached.as_ref().expect("filled above"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::Segment;
+
+    fn candidates(weights: &[u32]) -> Vec<Candidate> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Candidate { worker_index: i as u32, weight })
+            .collect()
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for m in Method::ALL {
+            assert_eq!(Method::from_name(m.name()), Some(m));
+        }
+        assert_eq!(Method::from_name("byrequests"), None);
+    }
+
+    #[test]
+    fn processes_sharing_a_ticket_share_one_cycle() {
+        // Two "processes" (two LocalBalancers) and one shared slot: interleaved picks still add
+        // up to exact shares, because the cycle position comes from the shared ticket.
+        let seg = Segment::create(1, 3).unwrap();
+        let shared = seg.balancer(seg.claim_balancer(1, 3).unwrap()).unwrap();
+        let (p1, p2) = (LocalBalancer::default(), LocalBalancer::default());
+        let c = candidates(&[100, 200, 300]);
+        let mut counts = [0; 3];
+        for i in 0..600 {
+            let local = if i % 3 == 0 { &p1 } else { &p2 };
+            counts[local.choose(Method::ByWeight, shared, &c).unwrap().position] += 1;
+        }
+        assert_eq!(counts, [100, 200, 300]);
+        unsafe { seg.unmap() };
+    }
+
+    #[test]
+    fn reason_reads_well() {
+        let r = Reason::Ticket { ticket: 7, step: 1, cycle: 6 };
+        assert_eq!(r.to_string(), "ticket 7 is step 2 of the 6-step smooth cycle");
+    }
+}

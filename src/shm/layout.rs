@@ -1,0 +1,116 @@
+//! The slots that live in shared memory: plain `#[repr(C)]` structs of atomics, no pointers.
+//!
+//! Every httpd process of a generation maps the same bytes, so everything here is read and
+//! written only through atomic operations (lock-free atomics are address-free: they work across
+//! processes on a shared mapping). A slot is a whole number of cache lines so that two members'
+//! hot counters never share one.
+
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+/// Types that may be placed in the shared segment: zero bytes are a valid value, there are no
+/// pointers, and every field is an atomic (or padding).
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` structs made of atomics whose all-zero bit pattern is valid.
+pub unsafe trait ShmSafe: Sized {}
+
+/// First bytes of the segment: what it is and how it is laid out.
+#[repr(C, align(64))]
+pub struct Header {
+    pub magic: AtomicU64,
+    pub balancer_slots: AtomicU32,
+    pub member_slots: AtomicU32,
+    /// Next member slot not yet given to a balancer (balancers that appear after startup take
+    /// their member slots from here).
+    pub next_free_member: AtomicU32,
+}
+
+/// One balancer (one `<Proxy balancer://...>` in one virtual host).
+#[repr(C, align(64))]
+pub struct BalancerSlot {
+    /// Hash of the balancer's httpd-wide unique name; 0 while the slot is free.
+    pub key: AtomicU64,
+    /// Where this balancer's member slots start and how many there are.
+    pub member_base: AtomicU32,
+    pub member_slots: AtomicU32,
+    /// `byweight`: the next ticket. One shared counter makes the schedule exact across processes.
+    pub ticket: AtomicU64,
+}
+
+/// One balancer member (a `BalancerMember`), indexed by httpd's own worker slot index.
+#[repr(C, align(64))]
+pub struct MemberSlot {
+    /// Hash of the member's name; 0 until a process first sees the member.
+    pub key: AtomicU64,
+    /// Attempts under way now, across all processes.
+    pub inflight: AtomicI64,
+    /// Highest `inflight` seen.
+    pub peak_inflight: AtomicI64,
+    /// Attempts given to this member (method picks and sticky routes).
+    pub selected: AtomicU64,
+    /// Attempts that ended normally.
+    pub completed: AtomicU64,
+    /// Attempts that ended with the member in error, or were abandoned for failover.
+    pub failed: AtomicU64,
+}
+
+// SAFETY: all four are repr(C) structs of atomics; all-zero is a valid value for each.
+unsafe impl ShmSafe for Header {}
+unsafe impl ShmSafe for BalancerSlot {}
+unsafe impl ShmSafe for MemberSlot {}
+
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v01");
+
+const _: () = assert!(size_of::<Header>() % 64 == 0);
+const _: () = assert!(size_of::<BalancerSlot>() % 64 == 0);
+const _: () = assert!(size_of::<MemberSlot>() % 64 == 0);
+
+/// The totals that survive a graceful restart, read out of one member slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberTotals {
+    pub peak_inflight: i64,
+    pub selected: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+impl MemberSlot {
+    pub fn totals(&self) -> MemberTotals {
+        MemberTotals {
+            peak_inflight: self.peak_inflight.load(Ordering::Relaxed),
+            selected: self.selected.load(Ordering::Relaxed),
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Carries totals over from the previous generation's slot for the same member.
+    pub fn restore(&self, totals: MemberTotals) {
+        self.peak_inflight.store(totals.peak_inflight, Ordering::Relaxed);
+        self.selected.store(totals.selected, Ordering::Relaxed);
+        self.completed.store(totals.completed, Ordering::Relaxed);
+        self.failed.store(totals.failed, Ordering::Relaxed);
+    }
+
+    /// Counts the start of one attempt on this member.
+    pub fn begin_attempt(&self) {
+        self.selected.fetch_add(1, Ordering::Relaxed);
+        let now = self.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak_inflight.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Counts the end of one attempt begun with [`MemberSlot::begin_attempt`].
+    pub fn end_attempt(&self, failed: bool) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        if failed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.completed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// In-flight count as methods see it (never below zero, even mid-repair).
+    pub fn inflight(&self) -> u64 {
+        self.inflight.load(Ordering::Acquire).max(0) as u64
+    }
+}

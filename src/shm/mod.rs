@@ -1,0 +1,185 @@
+//! Shared memory: the state every httpd process of a generation reads and writes.
+
+mod layout;
+mod segment;
+
+pub use layout::{BalancerSlot, MemberSlot, MemberTotals};
+pub use segment::{Segment, name_key};
+
+use std::sync::atomic::Ordering;
+
+/// Copies what should survive a graceful restart (totals and the `byweight` ticket) from the
+/// previous generation's segment into the new one, matching balancers and members by name key.
+///
+/// In-flight counts are not copied: the previous generation's children still hold those
+/// attempts and release them into the old segment.
+pub fn carry_over(old: &Segment, new: &Segment) {
+    for slot in 0..new.balancer_slots() as usize {
+        let Some(new_balancer) = new.balancer(slot) else { continue };
+        let key = new_balancer.key.load(Ordering::Acquire);
+        let Some(old_balancer) = old.find_balancer(key).and_then(|s| old.balancer(s)) else {
+            continue;
+        };
+        new_balancer
+            .ticket
+            .store(old_balancer.ticket.load(Ordering::Relaxed), Ordering::Relaxed);
+        let old_members: Vec<&MemberSlot> = (0..old_balancer.member_slots.load(Ordering::Acquire))
+            .filter_map(|i| old.member_of(old_balancer, i as usize))
+            .collect();
+        for i in 0..new_balancer.member_slots.load(Ordering::Acquire) as usize {
+            let Some(member) = new.member_of(new_balancer, i) else { continue };
+            let member_key = member.key.load(Ordering::Relaxed);
+            if member_key == 0 {
+                continue;
+            }
+            if let Some(previous) =
+                old_members.iter().find(|m| m.key.load(Ordering::Relaxed) == member_key)
+            {
+                member.restore(previous.totals());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn claimed_balancers_get_disjoint_member_ranges() {
+        let seg = Segment::create(4, 20).unwrap();
+        let a = seg.claim_balancer(name_key(b"a"), 8).unwrap();
+        let b = seg.claim_balancer(name_key(b"b"), 8).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(seg.claim_balancer(name_key(b"a"), 8), Some(a), "same key, same slot");
+        let (ba, bb) = (seg.balancer(a).unwrap(), seg.balancer(b).unwrap());
+        assert_eq!(ba.member_base.load(Relaxed), 0);
+        assert_eq!(bb.member_base.load(Relaxed), 8);
+        // The pool has 4 member slots left: a third balancer asking for 8 gets a slot but no
+        // members (it is then balanced without counters rather than refused).
+        let c = seg.claim_balancer(name_key(b"c"), 8).unwrap();
+        assert_eq!(seg.balancer(c).unwrap().member_slots.load(Relaxed), 0);
+        assert!(seg.member_of(seg.balancer(c).unwrap(), 0).is_none());
+        assert!(seg.member_of(ba, 7).is_some());
+        assert!(seg.member_of(ba, 8).is_none());
+        unsafe { seg.unmap() };
+    }
+
+    #[test]
+    fn concurrent_claims_of_one_key_agree() {
+        let seg = Segment::create(16, 16 * 4).unwrap();
+        let slots: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| seg.claim_balancer(name_key(b"balancer://x"), 4).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(slots.windows(2).all(|w| w[0] == w[1]), "{slots:?}");
+        assert_eq!(seg.header().next_free_member.load(Relaxed), 4, "members allocated once");
+        unsafe { seg.unmap() };
+    }
+
+    #[test]
+    fn counters_are_exact_under_threads() {
+        let seg = Segment::create(1, 2).unwrap();
+        let b = seg.balancer(seg.claim_balancer(7, 2).unwrap()).unwrap();
+        let member = seg.member_of(b, 1).unwrap();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for i in 0..20_000 {
+                        member.begin_attempt();
+                        b.ticket.fetch_add(1, Relaxed);
+                        member.end_attempt(i % 10 == 0);
+                    }
+                });
+            }
+        });
+        assert_eq!(member.inflight.load(Relaxed), 0);
+        assert_eq!(member.selected.load(Relaxed), 160_000);
+        assert_eq!(member.completed.load(Relaxed) + member.failed.load(Relaxed), 160_000);
+        assert_eq!(member.failed.load(Relaxed), 16_000);
+        assert_eq!(b.ticket.load(Relaxed), 160_000);
+        assert!((1..=8).contains(&member.peak_inflight.load(Relaxed)));
+        unsafe { seg.unmap() };
+    }
+
+    #[test]
+    fn counters_are_exact_across_forked_processes() {
+        let seg = Segment::create(1, 1).unwrap();
+        let b = seg.balancer(seg.claim_balancer(9, 1).unwrap()).unwrap();
+        let member = seg.member_of(b, 0).unwrap();
+        const CHILDREN: usize = 4;
+        const ROUNDS: u64 = 50_000;
+        let mut pids = Vec::new();
+        for _ in 0..CHILDREN {
+            // SAFETY: the child only touches atomics in the shared mapping, then _exits.
+            match unsafe { libc::fork() } {
+                0 => {
+                    for _ in 0..ROUNDS {
+                        member.begin_attempt();
+                        b.ticket.fetch_add(1, Relaxed);
+                        member.end_attempt(false);
+                    }
+                    unsafe { libc::_exit(0) };
+                }
+                -1 => panic!("fork failed"),
+                pid => pids.push(pid),
+            }
+        }
+        for pid in pids {
+            let mut status = 0;
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        }
+        let total = CHILDREN as u64 * ROUNDS;
+        assert_eq!(b.ticket.load(Relaxed), total, "no ticket lost between processes");
+        assert_eq!(member.selected.load(Relaxed), total);
+        assert_eq!(member.completed.load(Relaxed), total);
+        assert_eq!(member.inflight.load(Relaxed), 0);
+        unsafe { seg.unmap() };
+    }
+
+    #[test]
+    fn carry_over_keeps_totals_by_name_not_position() {
+        let old = Segment::create(2, 4).unwrap();
+        let ob = old.balancer(old.claim_balancer(name_key(b"bal"), 2).unwrap()).unwrap();
+        let (m0, m1) = (old.member_of(ob, 0).unwrap(), old.member_of(ob, 1).unwrap());
+        m0.key.store(name_key(b"http://a"), Relaxed);
+        m1.key.store(name_key(b"http://b"), Relaxed);
+        for _ in 0..3 {
+            m1.begin_attempt();
+        }
+        m1.end_attempt(false);
+        ob.ticket.store(42, Relaxed);
+
+        // New generation: another balancer first, and the members in the other order.
+        let new = Segment::create(2, 6).unwrap();
+        new.claim_balancer(name_key(b"other"), 2).unwrap();
+        let nb = new.balancer(new.claim_balancer(name_key(b"bal"), 2).unwrap()).unwrap();
+        new.member_of(nb, 0).unwrap().key.store(name_key(b"http://b"), Relaxed);
+        new.member_of(nb, 1).unwrap().key.store(name_key(b"http://a"), Relaxed);
+        carry_over(&old, &new);
+
+        let b = new.member_of(nb, 0).unwrap();
+        assert_eq!(b.selected.load(Relaxed), 3);
+        assert_eq!(b.completed.load(Relaxed), 1);
+        assert_eq!(b.inflight.load(Relaxed), 0, "in-flight stays with the old generation");
+        assert_eq!(new.member_of(nb, 1).unwrap().selected.load(Relaxed), 0);
+        assert_eq!(nb.ticket.load(Relaxed), 42);
+        unsafe {
+            old.unmap();
+            new.unmap();
+        }
+    }
+
+    #[test]
+    fn reattach_checks_magic_and_size() {
+        let seg = Segment::create(2, 3).unwrap();
+        let (base, len) = seg.as_raw();
+        assert!(unsafe { Segment::from_raw(base, len) }.is_some());
+        assert!(unsafe { Segment::from_raw(base, len - 64) }.is_none());
+        unsafe { seg.unmap() };
+    }
+}

@@ -1,0 +1,225 @@
+//! The status page (`SetHandler lbmethod-rs-status`): one snapshot of every balancer, rendered
+//! as HTML for people or JSON for tools. Building the snapshot reads httpd; rendering is here.
+
+mod html;
+
+pub use html::render_html;
+
+use serde::Serialize;
+
+/// Everything the page shows, read once per request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub module_version: &'static str,
+    pub balancers: Vec<BalancerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BalancerStatus {
+    /// `balancer://name`.
+    pub name: String,
+    /// The virtual host the balancer belongs to (`host:port`); balancers inherited by several
+    /// virtual hosts appear once per virtual host, as in balancer-manager.
+    pub server: String,
+    /// The balancer's current lbmethod (ours or another).
+    pub method: String,
+    /// True when `method` is one of this module's methods, so the counters below are live.
+    pub tracked: bool,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    /// The member URL.
+    pub name: String,
+    pub route: String,
+    /// One word: `ok`, `draining`, or why the member cannot take requests.
+    pub status: &'static str,
+    /// Every status flag set, by name.
+    pub flags: Vec<&'static str>,
+    /// Configured weight as in the config (`loadfactor=`), changed live by balancer-manager.
+    pub loadfactor: f64,
+    pub lbset: i32,
+    /// Attempts this module gave the member, since the module was loaded (kept over graceful
+    /// restarts).
+    pub selected: u64,
+    /// Attempts under way now, across all processes.
+    pub inflight: u64,
+    pub peak_inflight: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// httpd's own counters, as balancer-manager shows them (`Elected`, `Busy`).
+    pub elected: u64,
+    pub busy: u64,
+}
+
+/// httpd's worker status bits (`PROXY_WORKER_*` in mod_proxy.h) this page understands.
+pub mod flag {
+    pub const INITIALIZED: u32 = 0x0001;
+    pub const IGNORE_ERRORS: u32 = 0x0002;
+    pub const DRAIN: u32 = 0x0004;
+    pub const IN_SHUTDOWN: u32 = 0x0010;
+    pub const DISABLED: u32 = 0x0020;
+    pub const STOPPED: u32 = 0x0040;
+    pub const IN_ERROR: u32 = 0x0080;
+    pub const HOT_STANDBY: u32 = 0x0100;
+    pub const HC_FAIL: u32 = 0x0400;
+    pub const HOT_SPARE: u32 = 0x0800;
+}
+
+const FLAG_NAMES: [(u32, &str); 9] = [
+    (flag::IGNORE_ERRORS, "ignore-errors"),
+    (flag::DRAIN, "drain"),
+    (flag::IN_SHUTDOWN, "shutdown"),
+    (flag::DISABLED, "disabled"),
+    (flag::STOPPED, "stopped"),
+    (flag::IN_ERROR, "error"),
+    (flag::HOT_STANDBY, "hot-standby"),
+    (flag::HC_FAIL, "hcheck-failed"),
+    (flag::HOT_SPARE, "hot-spare"),
+];
+
+/// The one-word status of a member with httpd status bits `bits`.
+pub fn status_word(bits: u32) -> &'static str {
+    if bits & flag::STOPPED != 0 {
+        "stopped"
+    } else if bits & flag::DISABLED != 0 {
+        "disabled"
+    } else if bits & flag::IN_SHUTDOWN != 0 {
+        "shutdown"
+    } else if bits & flag::IN_ERROR != 0 {
+        "error"
+    } else if bits & flag::HC_FAIL != 0 {
+        "hcheck-failed"
+    } else if bits & flag::INITIALIZED == 0 {
+        "initializing"
+    } else if bits & flag::DRAIN != 0 {
+        "draining"
+    } else {
+        "ok"
+    }
+}
+
+pub fn flag_names(bits: u32) -> Vec<&'static str> {
+    FLAG_NAMES.iter().filter(|(bit, _)| bits & bit != 0).map(|&(_, name)| name).collect()
+}
+
+/// The format a status request asks for with `?format=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Html,
+    Json,
+}
+
+impl Format {
+    /// Reads `format=` from a query string; `None` for an unknown format.
+    pub fn from_query(query: Option<&str>) -> Option<Format> {
+        let value = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("format="))
+            .unwrap_or("html");
+        match value {
+            "html" | "" => Some(Format::Html),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Html => "text/html; charset=utf-8",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+pub fn render(snapshot: &Snapshot, format: Format) -> String {
+    match format {
+        Format::Html => render_html(snapshot),
+        // Serializing plain structs of strings and numbers cannot fail.
+        Format::Json => serde_json::to_string_pretty(snapshot).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample() -> Snapshot {
+        Snapshot {
+            module_version: "test",
+            balancers: vec![BalancerStatus {
+                name: "balancer://app".into(),
+                server: "localhost:80".into(),
+                method: "byweight".into(),
+                tracked: true,
+                members: vec![
+                    MemberStatus {
+                        name: "http://127.0.0.1:8081".into(),
+                        route: "<script>alert(1)</script>".into(),
+                        status: status_word(flag::INITIALIZED),
+                        flags: flag_names(flag::INITIALIZED),
+                        loadfactor: 1.5,
+                        lbset: 0,
+                        selected: 10,
+                        inflight: 2,
+                        peak_inflight: 3,
+                        completed: 8,
+                        failed: 0,
+                        elected: 10,
+                        busy: 2,
+                    },
+                    MemberStatus {
+                        name: "http://127.0.0.1:8082/?a=1&b=\"2\"".into(),
+                        route: String::new(),
+                        status: status_word(flag::INITIALIZED | flag::IN_ERROR | flag::HOT_STANDBY),
+                        flags: flag_names(flag::INITIALIZED | flag::IN_ERROR | flag::HOT_STANDBY),
+                        loadfactor: 1.0,
+                        lbset: 1,
+                        selected: 0,
+                        inflight: 0,
+                        peak_inflight: 0,
+                        completed: 0,
+                        failed: 0,
+                        elected: 0,
+                        busy: 0,
+                    },
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn status_words_follow_precedence() {
+        assert_eq!(status_word(flag::INITIALIZED), "ok");
+        assert_eq!(status_word(flag::INITIALIZED | flag::DRAIN), "draining");
+        assert_eq!(status_word(flag::INITIALIZED | flag::IN_ERROR | flag::DISABLED), "disabled");
+        assert_eq!(status_word(flag::INITIALIZED | flag::HC_FAIL), "hcheck-failed");
+        assert_eq!(status_word(0), "initializing");
+        assert_eq!(flag_names(flag::HOT_SPARE | flag::DRAIN), vec!["drain", "hot-spare"]);
+    }
+
+    #[test]
+    fn format_comes_from_the_query() {
+        assert_eq!(Format::from_query(None), Some(Format::Html));
+        assert_eq!(Format::from_query(Some("format=json")), Some(Format::Json));
+        assert_eq!(Format::from_query(Some("x=1&format=json")), Some(Format::Json));
+        assert_eq!(Format::from_query(Some("format=xml")), None);
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let json: serde_json::Value = serde_json::from_str(&render(&sample(), Format::Json)).unwrap();
+        let balancer = &json["balancers"][0];
+        assert_eq!(balancer["name"], "balancer://app");
+        assert_eq!(balancer["method"], "byweight");
+        let member = &balancer["members"][0];
+        for key in ["name", "status", "loadfactor", "selected", "inflight"] {
+            assert!(!member[key].is_null(), "member field {key}");
+        }
+        assert_eq!(member["loadfactor"], 1.5);
+        assert_eq!(balancer["members"][1]["status"], "error");
+        assert_eq!(balancer["members"][1]["flags"], serde_json::json!(["error", "hot-standby"]));
+    }
+}
