@@ -15,7 +15,12 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ENV_VARS: [&str; 4] = ["APXS", "HTTPD_INCLUDE_DIR", "APR_INCLUDE_DIR", "HTTPD_CPPFLAGS"];
+const ENV_VARS: [&str; 4] = [
+    "APXS",
+    "HTTPD_INCLUDE_DIR",
+    "APR_INCLUDE_DIR",
+    "HTTPD_CPPFLAGS",
+];
 
 fn main() {
     for var in ENV_VARS {
@@ -202,7 +207,11 @@ impl HeaderPaths {
         let httpd_ok = httpd.join("httpd.h").is_file() && httpd.join("mod_proxy.h").is_file();
         let apr_ok = apr.iter().any(|dir| dir.join("apr.h").is_file());
         if httpd_ok && apr_ok {
-            return Ok(HeaderPaths { httpd, apr, cppflags });
+            return Ok(HeaderPaths {
+                httpd,
+                apr,
+                cppflags,
+            });
         }
         Err(format!(
             "mod_lbmethod_rs: cannot find the httpd and APR development headers.\n\
@@ -213,7 +222,11 @@ impl HeaderPaths {
              APXS at your apxs, or set HTTPD_INCLUDE_DIR and APR_INCLUDE_DIR.",
             tried.join("; "),
             httpd.display(),
-            if httpd_ok { "ok" } else { "httpd.h or mod_proxy.h missing" },
+            if httpd_ok {
+                "ok"
+            } else {
+                "httpd.h or mod_proxy.h missing"
+            },
             apr,
             if apr_ok { "ok" } else { "apr.h missing" },
         ))
@@ -224,10 +237,16 @@ impl HeaderPaths {
 fn find_apxs(tried: &mut Vec<String>) -> Option<String> {
     let candidates: Vec<String> = match env::var("APXS") {
         Ok(apxs) => vec![apxs],
-        Err(_) => ["apxs", "apxs2", "/usr/bin/apxs", "/usr/sbin/apxs", "/usr/local/apache2/bin/apxs"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        Err(_) => [
+            "apxs",
+            "apxs2",
+            "/usr/bin/apxs",
+            "/usr/sbin/apxs",
+            "/usr/local/apache2/bin/apxs",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
     };
     for candidate in candidates {
         match query(&candidate, "INCLUDEDIR") {

@@ -23,9 +23,18 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The finder for `method`: returns the member for this attempt, or null for "none usable".
-pub fn find(method: Method, balancer: *mut ffi::proxy_balancer, r: *mut ffi::request_rec) -> *mut ffi::proxy_worker {
+pub fn find(
+    method: Method,
+    balancer: *mut ffi::proxy_balancer,
+    r: *mut ffi::request_rec,
+) -> *mut ffi::proxy_worker {
     let Some(runtime) = module::runtime() else {
-        log_request!(r, Level::Err, "{}: module state missing (post_config did not run?)", method.name());
+        log_request!(
+            r,
+            Level::Err,
+            "{}: module state missing (post_config did not run?)",
+            method.name()
+        );
         return ptr::null_mut();
     };
     // SAFETY: httpd passes a live balancer and request, and holds the balancer's thread lock.
@@ -43,9 +52,13 @@ unsafe fn find_in(
     // SAFETY: per this function's contract.
     let eligible = unsafe { eligible_members(runtime, balancer, r) };
     if eligible.is_empty() {
-        log_request!(r, Level::Debug, "{}: {}: no usable member", method.name(), unsafe {
-            proxy::balancer_name(balancer)
-        });
+        log_request!(
+            r,
+            Level::Debug,
+            "{}: {}: no usable member",
+            method.name(),
+            unsafe { proxy::balancer_name(balancer) }
+        );
         return ptr::null_mut();
     }
     // SAFETY: per this function's contract.
@@ -56,20 +69,31 @@ unsafe fn find_in(
     };
     let candidates: Vec<Candidate> = eligible
         .iter()
-        .map(|(state, _)| Candidate { worker_index: state.index, weight: state.lbfactor })
+        .map(|(state, _)| Candidate {
+            worker_index: state.index,
+            weight: state.lbfactor,
+        })
         .collect();
     let Some(choice) = slot.local.choose(method, slot.shared, &candidates) else {
         return ptr::null_mut();
     };
     let (state, worker) = eligible[choice.position];
-    let member = runtime.generation.segment().member_of(slot.shared, state.index as usize);
-    if let Some(member) = member {
-        // SAFETY: worker is live (httpd offered it); r is live.
-        unsafe { begin_attempt(r, member, worker) };
-    }
-    log_request!(r, Level::Debug, "{}: {}: picked {} ({}; {} candidate(s))", method.name(),
-        unsafe { proxy::balancer_name(balancer) }, unsafe { proxy::worker_name(worker) },
-        choice.reason, eligible.len());
+    let member = runtime
+        .generation
+        .segment()
+        .member_of(slot.shared, state.index as usize);
+    // SAFETY: worker is live (httpd offered it); r is live.
+    unsafe { begin_attempt(r, member, worker) };
+    log_request!(
+        r,
+        Level::Debug,
+        "{}: {}: picked {} ({}; {} candidate(s))",
+        method.name(),
+        unsafe { proxy::balancer_name(balancer) },
+        unsafe { proxy::worker_name(worker) },
+        choice.reason,
+        eligible.len()
+    );
     worker
 }
 
@@ -94,7 +118,10 @@ unsafe fn eligible_members(
         )
     };
     // SAFETY: every offered worker is live.
-    let mut eligible: Vec<_> = offered.into_iter().map(|w| (unsafe { proxy::worker_state(w) }, w)).collect();
+    let mut eligible: Vec<_> = offered
+        .into_iter()
+        .map(|w| (unsafe { proxy::worker_state(w) }, w))
+        .collect();
     eligible.sort_by_key(|(state, _)| state.index);
     eligible
 }
@@ -119,20 +146,29 @@ unsafe extern "C" fn record_candidate(
 ///
 /// # Safety
 /// Live balancer.
-unsafe fn balancer_slot<'a>(runtime: &'a Runtime, balancer: *mut ffi::proxy_balancer) -> Option<BalancerRef<'a>> {
+unsafe fn balancer_slot<'a>(
+    runtime: &'a Runtime,
+    balancer: *mut ffi::proxy_balancer,
+) -> Option<BalancerRef<'a>> {
     // SAFETY: per this function's contract.
     let id = unsafe { proxy::balancer_id(balancer) };
     runtime.generation.balancer(id, || unsafe {
-        (name_key(&proxy::balancer_key_name(balancer)), (*balancer).max_workers.max(0) as u32)
+        (
+            name_key(&proxy::balancer_key_name(balancer)),
+            (*balancer).max_workers.max(0) as u32,
+        )
     })
 }
 
 fn warn_once_no_slot(balancer: *mut ffi::proxy_balancer) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if !WARNED.swap(true, Ordering::Relaxed) {
-        log_server!(ptr::null(), Level::Warning,
+        log_server!(
+            ptr::null(),
+            Level::Warning,
             "{}: no shared slot left for this balancer; it is balanced without shared state",
-            unsafe { proxy::balancer_name(balancer) });
+            unsafe { proxy::balancer_name(balancer) }
+        );
     }
 }
 
@@ -146,11 +182,16 @@ struct Attempt {
     abandoned: bool,
 }
 
-/// Counts a new attempt on `member` and ends the request's previous attempt, if any.
+/// Ends the request's previous attempt, if any (a new pick means it failed), and counts a new
+/// attempt on `member` (none when the member has no shared slot).
 ///
 /// # Safety
 /// Live request and worker; `member` in a segment mapped for the life of this process.
-unsafe fn begin_attempt(r: *mut ffi::request_rec, member: &MemberSlot, worker: *mut ffi::proxy_worker) {
+unsafe fn begin_attempt(
+    r: *mut ffi::request_rec,
+    member: Option<&MemberSlot>,
+    worker: *mut ffi::proxy_worker,
+) {
     // SAFETY: r is live; the previous attempt (if any) was allocated in r->pool by us.
     unsafe {
         let previous = request::module_state(r) as *mut Attempt;
@@ -158,14 +199,22 @@ unsafe fn begin_attempt(r: *mut ffi::request_rec, member: &MemberSlot, worker: *
             (*previous).abandoned = true;
             // Runs the release now and unregisters it, so it cannot run twice.
             ffi::apr_pool_cleanup_run((*r).pool, previous as *mut c_void, Some(release_attempt));
+            request::set_module_state(r, ptr::null_mut());
         }
+        let Some(member) = member else { return };
         if member.key.load(Ordering::Relaxed) == 0 {
             // A member added at run time: its slot learns its name on first use.
-            member.key.store(name_key(&proxy::worker_key_name(worker)), Ordering::Relaxed);
+            member
+                .key
+                .store(name_key(&proxy::worker_key_name(worker)), Ordering::Relaxed);
         }
         member.begin_attempt();
         let attempt = ffi::apr_palloc((*r).pool, size_of::<Attempt>()) as *mut Attempt;
-        attempt.write(Attempt { member, worker, abandoned: false });
+        attempt.write(Attempt {
+            member,
+            worker,
+            abandoned: false,
+        });
         ffi::apr_pool_cleanup_register(
             (*r).pool,
             attempt as *const c_void,

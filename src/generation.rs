@@ -22,7 +22,6 @@ pub struct Generation {
 
 /// A balancer's slot: its shared counters and this process's state for it.
 pub struct BalancerRef<'a> {
-    pub slot: usize,
     pub shared: &'a BalancerSlot,
     pub local: &'a LocalBalancer,
 }
@@ -30,8 +29,15 @@ pub struct BalancerRef<'a> {
 impl Generation {
     /// `configured` maps each startup balancer's identity (see above) to the slot it claimed.
     pub fn new(segment: Segment, configured: HashMap<usize, usize>) -> Generation {
-        let local = (0..segment.balancer_slots()).map(|_| LocalBalancer::default()).collect();
-        Generation { segment, local, configured, discovered: Mutex::new(HashMap::new()) }
+        let local = (0..segment.balancer_slots())
+            .map(|_| LocalBalancer::default())
+            .collect();
+        Generation {
+            segment,
+            local,
+            configured,
+            discovered: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn segment(&self) -> &Segment {
@@ -40,11 +46,18 @@ impl Generation {
 
     /// The slot of the balancer whose identity is `id`. A balancer not seen at startup claims a
     /// spare slot by its name key (`key_and_size` gives the key and its member capacity).
-    pub fn balancer(&self, id: usize, key_and_size: impl FnOnce() -> (u64, u32)) -> Option<BalancerRef<'_>> {
+    pub fn balancer(
+        &self,
+        id: usize,
+        key_and_size: impl FnOnce() -> (u64, u32),
+    ) -> Option<BalancerRef<'_>> {
         let slot = match self.configured.get(&id) {
             Some(&slot) => slot,
             None => {
-                let mut discovered = self.discovered.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut discovered = self
+                    .discovered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 match discovered.get(&id) {
                     Some(&slot) => slot,
                     None => {
@@ -61,13 +74,20 @@ impl Generation {
 
     /// The balancer in `slot`, if the slot exists.
     pub fn slot(&self, slot: usize) -> Option<BalancerRef<'_>> {
-        Some(BalancerRef { slot, shared: self.segment.balancer(slot)?, local: self.local.get(slot)? })
+        Some(BalancerRef {
+            shared: self.segment.balancer(slot)?,
+            local: self.local.get(slot)?,
+        })
     }
 
     /// The slot already given to balancer `id`, without claiming one.
     pub fn known_slot(&self, id: usize) -> Option<usize> {
         self.configured.get(&id).copied().or_else(|| {
-            self.discovered.lock().unwrap_or_else(PoisonError::into_inner).get(&id).copied()
+            self.discovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id)
+                .copied()
         })
     }
 }
@@ -83,14 +103,21 @@ mod tests {
         let slot = seg.claim_balancer(name_key(b"p1_app"), 4).unwrap();
         let generation = Generation::new(seg, HashMap::from([(0x1000, slot)]));
 
-        let known = generation.balancer(0x1000, || unreachable!("configured: no claim")).unwrap();
-        assert_eq!(known.slot, slot);
+        let known = generation
+            .balancer(0x1000, || unreachable!("configured: no claim"))
+            .unwrap();
+        assert!(std::ptr::eq(known.shared, seg.balancer(slot).unwrap()));
 
-        let newcomer = generation.balancer(0x2000, || (name_key(b"p1_late"), 4)).unwrap();
-        assert_ne!(newcomer.slot, slot);
-        let again = generation.balancer(0x2000, || unreachable!("cached after the claim")).unwrap();
-        assert_eq!(again.slot, newcomer.slot);
-        assert_eq!(generation.known_slot(0x2000), Some(newcomer.slot));
+        let newcomer = generation
+            .balancer(0x2000, || (name_key(b"p1_late"), 4))
+            .unwrap();
+        let late = generation.known_slot(0x2000).unwrap();
+        assert_ne!(late, slot);
+        assert!(std::ptr::eq(newcomer.shared, seg.balancer(late).unwrap()));
+        let again = generation
+            .balancer(0x2000, || unreachable!("cached after the claim"))
+            .unwrap();
+        assert!(std::ptr::eq(again.shared, newcomer.shared));
         assert_eq!(generation.known_slot(0x3000), None);
         unsafe { seg.unmap() };
     }

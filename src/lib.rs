@@ -11,6 +11,9 @@
 //! The modules that call into httpd are left out of `cargo test` builds: a test binary cannot
 //! resolve httpd's symbols. Everything they call into is plain Rust, tested on its own.
 
+// In test builds the httpd glue is left out, so what only it uses looks unused.
+#![cfg_attr(test, allow(dead_code))]
+
 #[allow(dead_code)]
 mod ffi;
 mod generation;

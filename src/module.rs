@@ -55,9 +55,11 @@ macro_rules! provider {
             balancer: *mut ffi::proxy_balancer,
             r: *mut ffi::request_rec,
         ) -> *mut ffi::proxy_worker {
-            catch(concat!(stringify!($finder), " finder"), ptr::null_mut(), || {
-                crate::finder::find($method, balancer, r)
-            })
+            catch(
+                concat!(stringify!($finder), " finder"),
+                ptr::null_mut(),
+                || crate::finder::find($method, balancer, r),
+            )
         }
         static $name: Provider = Provider(ffi::proxy_balancer_method {
             name: $method.c_name().as_ptr(),
@@ -80,12 +82,18 @@ fn provider_table(method: Method) -> &'static Provider {
 
 /// Balancer-manager changed the method, or re-enabled a member: nothing to reset, since
 /// every method's state is derived from shared counters on each pick.
-unsafe extern "C" fn reset(_balancer: *mut ffi::proxy_balancer, _s: *mut ffi::server_rec) -> ffi::apr_status_t {
+unsafe extern "C" fn reset(
+    _balancer: *mut ffi::proxy_balancer,
+    _s: *mut ffi::server_rec,
+) -> ffi::apr_status_t {
     ffi::APR_SUCCESS
 }
 
 /// Never called by httpd 2.4; present because the table has the slot.
-unsafe extern "C" fn age(_balancer: *mut ffi::proxy_balancer, _s: *mut ffi::server_rec) -> ffi::apr_status_t {
+unsafe extern "C" fn age(
+    _balancer: *mut ffi::proxy_balancer,
+    _s: *mut ffi::server_rec,
+) -> ffi::apr_status_t {
     ffi::APR_SUCCESS
 }
 
@@ -123,8 +131,18 @@ unsafe extern "C" fn register_hooks(pool: *mut ffi::apr_pool_t) {
         // SAFETY: registering plain callbacks; the order list is a static.
         unsafe {
             // After mod_proxy_balancer's post_config, which puts balancers in shared memory.
-            ffi::ap_hook_post_config(Some(post_config), AFTER_BALANCER.0.as_ptr(), ptr::null(), ffi::APR_HOOK_MIDDLE);
-            ffi::ap_hook_handler(Some(crate::status_page::handler), ptr::null(), ptr::null(), ffi::APR_HOOK_MIDDLE);
+            ffi::ap_hook_post_config(
+                Some(post_config),
+                AFTER_BALANCER.0.as_ptr(),
+                ptr::null(),
+                ffi::APR_HOOK_MIDDLE,
+            );
+            ffi::ap_hook_handler(
+                Some(crate::status_page::handler),
+                ptr::null(),
+                ptr::null(),
+                ffi::APR_HOOK_MIDDLE,
+            );
         }
     })
 }
@@ -158,7 +176,8 @@ unsafe extern "C" fn post_config(
     catch("post_config", ffi::HTTP_INTERNAL_SERVER_ERROR, || {
         // httpd runs post_config twice at startup; the first pass is thrown away.
         // SAFETY: a plain query.
-        if unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE) } == ffi::AP_SQ_MS_CREATE_PRE_CONFIG {
+        if unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE) } == ffi::AP_SQ_MS_CREATE_PRE_CONFIG
+        {
             return ffi::OK;
         }
         // SAFETY: s is the main server of the generation being started; pconf its pool.
@@ -171,7 +190,12 @@ unsafe extern "C" fn post_config(
                 }
                 // SAFETY: registering a plain callback on the generation's pool.
                 unsafe {
-                    ffi::apr_pool_cleanup_register(pconf, ptr::null(), Some(end_generation), Some(ffi::apr_pool_cleanup_null));
+                    ffi::apr_pool_cleanup_register(
+                        pconf,
+                        ptr::null(),
+                        Some(end_generation),
+                        Some(ffi::apr_pool_cleanup_null),
+                    );
                 }
                 ffi::OK
             }
@@ -219,8 +243,11 @@ unsafe fn build_runtime(main: *const ffi::server_rec) -> Result<Runtime, String>
         .map(|&(_, b)| unsafe { (*b).max_workers.max(0) as u32 })
         .sum();
     let spare_members = growth * 16;
-    let segment = Segment::create(balancers.len() as u32 + growth, configured_members + spare_members)
-        .map_err(|err| format!("cannot map shared memory: {err}"))?;
+    let segment = Segment::create(
+        balancers.len() as u32 + growth,
+        configured_members + spare_members,
+    )
+    .map_err(|err| format!("cannot map shared memory: {err}"))?;
 
     let mut configured = HashMap::new();
     for &(_, balancer) in &balancers {
@@ -235,7 +262,9 @@ unsafe fn build_runtime(main: *const ffi::server_rec) -> Result<Runtime, String>
             for worker in proxy::workers(balancer) {
                 let index = proxy::worker_state(worker).index as usize;
                 if let Some(member) = segment.member_of(shared, index) {
-                    member.key.store(name_key(&proxy::worker_key_name(worker)), Ordering::Relaxed);
+                    member
+                        .key
+                        .store(name_key(&proxy::worker_key_name(worker)), Ordering::Relaxed);
                 }
             }
         }
@@ -243,10 +272,19 @@ unsafe fn build_runtime(main: *const ffi::server_rec) -> Result<Runtime, String>
 
     // SAFETY: retained data is process memory of the parent that survives restarts.
     unsafe { replace_retained_segment(&segment) };
-    log_server!(main, Level::Debug,
+    log_server!(
+        main,
+        Level::Debug,
         "shared segment: {} balancer slot(s), {} member slot(s), {} bytes",
-        segment.balancer_slots(), segment.member_slots(), Segment::size_for(segment.balancer_slots(), segment.member_slots()));
-    Ok(Runtime { generation: Generation::new(segment, configured), proxy, main_server: main })
+        segment.balancer_slots(),
+        segment.member_slots(),
+        Segment::size_for(segment.balancer_slots(), segment.member_slots())
+    );
+    Ok(Runtime {
+        generation: Generation::new(segment, configured),
+        proxy,
+        main_server: main,
+    })
 }
 
 /// Hands the new segment to httpd's retained data, after copying the previous generation's
@@ -261,16 +299,17 @@ unsafe fn replace_retained_segment(segment: &Segment) {
     unsafe {
         let mut retained = ffi::ap_retained_data_get(key.as_ptr()) as *mut Retained;
         if retained.is_null() {
-            retained = ffi::ap_retained_data_create(key.as_ptr(), size_of::<Retained>()) as *mut Retained;
+            retained =
+                ffi::ap_retained_data_create(key.as_ptr(), size_of::<Retained>()) as *mut Retained;
         }
         if retained.is_null() {
             return;
         }
-        if let Some(base) = NonNull::new((*retained).base) {
-            if let Some(old) = Segment::from_raw(base, (*retained).len) {
-                shm::carry_over(&old, segment);
-                old.unmap();
-            }
+        if let Some(base) = NonNull::new((*retained).base)
+            && let Some(old) = Segment::from_raw(base, (*retained).len)
+        {
+            shm::carry_over(&old, segment);
+            old.unmap();
         }
         let (base, len) = segment.as_raw();
         (*retained).base = base.as_ptr();
@@ -303,7 +342,9 @@ unsafe fn spare_balancers(proxy: &ProxyApi, main: *const ffi::server_rec) -> u32
 ///
 /// # Safety
 /// The balancers must be live, after mod_proxy_balancer's post_config.
-unsafe fn check_shared_layout(balancers: &[(*const ffi::server_rec, *mut ffi::proxy_balancer)]) -> Result<(), String> {
+unsafe fn check_shared_layout(
+    balancers: &[(*const ffi::server_rec, *mut ffi::proxy_balancer)],
+) -> Result<(), String> {
     let compiled = size_of::<ffi::proxy_worker_shared>().next_multiple_of(8);
     for &(_, balancer) in balancers {
         // SAFETY: storage and wslot are set by mod_proxy_balancer's post_config.

@@ -93,5 +93,8 @@ unsafe fn snapshot(runtime: &Runtime) -> Snapshot {
             }
         })
         .collect();
-    Snapshot { module_version: env!("CARGO_PKG_VERSION"), balancers }
+    Snapshot {
+        module_version: env!("CARGO_PKG_VERSION"),
+        balancers,
+    }
 }

@@ -1,1 +1,56 @@
+//! Test and benchmark harness for mod_lbmethod_rs: the real Debian `apache2` with the real
+//! module, real HTTP backends on loopback, and a bounded load generator. Every server started
+//! here is stopped by its guard's `Drop`, also when a test fails.
 
+pub mod apache;
+pub mod backend;
+pub mod client;
+
+pub use apache::{Apache, ApacheConfig, LoadOrder, Mpm, balancer_manager_set, config_test};
+pub use backend::{Backend, BackendSpec, BackendStats};
+pub use client::{Load, LoadReport, Response};
+
+use std::time::{Duration, Instant};
+
+/// Waits until `condition` holds, checking every 20 ms, for at most `within`.
+pub fn wait_for(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts one backend per name (no slot limit, no delay).
+pub fn backends(names: &[&str]) -> Vec<Backend> {
+    names
+        .iter()
+        .map(|name| Backend::start(BackendSpec::new(name)).expect("start backend"))
+        .collect()
+}
+
+/// A `<Proxy balancer://name>` block with one member per (backend, parameters) pair, the
+/// `ProxySet` line given, and `ProxyPass /path balancer://name/`.
+pub fn balancer_block(
+    name: &str,
+    path: &str,
+    members: &[(&Backend, &str)],
+    proxyset: &str,
+) -> String {
+    let mut block = format!("<Proxy \"balancer://{name}\">\n");
+    for (backend, params) in members {
+        block.push_str(&format!(
+            "    BalancerMember \"{}\" {params}\n",
+            backend.url()
+        ));
+    }
+    block.push_str(&format!(
+        "    ProxySet {proxyset}\n</Proxy>\nProxyPass \"{path}\" \"balancer://{name}/\"\n"
+    ));
+    block
+}

@@ -17,7 +17,9 @@ pub fn catch<R>(entry: &'static str, fallback: R, body: impl FnOnce() -> R) -> R
                 Level::Err,
                 file!(),
                 line!(),
-                &format!("{entry} failed (internal error, see the panic message above); using its safe fallback"),
+                &format!(
+                    "{entry} failed (internal error, see the panic message above); using its safe fallback"
+                ),
             );
             fallback
         }

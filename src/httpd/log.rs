@@ -14,7 +14,6 @@ pub enum Level {
     Err = ffi::APLOG_ERR,
     Warning = ffi::APLOG_WARNING,
     Notice = ffi::APLOG_NOTICE,
-    Info = ffi::APLOG_INFO,
     Debug = ffi::APLOG_DEBUG,
 }
 

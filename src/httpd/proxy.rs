@@ -35,15 +35,20 @@ impl ProxyApi {
             return Err("mod_proxy is not loaded");
         }
         // SAFETY: as above.
-        let function = unsafe { ffi::apr_dynamic_fn_retrieve(c"proxy_balancer_get_best_worker".as_ptr()) };
+        let function =
+            unsafe { ffi::apr_dynamic_fn_retrieve(c"proxy_balancer_get_best_worker".as_ptr()) };
         let Some(function) = function else {
-            return Err("mod_proxy does not offer proxy_balancer_get_best_worker (httpd older than 2.4.24?)");
+            return Err(
+                "mod_proxy does not offer proxy_balancer_get_best_worker (httpd older than 2.4.24?)",
+            );
         };
         // SAFETY: module is a live module record; the optional function registered under that
         // name has exactly the GetBestWorker signature (mod_proxy.h).
         Ok(ProxyApi {
             module_index: unsafe { (*module).module_index },
-            get_best_worker: unsafe { std::mem::transmute::<unsafe extern "C" fn(), GetBestWorker>(function) },
+            get_best_worker: unsafe {
+                std::mem::transmute::<unsafe extern "C" fn(), GetBestWorker>(function)
+            },
         })
     }
 
@@ -64,7 +69,10 @@ impl ProxyApi {
     ///
     /// # Safety
     /// `main` must be the live main server_rec of this generation.
-    pub unsafe fn balancers(&self, main: *const ffi::server_rec) -> Vec<(*const ffi::server_rec, *mut ffi::proxy_balancer)> {
+    pub unsafe fn balancers(
+        &self,
+        main: *const ffi::server_rec,
+    ) -> Vec<(*const ffi::server_rec, *mut ffi::proxy_balancer)> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut s = main;
@@ -247,7 +255,9 @@ pub unsafe fn c_str(ptr: *const c_char) -> String {
         return String::new();
     }
     // SAFETY: per the caller.
-    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Runs `body` with the balancer's per-process thread lock held (the lock httpd takes while it
@@ -255,10 +265,14 @@ pub unsafe fn c_str(ptr: *const c_char) -> String {
 ///
 /// # Safety
 /// `balancer` must be live and the lock not already held by this thread.
-pub unsafe fn with_thread_lock<R>(balancer: *const ffi::proxy_balancer, body: impl FnOnce() -> R) -> R {
+pub unsafe fn with_thread_lock<R>(
+    balancer: *const ffi::proxy_balancer,
+    body: impl FnOnce() -> R,
+) -> R {
     // SAFETY: tmutex is null or a live APR thread mutex of this process.
     let mutex = unsafe { (*balancer).tmutex };
-    let locked = !mutex.is_null() && unsafe { ffi::apr_thread_mutex_lock(mutex) } == ffi::APR_SUCCESS;
+    let locked =
+        !mutex.is_null() && unsafe { ffi::apr_thread_mutex_lock(mutex) } == ffi::APR_SUCCESS;
     let result = body();
     if locked {
         // SAFETY: locked above by this thread.
@@ -274,5 +288,9 @@ pub unsafe fn with_thread_lock<R>(balancer: *const ffi::proxy_balancer, body: im
 pub unsafe fn server_name(s: *const ffi::server_rec) -> String {
     // SAFETY: server_hostname is null or a C string of the live server.
     let (host, port) = unsafe { (c_str((*s).server_hostname), (*s).port) };
-    if port == 0 { host } else { format!("{host}:{port}") }
+    if port == 0 {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
 }

@@ -56,7 +56,9 @@ pub unsafe fn allow_get_only(r: *mut ffi::request_rec) {
 /// # Safety
 /// `r` must be live.
 pub unsafe fn set_header(r: *mut ffi::request_rec, name: &str, value: &str) {
-    let (Ok(name), Ok(value)) = (CString::new(name), CString::new(value)) else { return };
+    let (Ok(name), Ok(value)) = (CString::new(name), CString::new(value)) else {
+        return;
+    };
     // SAFETY: apr_table_set copies both strings into the table's pool.
     unsafe { ffi::apr_table_set((*r).headers_out, name.as_ptr(), value.as_ptr()) };
 }
@@ -66,11 +68,17 @@ pub unsafe fn set_header(r: *mut ffi::request_rec, name: &str, value: &str) {
 /// # Safety
 /// `r` must be live and not yet answered.
 pub unsafe fn send(r: *mut ffi::request_rec, content_type: &str, body: &[u8]) {
-    let Ok(content_type) = CString::new(content_type) else { return };
+    let Ok(content_type) = CString::new(content_type) else {
+        return;
+    };
     // SAFETY: ap_set_content_type keeps the pointer, so the string is copied into r->pool
     // first; ap_rwrite copies the body into the output brigade.
     unsafe {
-        let pooled = ffi::apr_pstrmemdup((*r).pool, content_type.as_ptr(), content_type.as_bytes().len());
+        let pooled = ffi::apr_pstrmemdup(
+            (*r).pool,
+            content_type.as_ptr(),
+            content_type.as_bytes().len(),
+        );
         ffi::ap_set_content_type(r, pooled);
         if !header_only(r) {
             ffi::ap_rwrite(body.as_ptr() as *const c_void, body.len() as i32, r);
@@ -93,5 +101,7 @@ pub unsafe fn module_state(r: *const ffi::request_rec) -> *mut c_void {
 /// `r` must be live; `state` must live as long as the request pool.
 pub unsafe fn set_module_state(r: *mut ffi::request_rec, state: *mut c_void) {
     // SAFETY: as above.
-    unsafe { *((*r).request_config as *mut *mut c_void).add(crate::module::index() as usize) = state };
+    unsafe {
+        *((*r).request_config as *mut *mut c_void).add(crate::module::index() as usize) = state
+    };
 }

@@ -37,7 +37,10 @@ impl Schedule {
     pub fn build(weights: &[u32]) -> Schedule {
         let reduced = reduce(weights);
         let steps = smooth_cycle(&reduced);
-        Schedule { weights: weights.to_vec(), steps }
+        Schedule {
+            weights: weights.to_vec(),
+            steps,
+        }
     }
 
     /// The weights this cycle was built for.
@@ -48,10 +51,6 @@ impl Schedule {
     /// Number of steps in one cycle (the sum of the reduced weights).
     pub fn len(&self) -> usize {
         self.steps.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
     }
 
     /// The candidate that ticket `ticket` gets, with its step within the cycle.
@@ -113,7 +112,11 @@ fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
         let weight = i128::from(weight);
         match groups.iter_mut().find(|g| g.weight == weight) {
             Some(group) => group.members.push(candidate as u32),
-            None => groups.push(Group { weight, members: vec![candidate as u32], picks: 0 }),
+            None => groups.push(Group {
+                weight,
+                members: vec![candidate as u32],
+                picks: 0,
+            }),
         }
     }
     let mut steps = Vec::with_capacity(total as usize);
@@ -121,7 +124,9 @@ fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
         let chosen = groups
             .iter_mut()
             .max_by(|a, b| {
-                let by_current = a.current(step, total.into()).cmp(&b.current(step, total.into()));
+                let by_current = a
+                    .current(step, total.into())
+                    .cmp(&b.current(step, total.into()));
                 // On equal `current` the member listed first wins, as in nginx and Apache.
                 by_current.then(b.front().cmp(&a.front()))
             })
@@ -247,7 +252,10 @@ mod tests {
         for (i, &w) in weights.iter().enumerate() {
             let ideal = f64::from(w) / total;
             let got = counts[i] as f64 / schedule.len() as f64;
-            assert!((got - ideal).abs() < 2.0 / MAX_CYCLE as f64, "member {i}: {got} vs {ideal}");
+            assert!(
+                (got - ideal).abs() < 2.0 / MAX_CYCLE as f64,
+                "member {i}: {got} vs {ideal}"
+            );
         }
     }
 

@@ -67,14 +67,26 @@ pub struct Choice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     /// `byweight`: the shared ticket and the step of the smooth cycle it landed on.
-    Ticket { ticket: u64, step: usize, cycle: usize },
+    Ticket {
+        ticket: u64,
+        step: usize,
+        cycle: usize,
+    },
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Ticket { ticket, step, cycle } => {
-                write!(f, "ticket {ticket} is step {} of the {cycle}-step smooth cycle", step + 1)
+            Reason::Ticket {
+                ticket,
+                step,
+                cycle,
+            } => {
+                write!(
+                    f,
+                    "ticket {ticket} is step {} of the {cycle}-step smooth cycle",
+                    step + 1
+                )
             }
         }
     }
@@ -90,7 +102,12 @@ pub struct LocalBalancer {
 
 impl LocalBalancer {
     /// Chooses among `candidates` (sorted by worker index, non-empty).
-    pub fn choose(&self, method: Method, shared: &BalancerSlot, candidates: &[Candidate]) -> Option<Choice> {
+    pub fn choose(
+        &self,
+        method: Method,
+        shared: &BalancerSlot,
+        candidates: &[Candidate],
+    ) -> Option<Choice> {
         match method {
             Method::ByWeight => self.choose_byweight(shared, candidates),
         }
@@ -100,7 +117,14 @@ impl LocalBalancer {
         let schedule = self.schedule_for(candidates);
         let ticket = shared.ticket.fetch_add(1, Ordering::Relaxed);
         let (position, step) = schedule.pick(ticket)?;
-        Some(Choice { position, reason: Reason::Ticket { ticket, step, cycle: schedule.len() } })
+        Some(Choice {
+            position,
+            reason: Reason::Ticket {
+                ticket,
+                step,
+                cycle: schedule.len(),
+            },
+        })
     }
 
     /// The cycle for these candidates' weights, rebuilt only when the weights change (a member
@@ -109,7 +133,10 @@ impl LocalBalancer {
         let mut cached = self.schedule.lock().unwrap_or_else(PoisonError::into_inner);
         let same = cached.as_ref().is_some_and(|s| {
             s.weights().len() == candidates.len()
-                && s.weights().iter().zip(candidates).all(|(&w, c)| w == c.weight)
+                && s.weights()
+                    .iter()
+                    .zip(candidates)
+                    .all(|(&w, c)| w == c.weight)
         });
         if !same {
             let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
@@ -128,7 +155,10 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| Candidate { worker_index: i as u32, weight })
+            .map(|(i, &weight)| Candidate {
+                worker_index: i as u32,
+                weight,
+            })
             .collect()
     }
 
@@ -159,7 +189,14 @@ mod tests {
 
     #[test]
     fn reason_reads_well() {
-        let r = Reason::Ticket { ticket: 7, step: 1, cycle: 6 };
-        assert_eq!(r.to_string(), "ticket 7 is step 2 of the 6-step smooth cycle");
+        let r = Reason::Ticket {
+            ticket: 7,
+            step: 1,
+            cycle: 6,
+        };
+        assert_eq!(
+            r.to_string(),
+            "ticket 7 is step 2 of the 6-step smooth cycle"
+        );
     }
 }

@@ -61,9 +61,9 @@ unsafe impl ShmSafe for MemberSlot {}
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v01");
 
-const _: () = assert!(size_of::<Header>() % 64 == 0);
-const _: () = assert!(size_of::<BalancerSlot>() % 64 == 0);
-const _: () = assert!(size_of::<MemberSlot>() % 64 == 0);
+const _: () = assert!(size_of::<Header>().is_multiple_of(64));
+const _: () = assert!(size_of::<BalancerSlot>().is_multiple_of(64));
+const _: () = assert!(size_of::<MemberSlot>().is_multiple_of(64));
 
 /// The totals that survive a graceful restart, read out of one member slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,7 +86,8 @@ impl MemberSlot {
 
     /// Carries totals over from the previous generation's slot for the same member.
     pub fn restore(&self, totals: MemberTotals) {
-        self.peak_inflight.store(totals.peak_inflight, Ordering::Relaxed);
+        self.peak_inflight
+            .store(totals.peak_inflight, Ordering::Relaxed);
         self.selected.store(totals.selected, Ordering::Relaxed);
         self.completed.store(totals.completed, Ordering::Relaxed);
         self.failed.store(totals.failed, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 mod layout;
 mod segment;
 
-pub use layout::{BalancerSlot, MemberSlot, MemberTotals};
+pub use layout::{BalancerSlot, MemberSlot};
 pub use segment::{Segment, name_key};
 
 use std::sync::atomic::Ordering;
@@ -15,25 +15,31 @@ use std::sync::atomic::Ordering;
 /// attempts and release them into the old segment.
 pub fn carry_over(old: &Segment, new: &Segment) {
     for slot in 0..new.balancer_slots() as usize {
-        let Some(new_balancer) = new.balancer(slot) else { continue };
+        let Some(new_balancer) = new.balancer(slot) else {
+            continue;
+        };
         let key = new_balancer.key.load(Ordering::Acquire);
         let Some(old_balancer) = old.find_balancer(key).and_then(|s| old.balancer(s)) else {
             continue;
         };
-        new_balancer
-            .ticket
-            .store(old_balancer.ticket.load(Ordering::Relaxed), Ordering::Relaxed);
+        new_balancer.ticket.store(
+            old_balancer.ticket.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         let old_members: Vec<&MemberSlot> = (0..old_balancer.member_slots.load(Ordering::Acquire))
             .filter_map(|i| old.member_of(old_balancer, i as usize))
             .collect();
         for i in 0..new_balancer.member_slots.load(Ordering::Acquire) as usize {
-            let Some(member) = new.member_of(new_balancer, i) else { continue };
+            let Some(member) = new.member_of(new_balancer, i) else {
+                continue;
+            };
             let member_key = member.key.load(Ordering::Relaxed);
             if member_key == 0 {
                 continue;
             }
-            if let Some(previous) =
-                old_members.iter().find(|m| m.key.load(Ordering::Relaxed) == member_key)
+            if let Some(previous) = old_members
+                .iter()
+                .find(|m| m.key.load(Ordering::Relaxed) == member_key)
             {
                 member.restore(previous.totals());
             }
@@ -52,7 +58,11 @@ mod tests {
         let a = seg.claim_balancer(name_key(b"a"), 8).unwrap();
         let b = seg.claim_balancer(name_key(b"b"), 8).unwrap();
         assert_ne!(a, b);
-        assert_eq!(seg.claim_balancer(name_key(b"a"), 8), Some(a), "same key, same slot");
+        assert_eq!(
+            seg.claim_balancer(name_key(b"a"), 8),
+            Some(a),
+            "same key, same slot"
+        );
         let (ba, bb) = (seg.balancer(a).unwrap(), seg.balancer(b).unwrap());
         assert_eq!(ba.member_base.load(Relaxed), 0);
         assert_eq!(bb.member_base.load(Relaxed), 8);
@@ -76,7 +86,11 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(slots.windows(2).all(|w| w[0] == w[1]), "{slots:?}");
-        assert_eq!(seg.header().next_free_member.load(Relaxed), 4, "members allocated once");
+        assert_eq!(
+            seg.header().next_free_member.load(Relaxed),
+            4,
+            "members allocated once"
+        );
         unsafe { seg.unmap() };
     }
 
@@ -98,7 +112,10 @@ mod tests {
         });
         assert_eq!(member.inflight.load(Relaxed), 0);
         assert_eq!(member.selected.load(Relaxed), 160_000);
-        assert_eq!(member.completed.load(Relaxed) + member.failed.load(Relaxed), 160_000);
+        assert_eq!(
+            member.completed.load(Relaxed) + member.failed.load(Relaxed),
+            160_000
+        );
         assert_eq!(member.failed.load(Relaxed), 16_000);
         assert_eq!(b.ticket.load(Relaxed), 160_000);
         assert!((1..=8).contains(&member.peak_inflight.load(Relaxed)));
@@ -134,7 +151,11 @@ mod tests {
             assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         }
         let total = CHILDREN as u64 * ROUNDS;
-        assert_eq!(b.ticket.load(Relaxed), total, "no ticket lost between processes");
+        assert_eq!(
+            b.ticket.load(Relaxed),
+            total,
+            "no ticket lost between processes"
+        );
         assert_eq!(member.selected.load(Relaxed), total);
         assert_eq!(member.completed.load(Relaxed), total);
         assert_eq!(member.inflight.load(Relaxed), 0);
@@ -144,7 +165,9 @@ mod tests {
     #[test]
     fn carry_over_keeps_totals_by_name_not_position() {
         let old = Segment::create(2, 4).unwrap();
-        let ob = old.balancer(old.claim_balancer(name_key(b"bal"), 2).unwrap()).unwrap();
+        let ob = old
+            .balancer(old.claim_balancer(name_key(b"bal"), 2).unwrap())
+            .unwrap();
         let (m0, m1) = (old.member_of(ob, 0).unwrap(), old.member_of(ob, 1).unwrap());
         m0.key.store(name_key(b"http://a"), Relaxed);
         m1.key.store(name_key(b"http://b"), Relaxed);
@@ -157,15 +180,27 @@ mod tests {
         // New generation: another balancer first, and the members in the other order.
         let new = Segment::create(2, 6).unwrap();
         new.claim_balancer(name_key(b"other"), 2).unwrap();
-        let nb = new.balancer(new.claim_balancer(name_key(b"bal"), 2).unwrap()).unwrap();
-        new.member_of(nb, 0).unwrap().key.store(name_key(b"http://b"), Relaxed);
-        new.member_of(nb, 1).unwrap().key.store(name_key(b"http://a"), Relaxed);
+        let nb = new
+            .balancer(new.claim_balancer(name_key(b"bal"), 2).unwrap())
+            .unwrap();
+        new.member_of(nb, 0)
+            .unwrap()
+            .key
+            .store(name_key(b"http://b"), Relaxed);
+        new.member_of(nb, 1)
+            .unwrap()
+            .key
+            .store(name_key(b"http://a"), Relaxed);
         carry_over(&old, &new);
 
         let b = new.member_of(nb, 0).unwrap();
         assert_eq!(b.selected.load(Relaxed), 3);
         assert_eq!(b.completed.load(Relaxed), 1);
-        assert_eq!(b.inflight.load(Relaxed), 0, "in-flight stays with the old generation");
+        assert_eq!(
+            b.inflight.load(Relaxed),
+            0,
+            "in-flight stays with the old generation"
+        );
         assert_eq!(new.member_of(nb, 1).unwrap().selected.load(Relaxed), 0);
         assert_eq!(nb.ticket.load(Relaxed), 42);
         unsafe {

@@ -52,9 +52,16 @@ impl Segment {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        let segment = Segment { base, len, balancer_slots, member_slots };
+        let segment = Segment {
+            base,
+            len,
+            balancer_slots,
+            member_slots,
+        };
         let header = segment.header();
-        header.balancer_slots.store(balancer_slots, Ordering::Relaxed);
+        header
+            .balancer_slots
+            .store(balancer_slots, Ordering::Relaxed);
         header.member_slots.store(member_slots, Ordering::Relaxed);
         header.magic.store(MAGIC, Ordering::Release);
         Ok(segment)
@@ -149,11 +156,15 @@ impl Segment {
         for probe in 0..count {
             let slot = (start + probe) % count;
             let balancer = self.balancer(slot)?;
-            match balancer.key.compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Acquire)
+            match balancer
+                .key
+                .compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
                     let header = self.header();
-                    let base = header.next_free_member.fetch_add(member_slots, Ordering::AcqRel);
+                    let base = header
+                        .next_free_member
+                        .fetch_add(member_slots, Ordering::AcqRel);
                     let fits = base
                         .checked_add(member_slots)
                         .is_some_and(|end| end <= self.member_slots);
@@ -186,7 +197,10 @@ impl Segment {
         let start = (key % count.max(1) as u64) as usize;
         (0..count)
             .map(|probe| (start + probe) % count)
-            .find(|&slot| self.balancer(slot).is_some_and(|b| b.key.load(Ordering::Acquire) == key))
+            .find(|&slot| {
+                self.balancer(slot)
+                    .is_some_and(|b| b.key.load(Ordering::Acquire) == key)
+            })
     }
 
     /// # Safety

@@ -36,7 +36,11 @@ fn balancer_table(out: &mut String, balancer: &BalancerStatus) {
         escape(&balancer.name),
         escape(&balancer.server),
         escape(&balancer.method),
-        if balancer.tracked { "" } else { ", not one of this module's: counters idle" },
+        if balancer.tracked {
+            ""
+        } else {
+            ", not one of this module's: counters idle"
+        },
     );
     out.push_str(concat!(
         "<table>\n<tr><th class=\"l\">Member</th><th class=\"l\">Route</th>",
@@ -100,6 +104,9 @@ mod tests {
 
     #[test]
     fn escape_covers_the_five_characters() {
-        assert_eq!(escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
     }
 }

@@ -101,7 +101,11 @@ pub fn status_word(bits: u32) -> &'static str {
 }
 
 pub fn flag_names(bits: u32) -> Vec<&'static str> {
-    FLAG_NAMES.iter().filter(|(bit, _)| bits & bit != 0).map(|&(_, name)| name).collect()
+    FLAG_NAMES
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|&(_, name)| name)
+        .collect()
 }
 
 /// The format a status request asks for with `?format=`.
@@ -194,23 +198,36 @@ pub(crate) mod tests {
     fn status_words_follow_precedence() {
         assert_eq!(status_word(flag::INITIALIZED), "ok");
         assert_eq!(status_word(flag::INITIALIZED | flag::DRAIN), "draining");
-        assert_eq!(status_word(flag::INITIALIZED | flag::IN_ERROR | flag::DISABLED), "disabled");
-        assert_eq!(status_word(flag::INITIALIZED | flag::HC_FAIL), "hcheck-failed");
+        assert_eq!(
+            status_word(flag::INITIALIZED | flag::IN_ERROR | flag::DISABLED),
+            "disabled"
+        );
+        assert_eq!(
+            status_word(flag::INITIALIZED | flag::HC_FAIL),
+            "hcheck-failed"
+        );
         assert_eq!(status_word(0), "initializing");
-        assert_eq!(flag_names(flag::HOT_SPARE | flag::DRAIN), vec!["drain", "hot-spare"]);
+        assert_eq!(
+            flag_names(flag::HOT_SPARE | flag::DRAIN),
+            vec!["drain", "hot-spare"]
+        );
     }
 
     #[test]
     fn format_comes_from_the_query() {
         assert_eq!(Format::from_query(None), Some(Format::Html));
         assert_eq!(Format::from_query(Some("format=json")), Some(Format::Json));
-        assert_eq!(Format::from_query(Some("x=1&format=json")), Some(Format::Json));
+        assert_eq!(
+            Format::from_query(Some("x=1&format=json")),
+            Some(Format::Json)
+        );
         assert_eq!(Format::from_query(Some("format=xml")), None);
     }
 
     #[test]
     fn json_has_the_documented_shape() {
-        let json: serde_json::Value = serde_json::from_str(&render(&sample(), Format::Json)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&sample(), Format::Json)).unwrap();
         let balancer = &json["balancers"][0];
         assert_eq!(balancer["name"], "balancer://app");
         assert_eq!(balancer["method"], "byweight");
@@ -220,6 +237,9 @@ pub(crate) mod tests {
         }
         assert_eq!(member["loadfactor"], 1.5);
         assert_eq!(balancer["members"][1]["status"], "error");
-        assert_eq!(balancer["members"][1]["flags"], serde_json::json!(["error", "hot-standby"]));
+        assert_eq!(
+            balancer["members"][1]["flags"],
+            serde_json::json!(["error", "hot-standby"])
+        );
     }
 }

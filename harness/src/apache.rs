@@ -1,0 +1,557 @@
+//! Runs Debian's real `apache2` with a generated configuration in a temporary directory, on a
+//! free loopback port, in the foreground as a child of the test. Dropping the guard stops it
+//! (and its whole process group) and reaps it; if the test is failing, the error log is
+//! printed first.
+
+use crate::client::{self, Response};
+use std::fs;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The apache2 binary: `$LBRS_APACHE2`, else Debian's.
+pub fn apache2_binary() -> PathBuf {
+    std::env::var_os("LBRS_APACHE2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/apache2"))
+}
+
+/// Where httpd's modules are (`apxs -q LIBEXECDIR`), overridable with `$LBRS_MODULES_DIR`.
+pub fn modules_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LBRS_MODULES_DIR") {
+        return PathBuf::from(dir);
+    }
+    Command::new("apxs")
+        .args(["-q", "LIBEXECDIR"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|dir| dir.join("mod_proxy.so").is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/apache2/modules"))
+}
+
+/// The module under test: `$LBRS_MODULE`, else the one cargo built next to the running binary
+/// (target/<profile>/libmod_lbmethod_rs.so).
+pub fn module_under_test() -> PathBuf {
+    if let Some(path) = std::env::var_os("LBRS_MODULE") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("libmod_lbmethod_rs.so");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    PathBuf::from("target/debug/libmod_lbmethod_rs.so")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mpm {
+    Event,
+    Worker,
+    Prefork,
+}
+
+impl Mpm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mpm::Event => "event",
+            Mpm::Worker => "worker",
+            Mpm::Prefork => "prefork",
+        }
+    }
+}
+
+/// Where this module's LoadModule goes relative to mod_proxy's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadOrder {
+    BeforeProxy,
+    AfterProxy,
+    /// Not loaded at all (to run the built-in methods alone).
+    NotLoaded,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApacheConfig {
+    pub mpm: Mpm,
+    /// Child processes to keep (prefork: processes; event/worker: processes of `threads` each).
+    pub processes: u32,
+    pub threads: u32,
+    pub load_order: LoadOrder,
+    pub module: PathBuf,
+    pub log_level: String,
+    /// Extra modules by short name (`proxy_hcheck` loads `mod_proxy_hcheck.so`).
+    pub extra_modules: Vec<String>,
+    /// Site configuration: balancers, ProxyPass lines, anything else.
+    pub body: String,
+}
+
+impl ApacheConfig {
+    pub fn new(body: &str) -> ApacheConfig {
+        ApacheConfig {
+            mpm: Mpm::Event,
+            processes: 3,
+            threads: 16,
+            load_order: LoadOrder::AfterProxy,
+            module: module_under_test(),
+            log_level: "warn lbmethod_rs:info".to_string(),
+            extra_modules: Vec::new(),
+            body: body.to_string(),
+        }
+    }
+
+    pub fn mpm(mut self, mpm: Mpm) -> ApacheConfig {
+        self.mpm = mpm;
+        if mpm == Mpm::Prefork {
+            self.processes = self.processes.max(6);
+        }
+        self
+    }
+
+    pub fn processes(mut self, processes: u32) -> ApacheConfig {
+        self.processes = processes;
+        self
+    }
+
+    pub fn threads(mut self, threads: u32) -> ApacheConfig {
+        self.threads = threads;
+        self
+    }
+
+    pub fn load_order(mut self, order: LoadOrder) -> ApacheConfig {
+        self.load_order = order;
+        self
+    }
+
+    pub fn log_level(mut self, level: &str) -> ApacheConfig {
+        self.log_level = level.to_string();
+        self
+    }
+
+    pub fn with_module(mut self, name: &str) -> ApacheConfig {
+        self.extra_modules.push(name.to_string());
+        self
+    }
+
+    /// The whole httpd.conf for a server rooted at `dir` listening on `port`.
+    pub fn render(&self, dir: &Path, port: u16) -> String {
+        let modules = modules_dir();
+        let load = |name: &str| {
+            format!(
+                "LoadModule {name}_module {}/mod_{name}.so\n",
+                modules.display()
+            )
+        };
+        let ours = format!("LoadModule lbmethod_rs_module {}\n", self.module.display());
+        let mut conf = String::new();
+        conf.push_str(&format!(
+            "ServerRoot {dir}\nDefaultRuntimeDir {dir}\nPidFile {dir}/httpd.pid\nErrorLog {dir}/error.log\n\
+             LogLevel {level}\nListen 127.0.0.1:{port}\nServerName 127.0.0.1\nTimeout 30\n",
+            dir = dir.display(),
+            level = self.log_level,
+        ));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            conf.push_str("User www-data\nGroup www-data\n");
+        }
+        conf.push_str(&load(&format!("mpm_{}", self.mpm.name())));
+        conf.push_str(&self.mpm_settings());
+        for name in ["authz_core", "authz_host"] {
+            conf.push_str(&load(name));
+        }
+        if self.load_order == LoadOrder::BeforeProxy {
+            conf.push_str(&ours);
+        }
+        for name in [
+            "proxy",
+            "proxy_http",
+            "proxy_balancer",
+            "slotmem_shm",
+            "lbmethod_byrequests",
+            "lbmethod_bybusyness",
+        ] {
+            conf.push_str(&load(name));
+        }
+        for name in &self.extra_modules {
+            conf.push_str(&load(name));
+        }
+        if self.load_order == LoadOrder::AfterProxy {
+            conf.push_str(&ours);
+        }
+        conf.push_str(concat!(
+            "ProxyPass /lb-status !\nProxyPass /balancer-manager !\n",
+            "<Location \"/lb-status\">\n    SetHandler lbmethod-rs-status\n    Require local\n</Location>\n",
+            "<Location \"/balancer-manager\">\n    SetHandler balancer-manager\n    Require local\n</Location>\n",
+        ));
+        if self.load_order == LoadOrder::NotLoaded {
+            // Without the module its handler does not exist; answer 404 rather than fail.
+            conf = conf.replace("    SetHandler lbmethod-rs-status\n", "");
+        }
+        conf.push_str(&self.body);
+        conf.push('\n');
+        conf
+    }
+
+    fn mpm_settings(&self) -> String {
+        let p = self.processes.max(1);
+        match self.mpm {
+            Mpm::Prefork => format!(
+                "StartServers {p}\nMinSpareServers {p}\nMaxSpareServers {}\nServerLimit {}\nMaxRequestWorkers {}\n",
+                p + 4,
+                p + 4,
+                p + 4
+            ),
+            Mpm::Event | Mpm::Worker => {
+                let t = self.threads.max(1);
+                format!(
+                    "StartServers {p}\nServerLimit {}\nThreadLimit {t}\nThreadsPerChild {t}\nMaxRequestWorkers {}\n\
+                     MinSpareThreads {}\nMaxSpareThreads {}\n",
+                    p + 1,
+                    (p + 1) * t,
+                    p * t,
+                    (p + 1) * t
+                )
+            }
+        }
+    }
+}
+
+/// A running apache2.
+pub struct Apache {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    pub config: ApacheConfig,
+}
+
+impl Apache {
+    /// Starts apache2 and waits (at most 30 s) until it answers.
+    pub fn start(config: ApacheConfig) -> Result<Apache, String> {
+        let dir = scratch_dir().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let conf_path = dir.join("httpd.conf");
+        fs::write(&conf_path, config.render(&dir, port))
+            .map_err(|e| format!("cannot write config: {e}"))?;
+        let child = Command::new(apache2_binary())
+            .arg("-f")
+            .arg(&conf_path)
+            .args(["-D", "FOREGROUND"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("stderr.log")).map_err(|e| e.to_string())?)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", apache2_binary().display()))?;
+        let mut apache = Apache {
+            child: Some(child),
+            dir,
+            port,
+            config,
+        };
+        apache.wait_ready(1, Duration::from_secs(30))?;
+        Ok(apache)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn get(&self, path: &str) -> io::Result<Response> {
+        client::get(self.addr(), path)
+    }
+
+    /// The status page's JSON.
+    pub fn status(&self) -> Result<serde_json::Value, String> {
+        let response = self
+            .get("/lb-status?format=json")
+            .map_err(|e| e.to_string())?;
+        if response.status != 200 {
+            return Err(format!(
+                "status page answered {}: {}",
+                response.status,
+                response.text()
+            ));
+        }
+        serde_json::from_slice(&response.body).map_err(|e| format!("status page JSON: {e}"))
+    }
+
+    /// One member's entry on the status page (`balancer` like "balancer://app").
+    pub fn member_status(
+        &self,
+        balancer: &str,
+        member_url: &str,
+    ) -> Result<serde_json::Value, String> {
+        let status = self.status()?;
+        status["balancers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["name"] == balancer)
+            .flat_map(|b| b["members"].as_array().cloned().unwrap_or_default())
+            .find(|m| m["name"] == member_url)
+            .ok_or_else(|| format!("{member_url} of {balancer} is not on the status page"))
+    }
+
+    pub fn error_log(&self) -> String {
+        let mut log = fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+        log.push_str(&fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default());
+        log
+    }
+
+    /// Graceful restart (`apachectl -k graceful`: SIGUSR1), waiting for the new generation.
+    pub fn graceful(&mut self) -> Result<(), String> {
+        let generations = self.generations();
+        self.signal(libc::SIGUSR1)?;
+        self.wait_ready(generations + 1, Duration::from_secs(30))
+    }
+
+    /// Rewrites the site configuration and restarts gracefully.
+    pub fn reconfigure(&mut self, body: &str) -> Result<(), String> {
+        self.config.body = body.to_string();
+        fs::write(
+            self.dir.join("httpd.conf"),
+            self.config.render(&self.dir, self.port),
+        )
+        .map_err(|e| e.to_string())?;
+        self.graceful()
+    }
+
+    /// Configuration generations started so far (httpd logs one line per generation).
+    fn generations(&self) -> usize {
+        self.error_log()
+            .matches("resuming normal operations")
+            .count()
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), String> {
+        let pid = self.pid().ok_or("apache is not running")?;
+        // SAFETY: signalling our own child process.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            return Err(format!(
+                "kill({pid}, {signal}): {}",
+                io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, generations: usize, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "apache2 exited ({status}) while starting:\n{}",
+                    self.error_log()
+                ));
+            }
+            if self.generations() >= generations && self.get("/lb-status").is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "apache2 did not answer within {within:?}:\n{}",
+                    self.error_log()
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// PIDs of apache2's current child processes.
+    pub fn children(&self) -> Vec<u32> {
+        let Some(parent) = self.pid() else {
+            return Vec::new();
+        };
+        let mut children = Vec::new();
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return children;
+        };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // Fields after the command name (which is in parentheses): state, ppid, ...
+            let Some(rest) = stat.rsplit(')').next() else {
+                continue;
+            };
+            if rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+                == Some(parent)
+            {
+                children.push(pid);
+            }
+        }
+        children
+    }
+
+    /// Stops apache2 (SIGTERM, then SIGKILL to the whole group after 10 s) and reaps it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id() as i32;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    // SAFETY: the group is the one apache2 was started in (process_group(0)).
+                    unsafe { libc::killpg(pid, libc::SIGKILL) };
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        // Children that outlived the parent would keep ports and shared memory.
+        // SAFETY: as above.
+        unsafe { libc::killpg(pid, libc::SIGKILL) };
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "----- apache2 error log ({}) -----\n{}",
+                self.dir.display(),
+                self.error_log()
+            );
+        }
+        self.stop();
+        if !thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs `apache2 -t` on `config`; returns whether it passed and what it printed.
+pub fn config_test(config: &ApacheConfig) -> (bool, String) {
+    let Ok(dir) = scratch_dir() else {
+        return (false, "no scratch directory".into());
+    };
+    let conf_path = dir.join("httpd.conf");
+    if fs::write(&conf_path, config.render(&dir, 1)).is_err() {
+        return (false, "cannot write config".into());
+    }
+    let output = Command::new(apache2_binary())
+        .arg("-t")
+        .arg("-f")
+        .arg(&conf_path)
+        .output();
+    let _ = fs::remove_dir_all(&dir);
+    match output {
+        Ok(output) => (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        ),
+        Err(err) => (false, format!("cannot run apache2: {err}")),
+    }
+}
+
+/// Sets member parameters through balancer-manager, as an admin's browser would (nonce and
+/// same-host Referer included). `params` are balancer-manager's form fields, e.g. `("w_lf", "4")`.
+pub fn balancer_manager_set(
+    apache: &Apache,
+    balancer: &str,
+    member_url: &str,
+    params: &[(&str, &str)],
+) -> Result<(), String> {
+    let page = apache
+        .get(&format!("/balancer-manager?b={balancer}"))
+        .map_err(|e| e.to_string())?
+        .text();
+    let nonce = page
+        .split("nonce=")
+        .nth(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
+                .collect::<String>()
+        })
+        .filter(|n| !n.is_empty())
+        .ok_or("no nonce on the balancer-manager page")?;
+    let mut form = format!("b={balancer}&w={}&nonce={nonce}", url_encode(member_url));
+    for (name, value) in params {
+        form.push_str(&format!("&{name}={}", url_encode(value)));
+    }
+    let response = client::request(
+        apache.addr(),
+        "POST",
+        "/balancer-manager",
+        &[
+            ("Referer", "http://127.0.0.1/balancer-manager"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        form.as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    if response.status != 200 {
+        return Err(format!("balancer-manager answered {}", response.status));
+    }
+    Ok(())
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A fresh directory under the system temp dir, world-readable so apache2's children can
+/// reach it after dropping root.
+fn scratch_dir() -> io::Result<PathBuf> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "lbrs-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir_all(&dir)?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,355 @@
+//! A small HTTP/1.1 backend that behaves like an application server: a fixed number of worker
+//! slots, a service time per request, and requests beyond the slots waiting in a queue. It
+//! records what it saw (requests, in flight now, the most in flight at once) so tests can check
+//! the balancer from the backend's side.
+//!
+//! Every response carries `X-Backend: <name>` and the name as its body. A request whose path
+//! contains `/__reset` gets its connection reset without an answer (a crashing backend).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// How a backend behaves.
+#[derive(Clone, Debug)]
+pub struct BackendSpec {
+    pub name: String,
+    /// Requests served at once; more wait in line. 0 means no limit.
+    pub slots: usize,
+    /// Service time of each request.
+    pub delay: Duration,
+}
+
+impl BackendSpec {
+    pub fn new(name: &str) -> BackendSpec {
+        BackendSpec {
+            name: name.to_string(),
+            slots: 0,
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn slots(mut self, slots: usize) -> BackendSpec {
+        self.slots = slots;
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> BackendSpec {
+        self.delay = delay;
+        self
+    }
+}
+
+/// What a backend has seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub requests: u64,
+    pub inflight: u64,
+    pub max_inflight: u64,
+}
+
+struct Shared {
+    name: String,
+    delay_us: AtomicU64,
+    slots: Slots,
+    requests: AtomicU64,
+    inflight: AtomicU64,
+    max_inflight: AtomicU64,
+    stopping: AtomicBool,
+    connections: Mutex<Vec<(TcpStream, Option<JoinHandle<()>>)>>,
+}
+
+/// A running backend. Dropping it stops it: the listener closes, open connections are shut
+/// down and every thread is joined.
+pub struct Backend {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts a backend on a free loopback port.
+    pub fn start(spec: BackendSpec) -> io::Result<Backend> {
+        Self::start_on("127.0.0.1:0".parse().expect("literal address"), spec)
+    }
+
+    /// Starts a backend on `addr` (port 0: any free port).
+    pub fn start_on(addr: SocketAddr, spec: BackendSpec) -> io::Result<Backend> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            name: spec.name,
+            delay_us: AtomicU64::new(spec.delay.as_micros() as u64),
+            slots: Slots::new(spec.slots),
+            requests: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
+            max_inflight: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            connections: Mutex::new(Vec::new()),
+        });
+        let accept_shared = Arc::clone(&shared);
+        let acceptor = thread::Builder::new()
+            .name(format!("backend-{}", shared.name))
+            .spawn(move || accept_loop(listener, accept_shared))?;
+        Ok(Backend {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn stats(&self) -> BackendStats {
+        BackendStats {
+            requests: self.shared.requests.load(Ordering::SeqCst),
+            inflight: self.shared.inflight.load(Ordering::SeqCst),
+            max_inflight: self.shared.max_inflight.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Changes the service time from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared
+            .delay_us
+            .store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Forgets the counts so far (the most-in-flight mark restarts from the current count).
+    pub fn reset_stats(&self) {
+        self.shared.requests.store(0, Ordering::SeqCst);
+        let now = self.shared.inflight.load(Ordering::SeqCst);
+        self.shared.max_inflight.store(now, Ordering::SeqCst);
+    }
+
+    /// Stops accepting and drops every open connection, as a crashed server would.
+    pub fn stop(&mut self) {
+        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the acceptor with a connection of our own; it sees `stopping` and returns.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        self.shared.slots.close();
+        let connections = std::mem::take(
+            &mut *self
+                .shared
+                .connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (stream, _) in &connections {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        for (_, handle) in connections {
+            if let Some(handle) = handle {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let _ = stream.set_nodelay(true);
+        let Ok(tracked) = stream.try_clone() else {
+            continue;
+        };
+        let conn_shared = Arc::clone(&shared);
+        let handle = thread::Builder::new()
+            .name(format!("conn-{}", shared.name))
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let _ = serve_connection(stream, &conn_shared);
+            })
+            .ok();
+        let mut connections = shared.connections.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget connections whose thread has finished, so a long run does not pile them up.
+        connections.retain(|(_, h)| h.as_ref().is_some_and(|h| !h.is_finished()));
+        connections.push((tracked, handle));
+    }
+}
+
+fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let Some(request) = read_request(&mut reader)? else {
+            return Ok(());
+        };
+        if shared.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if request.path.contains("/__reset") {
+            reset(&writer);
+            return Ok(());
+        }
+        let now = shared.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_inflight.fetch_max(now, Ordering::SeqCst);
+        shared.requests.fetch_add(1, Ordering::SeqCst);
+        let served = shared.slots.with_slot(|| {
+            let delay = shared.delay_us.load(Ordering::SeqCst);
+            if delay > 0 {
+                thread::sleep(Duration::from_micros(delay));
+            }
+        });
+        let body = format!("{}\n", shared.name);
+        let response = if served {
+            format!(
+                "HTTP/1.1 200 OK\r\nX-Backend: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
+                shared.name,
+                body.len(),
+                if request.close {
+                    "Connection: close\r\n"
+                } else {
+                    ""
+                },
+                if request.head { "" } else { &body },
+            )
+        } else {
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .to_string()
+        };
+        let written = writer.write_all(response.as_bytes());
+        shared.inflight.fetch_sub(1, Ordering::SeqCst);
+        written?;
+        if request.close || !served {
+            return Ok(());
+        }
+    }
+}
+
+/// Closes the connection with a reset (RST), not an orderly close.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a live socket with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+struct Request {
+    path: String,
+    head: bool,
+    close: bool,
+}
+
+/// Reads one request (line, headers, body by Content-Length). `None` at end of stream.
+fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("/").to_string();
+    let http10 = parts.next().is_some_and(|v| v == "HTTP/1.0");
+    let mut length = 0usize;
+    let mut close = http10;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Ok(None);
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.eq_ignore_ascii_case("close");
+            }
+        }
+    }
+    if length > 0 {
+        io::copy(&mut reader.take(length as u64), &mut io::sink())?;
+    }
+    Ok(Some(Request {
+        path,
+        head: method == "HEAD",
+        close,
+    }))
+}
+
+/// A counting semaphore: at most `limit` holders; the rest wait in line.
+struct Slots {
+    limit: usize,
+    state: Mutex<(usize, bool)>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn new(limit: usize) -> Slots {
+        Slots {
+            limit,
+            state: Mutex::new((0, false)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Runs `work` holding a slot; false if the backend stopped while waiting.
+    fn with_slot(&self, work: impl FnOnce()) -> bool {
+        if self.limit == 0 {
+            work();
+            return true;
+        }
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            while state.0 >= self.limit && !state.1 {
+                state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.1 {
+                return false;
+            }
+            state.0 += 1;
+        }
+        work();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 -= 1;
+        self.freed.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.freed.notify_all();
+    }
+}

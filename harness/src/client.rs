@@ -1,0 +1,478 @@
+//! A minimal HTTP/1.1 client and a closed-loop load generator, bounded in count and in time.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Default)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One keep-alive connection.
+pub struct Connection {
+    addr: SocketAddr,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Connection {
+    pub fn open(addr: SocketAddr, timeout: Duration) -> io::Result<Connection> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            addr,
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    /// Sends a request and reads the whole response.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
+        self.send(method, path, headers, body)?;
+        read_response(&mut self.reader, method == "HEAD")
+    }
+
+    /// Sends a request without reading the answer (to abort it, drop the connection).
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<()> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        self.writer.write_all(head.as_bytes())?;
+        self.writer.write_all(body)
+    }
+
+    /// Closes the connection with a reset, as a client that gives up would.
+    pub fn abort(self) {
+        let _ = self.writer.set_linger_zero();
+    }
+}
+
+trait LingerZero {
+    fn set_linger_zero(&self) -> io::Result<()>;
+}
+
+impl LingerZero for TcpStream {
+    fn set_linger_zero(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a live socket with a correctly sized linger struct.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// One request on a fresh connection.
+pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
+    request(addr, "GET", path, &[], b"")
+}
+
+/// One request of any method on a fresh connection.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Response> {
+    let mut headers = headers.to_vec();
+    headers.push(("Connection", "close"));
+    Connection::open(addr, Duration::from_secs(10))?.request(method, path, &headers, body)
+}
+
+fn read_response(reader: &mut impl BufRead, head: bool) -> io::Result<Response> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line {line:?}"),
+            )
+        })?;
+    let mut headers = Vec::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in headers",
+            ));
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    let mut response = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if head || status == 204 || status == 304 {
+        return Ok(response);
+    }
+    if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+            if size == 0 {
+                let mut trailer = String::new();
+                while reader.read_line(&mut trailer)? > 2 {
+                    trailer.clear();
+                }
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            chunk.truncate(size);
+            response.body.extend_from_slice(&chunk);
+        }
+    } else if let Some(length) = response
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        response.body = vec![0; length];
+        reader.read_exact(&mut response.body)?;
+    } else {
+        reader.read_to_end(&mut response.body)?;
+    }
+    Ok(response)
+}
+
+/// A closed-loop load: `concurrency` clients, each sending its next request as soon as the
+/// previous one is answered, until `requests` are done or `deadline` has passed.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub path: String,
+    pub concurrency: usize,
+    pub requests: u64,
+    pub deadline: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Every n-th request (0: none) is abandoned by its client after `abort_after`, with a reset.
+    pub abort_every: u64,
+    pub abort_after: Duration,
+    /// Extra request headers; `{n}` in a value becomes the request's sequence number.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Load {
+    pub fn new(path: &str, concurrency: usize, requests: u64) -> Load {
+        Load {
+            path: path.to_string(),
+            concurrency,
+            requests,
+            deadline: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+            abort_every: 0,
+            abort_after: Duration::from_millis(5),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn deadline(mut self, deadline: Duration) -> Load {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn abort_every(mut self, every: u64, after: Duration) -> Load {
+        self.abort_every = every;
+        self.abort_after = after;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Load {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs the load against `addr`.
+    pub fn run(&self, addr: SocketAddr) -> LoadReport {
+        let next = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let results: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
+        thread::scope(|scope| {
+            for _ in 0..self.concurrency.max(1) {
+                let next = Arc::clone(&next);
+                let results = Arc::clone(&results);
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    let mut connection: Option<Connection> = None;
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= self.requests || started.elapsed() >= self.deadline {
+                            break;
+                        }
+                        mine.push(self.one(addr, n, &mut connection, started));
+                    }
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(mine);
+                });
+            }
+        });
+        let outcomes = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+        LoadReport::from_outcomes(outcomes, started.elapsed())
+    }
+
+    fn one(
+        &self,
+        addr: SocketAddr,
+        n: u64,
+        connection: &mut Option<Connection>,
+        started: Instant,
+    ) -> Outcome {
+        let headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace("{n}", &n.to_string())))
+            .collect();
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let begun = Instant::now();
+        let abort = self.abort_every > 0 && n % self.abort_every == self.abort_every - 1;
+        let result = (|| -> io::Result<Outcome> {
+            if connection.is_none() {
+                *connection = Some(Connection::open(addr, self.timeout)?);
+            }
+            let conn = connection.as_mut().expect("opened above");
+            if abort {
+                conn.send("GET", &self.path, &headers, b"")?;
+                thread::sleep(self.abort_after);
+                if let Some(conn) = connection.take() {
+                    conn.abort();
+                }
+                return Ok(Outcome::aborted(begun.elapsed(), started.elapsed()));
+            }
+            let response = conn.request("GET", &self.path, &headers, b"")?;
+            if response
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+            {
+                *connection = None;
+            }
+            Ok(Outcome::answered(
+                &response,
+                begun.elapsed(),
+                started.elapsed(),
+            ))
+        })();
+        result.unwrap_or_else(|err| {
+            *connection = None;
+            Outcome::failed(err, begun.elapsed(), started.elapsed())
+        })
+    }
+}
+
+/// What happened to one request.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// HTTP status; 0 when there was no answer.
+    pub status: u16,
+    pub backend: Option<String>,
+    pub retry_after: Option<String>,
+    pub latency: Duration,
+    /// When the request finished, from the start of the load.
+    pub at: Duration,
+    pub aborted: bool,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    fn answered(response: &Response, latency: Duration, at: Duration) -> Outcome {
+        Outcome {
+            status: response.status,
+            backend: response.header("x-backend").map(str::to_string),
+            retry_after: response.header("retry-after").map(str::to_string),
+            latency,
+            at,
+            aborted: false,
+            error: None,
+        }
+    }
+
+    fn aborted(latency: Duration, at: Duration) -> Outcome {
+        Outcome {
+            status: 0,
+            backend: None,
+            retry_after: None,
+            latency,
+            at,
+            aborted: true,
+            error: None,
+        }
+    }
+
+    fn failed(error: io::Error, latency: Duration, at: Duration) -> Outcome {
+        Outcome {
+            status: 0,
+            backend: None,
+            retry_after: None,
+            latency,
+            at,
+            aborted: false,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+/// The results of a load.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    pub outcomes: Vec<Outcome>,
+    pub elapsed: Duration,
+}
+
+impl LoadReport {
+    fn from_outcomes(mut outcomes: Vec<Outcome>, elapsed: Duration) -> LoadReport {
+        outcomes.sort_by_key(|o| o.at);
+        LoadReport { outcomes, elapsed }
+    }
+
+    /// Answered requests per backend name.
+    pub fn per_backend(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for outcome in &self.outcomes {
+            if let Some(backend) = &outcome.backend {
+                *counts.entry(backend.clone()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    pub fn count_backend(&self, name: &str) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|o| o.backend.as_deref() == Some(name))
+            .count() as u64
+    }
+
+    /// Responses per HTTP status (0: no answer, not counting deliberate aborts).
+    pub fn per_status(&self) -> BTreeMap<u16, u64> {
+        let mut counts = BTreeMap::new();
+        for outcome in self.outcomes.iter().filter(|o| !o.aborted) {
+            *counts.entry(outcome.status).or_default() += 1;
+        }
+        counts
+    }
+
+    pub fn count_status(&self, status: u16) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|o| !o.aborted && o.status == status)
+            .count() as u64
+    }
+
+    pub fn errors(&self) -> Vec<&str> {
+        self.outcomes
+            .iter()
+            .filter_map(|o| o.error.as_deref())
+            .collect()
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|o| !o.aborted && o.status != 0)
+            .count() as u64
+    }
+
+    /// Answered requests per second.
+    pub fn throughput(&self) -> f64 {
+        self.completed() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency percentile (0..=100) of answered 2xx requests.
+    pub fn percentile(&self, p: f64) -> Duration {
+        let mut latencies: Vec<Duration> = self
+            .outcomes
+            .iter()
+            .filter(|o| (200..300).contains(&o.status))
+            .map(|o| o.latency)
+            .collect();
+        percentile(&mut latencies, p)
+    }
+}
+
+/// The `p`th percentile (nearest rank) of `values`; zero when empty.
+pub fn percentile(values: &mut [Duration], p: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    values.sort_unstable();
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
