@@ -9,7 +9,7 @@ use crate::httpd::guard::{catch, install_panic_hook};
 use crate::httpd::log::{Level, log_server};
 use crate::httpd::proxy::{self, ProxyApi};
 use crate::methods::Method;
-use crate::shm::{self, Segment, name_key};
+use crate::shm::{self, BalancerPlan, Segment, name_key};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_ulong, c_void};
 use std::ptr::{self, NonNull};
@@ -237,49 +237,19 @@ unsafe fn build_runtime(main: *const ffi::server_rec) -> Result<Runtime, String>
     let balancers = unsafe { proxy.balancers(main) };
     unsafe { check_shared_layout(&balancers)? };
 
-    let growth: u32 = unsafe { spare_balancers(&proxy, main) };
-    let configured_members: u32 = balancers
+    // SAFETY: live balancers and workers of this generation.
+    let plan: Vec<BalancerPlan> = balancers
         .iter()
-        .map(|&(_, b)| unsafe { (*b).max_workers.max(0) as u32 })
-        .sum();
-    let spare_members = growth * 16;
-    let segment = Segment::create(
-        balancers.len() as u32 + growth,
-        configured_members + spare_members,
-    )
-    .map_err(|err| format!("cannot map shared memory: {err}"))?;
-
-    let mut configured = HashMap::new();
-    for &(_, balancer) in &balancers {
-        // SAFETY: live balancer and workers of this generation.
-        unsafe {
-            let key = name_key(&proxy::balancer_key_name(balancer));
-            let slot = segment
-                .claim_balancer(key, (*balancer).max_workers.max(0) as u32)
-                .ok_or("shared balancer table sized too small (internal error)")?;
-            configured.insert(proxy::balancer_id(balancer), slot);
-            let shared = segment.balancer(slot).ok_or("claimed slot out of range")?;
-            for worker in proxy::workers(balancer) {
-                let index = proxy::worker_state(worker).index as usize;
-                if let Some(member) = segment.member_of(shared, index) {
-                    member
-                        .key
-                        .store(name_key(&proxy::worker_key_name(worker)), Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    // SAFETY: retained data is process memory of the parent that survives restarts.
-    unsafe { replace_retained_segment(&segment) };
-    log_server!(
-        main,
-        Level::Debug,
-        "shared segment: {} balancer slot(s), {} member slot(s), {} bytes",
-        segment.balancer_slots(),
-        segment.member_slots(),
-        Segment::size_for(segment.balancer_slots(), segment.member_slots())
-    );
+        .map(|&(_, b)| unsafe { balancer_plan(b) })
+        .collect();
+    // SAFETY: main is live; retained data is parent memory that survives restarts.
+    let (segment, slots) = unsafe { segment_for(&proxy, main, &plan)? };
+    let configured: HashMap<usize, usize> = balancers
+        .iter()
+        // SAFETY: live balancers.
+        .map(|&(_, b)| unsafe { proxy::balancer_id(b) })
+        .zip(slots)
+        .collect();
     Ok(Runtime {
         generation: Generation::new(segment, configured),
         proxy,
@@ -287,34 +257,91 @@ unsafe fn build_runtime(main: *const ffi::server_rec) -> Result<Runtime, String>
     })
 }
 
-/// Hands the new segment to httpd's retained data, after copying the previous generation's
-/// totals into it; the parent then drops its own mapping of the old one (children of the old
-/// generation keep theirs until they exit).
+/// What balancer `balancer` needs from the shared segment.
 ///
 /// # Safety
-/// Parent process, during post_config.
-unsafe fn replace_retained_segment(segment: &Segment) {
-    let key = c"mod_lbmethod_rs:segment";
-    // SAFETY: retained data is a zeroed Retained on first use, then whatever we stored.
+/// Live balancer and workers.
+unsafe fn balancer_plan(balancer: *mut ffi::proxy_balancer) -> BalancerPlan {
+    // SAFETY: per this function's contract.
     unsafe {
+        BalancerPlan {
+            key: name_key(&proxy::balancer_key_name(balancer)),
+            members: (*balancer).max_workers.max(0) as u32,
+            member_keys: proxy::workers(balancer)
+                .into_iter()
+                .map(|w| {
+                    (
+                        proxy::worker_state(w).index,
+                        name_key(&proxy::worker_key_name(w)),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The segment for this generation: the previous one when it still fits the configuration
+/// (every counter then continues exactly), else a new one that inherits the previous one's
+/// totals. The segment is kept in httpd's retained data, which survives restarts; the parent
+/// unmaps a replaced segment (children of the old generation keep their own mapping).
+///
+/// # Safety
+/// Parent process, during post_config; `main` live.
+unsafe fn segment_for(
+    proxy: &ProxyApi,
+    main: *const ffi::server_rec,
+    plan: &[BalancerPlan],
+) -> Result<(Segment, Vec<usize>), String> {
+    let key = c"mod_lbmethod_rs:segment";
+    // SAFETY: retained data is a zeroed Retained on first use, then what we stored in it.
+    let retained = unsafe {
         let mut retained = ffi::ap_retained_data_get(key.as_ptr()) as *mut Retained;
         if retained.is_null() {
             retained =
                 ffi::ap_retained_data_create(key.as_ptr(), size_of::<Retained>()) as *mut Retained;
         }
-        if retained.is_null() {
-            return;
-        }
-        if let Some(base) = NonNull::new((*retained).base)
-            && let Some(old) = Segment::from_raw(base, (*retained).len)
-        {
-            shm::carry_over(&old, segment);
-            old.unmap();
-        }
-        let (base, len) = segment.as_raw();
-        (*retained).base = base.as_ptr();
-        (*retained).len = len;
+        retained.as_mut().ok_or("httpd gave no retained data")?
+    };
+    // SAFETY: a non-null base is a segment mapped by an earlier generation of this process.
+    let previous = NonNull::new(retained.base)
+        .and_then(|base| unsafe { Segment::from_raw(base, retained.len) });
+    if let Some(previous) = previous
+        && let Some(slots) = shm::reuse(&previous, plan)
+    {
+        log_server!(
+            main,
+            Level::Info,
+            "balancers unchanged: the shared counters continue"
+        );
+        return Ok((previous, slots));
     }
+
+    // SAFETY: main is live.
+    let spare_balancers = unsafe { spare_balancers(proxy, main) };
+    let members: u32 = plan.iter().map(|b| b.members).sum();
+    let segment = Segment::create(
+        plan.len() as u32 + spare_balancers,
+        members + spare_balancers * 16,
+    )
+    .map_err(|err| format!("cannot map shared memory: {err}"))?;
+    let slots =
+        shm::place(&segment, plan).ok_or("shared segment sized too small (internal error)")?;
+    if let Some(previous) = previous {
+        shm::carry_over(&previous, &segment);
+        // SAFETY: nothing in the parent uses the previous segment any more.
+        unsafe { previous.unmap() };
+    }
+    let (base, len) = segment.as_raw();
+    retained.base = base.as_ptr();
+    retained.len = len;
+    log_server!(
+        main,
+        Level::Info,
+        "new shared segment: {} balancer slot(s), {} member slot(s), {len} bytes",
+        segment.balancer_slots(),
+        segment.member_slots()
+    );
+    Ok((segment, slots))
 }
 
 /// Spare balancer slots: `BalancerGrowth` of every server (mod_proxy keeps it per server).

@@ -1,12 +1,17 @@
-//! `byweight` through real apache2: exact shares across processes, eligibility rules, live
-//! weight changes.
+//! `byweight` through real apache2: exact shares across processes under every MPM, live weight
+//! changes from balancer-manager, loading before mod_proxy, graceful restarts under load,
+//! several balancers and virtual hosts, and a backend dying mid-run.
 
-use lbrs_harness::{Apache, ApacheConfig, Load, Mpm, backends, balancer_block};
+use lbrs_harness::{
+    Apache, ApacheConfig, Backend, BackendSpec, Load, LoadOrder, Mpm, backends, balancer_block,
+    balancer_manager_set,
+};
+use std::collections::BTreeSet;
+use std::thread;
 use std::time::Duration;
 
-fn exact_shares_under(mpm: Mpm) {
-    let b = backends(&["a", "b", "c"]);
-    let body = balancer_block(
+fn one_two_three(b: &[Backend]) -> String {
+    balancer_block(
         "app",
         "/",
         &[
@@ -15,11 +20,32 @@ fn exact_shares_under(mpm: Mpm) {
             (&b[2], "loadfactor=3"),
         ],
         "lbmethod=byweight",
-    );
-    let apache = Apache::start(ApacheConfig::new(&body).mpm(mpm)).unwrap();
-    let report = Load::new("/", 12, 6000)
-        .deadline(Duration::from_secs(60))
-        .run(apache.addr());
+    )
+}
+
+/// Processes that logged a pick (needs `LogLevel lbmethod_rs:debug`).
+fn picking_processes(apache: &Apache) -> BTreeSet<String> {
+    apache
+        .error_log()
+        .lines()
+        .filter(|line| line.contains("byweight: balancer://app: picked"))
+        .filter_map(|line| {
+            line.split("[pid ")
+                .nth(1)?
+                .split(':')
+                .next()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn exact_shares_under(mpm: Mpm) {
+    let b = backends(&["a", "b", "c"]);
+    let config = ApacheConfig::new(&one_two_three(&b))
+        .mpm(mpm)
+        .log_level("warn lbmethod_rs:debug");
+    let apache = Apache::start(config).unwrap();
+    let report = Load::new("/", 12, 6000).run(apache.addr());
     assert_eq!(
         report.count_status(200),
         6000,
@@ -27,13 +53,18 @@ fn exact_shares_under(mpm: Mpm) {
         report.per_status(),
         report.errors()
     );
-    assert_eq!(report.count_backend("a"), 1000);
-    assert_eq!(report.count_backend("b"), 2000);
-    assert_eq!(report.count_backend("c"), 3000);
+    assert_eq!(
+        (
+            report.count_backend("a"),
+            report.count_backend("b"),
+            report.count_backend("c")
+        ),
+        (1000, 2000, 3000)
+    );
+    let pickers = picking_processes(&apache);
     assert!(
-        apache.children().len() >= 3,
-        "several children served: {:?}",
-        apache.children()
+        pickers.len() >= 2,
+        "picks came from several processes: {pickers:?}"
     );
 }
 
@@ -43,6 +74,181 @@ fn exact_shares_under_event() {
 }
 
 #[test]
+fn exact_shares_under_worker() {
+    exact_shares_under(Mpm::Worker);
+}
+
+#[test]
 fn exact_shares_under_prefork() {
     exact_shares_under(Mpm::Prefork);
+}
+
+#[test]
+fn loadfactor_change_in_balancer_manager_applies_at_once_in_every_child() {
+    let b = backends(&["a", "b"]);
+    let body = balancer_block(
+        "app",
+        "/",
+        &[(&b[0], "loadfactor=1"), (&b[1], "loadfactor=1")],
+        "lbmethod=byweight",
+    );
+    let apache = Apache::start(ApacheConfig::new(&body).mpm(Mpm::Prefork)).unwrap();
+    let report = Load::new("/", 6, 600).run(apache.addr());
+    assert_eq!(
+        (report.count_backend("a"), report.count_backend("b")),
+        (300, 300)
+    );
+
+    balancer_manager_set(&apache, "app", &b[1].url(), &[("w_lf", "3")]).unwrap();
+    let member = apache.member_status("balancer://app", &b[1].url()).unwrap();
+    assert_eq!(member["loadfactor"], 3.0);
+    let report = Load::new("/", 6, 800).run(apache.addr());
+    assert_eq!(report.count_status(200), 800);
+    assert_eq!(
+        (report.count_backend("a"), report.count_backend("b")),
+        (200, 600)
+    );
+}
+
+#[test]
+fn loads_before_mod_proxy() {
+    let b = backends(&["a", "b", "c"]);
+    let config = ApacheConfig::new(&one_two_three(&b)).load_order(LoadOrder::BeforeProxy);
+    let apache = Apache::start(config).unwrap();
+    let report = Load::new("/", 4, 600).run(apache.addr());
+    assert_eq!(
+        (
+            report.count_backend("a"),
+            report.count_backend("b"),
+            report.count_backend("c")
+        ),
+        (100, 200, 300)
+    );
+}
+
+#[test]
+fn graceful_restarts_under_load_lose_nothing() {
+    let b: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Backend::start(BackendSpec::new(n).delay(Duration::from_millis(2))).unwrap())
+        .collect();
+    let mut apache = Apache::start(ApacheConfig::new(&one_two_three(&b))).unwrap();
+    let load = Load::new("/", 8, 6000).deadline(Duration::from_secs(90));
+    let addr = apache.addr();
+    let report = thread::scope(|scope| {
+        let running = scope.spawn(|| load.run(addr));
+        thread::sleep(Duration::from_millis(500));
+        apache.graceful().unwrap();
+        thread::sleep(Duration::from_millis(500));
+        apache.graceful().unwrap();
+        running.join().unwrap()
+    });
+    assert_eq!(
+        report.count_status(200),
+        6000,
+        "statuses {:?} errors {:?}",
+        report.per_status(),
+        report.errors()
+    );
+    // The segment survives the restarts, so the shares stay exact and so do the totals.
+    assert_eq!(
+        (
+            report.count_backend("a"),
+            report.count_backend("b"),
+            report.count_backend("c")
+        ),
+        (1000, 2000, 3000)
+    );
+    let status = apache.status().unwrap();
+    let members = status["balancers"][0]["members"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let selected: Vec<u64> = members
+        .iter()
+        .map(|m| m["selected"].as_u64().unwrap())
+        .collect();
+    assert_eq!(selected, vec![1000, 2000, 3000], "{members:?}");
+    assert!(members.iter().all(|m| m["inflight"] == 0), "{members:?}");
+}
+
+#[test]
+fn several_balancers_and_virtual_hosts_keep_separate_exact_shares() {
+    let b = backends(&["a", "b", "c", "d", "e", "f"]);
+    let mut body = balancer_block(
+        "one",
+        "/one",
+        &[(&b[0], "loadfactor=1"), (&b[1], "loadfactor=1")],
+        "lbmethod=byweight",
+    );
+    body.push_str(&balancer_block(
+        "two",
+        "/two",
+        &[(&b[2], "loadfactor=1"), (&b[3], "loadfactor=3")],
+        "lbmethod=byweight",
+    ));
+    body.push_str(&format!(
+        "<VirtualHost *:*>\n    ServerName v.test\n{}</VirtualHost>\n",
+        balancer_block(
+            "three",
+            "/",
+            &[(&b[4], "loadfactor=2"), (&b[5], "loadfactor=1")],
+            "lbmethod=byweight"
+        )
+    ));
+    // Requests for 127.0.0.1 land in this virtual host, which inherits the main server's
+    // balancers (each virtual host gets its own copy with its own state, as in httpd itself).
+    body.push_str("<VirtualHost *:*>\n    ServerName 127.0.0.1\n</VirtualHost>\n");
+    let apache = Apache::start(ApacheConfig::new(&body)).unwrap();
+    let one = Load::new("/one", 4, 400).run(apache.addr());
+    let two = Load::new("/two", 4, 400).run(apache.addr());
+    let three = Load::new("/", 4, 300)
+        .header("Host", "v.test")
+        .run(apache.addr());
+    assert_eq!((one.count_backend("a"), one.count_backend("b")), (200, 200));
+    assert_eq!((two.count_backend("c"), two.count_backend("d")), (100, 300));
+    assert_eq!(
+        (three.count_backend("e"), three.count_backend("f")),
+        (200, 100),
+        "{:?}",
+        three.per_status()
+    );
+
+    let status = apache.status().unwrap();
+    let names: BTreeSet<String> = status["balancers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        names.contains("balancer://one") && names.contains("balancer://three"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_backend_dying_mid_run_costs_at_most_its_requests_in_flight() {
+    let mut b: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Backend::start(BackendSpec::new(n).delay(Duration::from_millis(5))).unwrap())
+        .collect();
+    let apache = Apache::start(ApacheConfig::new(&one_two_three(&b))).unwrap();
+    let concurrency = 8;
+    let load = Load::new("/", concurrency, 3000).deadline(Duration::from_secs(90));
+    let report = thread::scope(|scope| {
+        let running = scope.spawn(|| load.run(apache.addr()));
+        thread::sleep(Duration::from_millis(800));
+        b[1].stop();
+        running.join().unwrap()
+    });
+    let failed = report.outcomes.iter().filter(|o| o.status != 200).count();
+    assert!(
+        failed <= concurrency,
+        "only requests in flight on the dying backend may fail: {failed} failed, {:?}",
+        report.per_status()
+    );
+    assert!(report.count_backend("b") > 0 && report.count_backend("a") > 0);
+    let b_status = apache.member_status("balancer://app", &b[1].url()).unwrap();
+    assert_eq!(b_status["status"], "error");
 }

@@ -4,7 +4,8 @@
 //! the balancer from the backend's side.
 //!
 //! Every response carries `X-Backend: <name>` and the name as its body. A request whose path
-//! contains `/__reset` gets its connection reset without an answer (a crashing backend).
+//! contains `/__reset` gets its connection reset without an answer (a crashing backend); one
+//! whose path contains `/health` gets 503 while the backend is marked unhealthy.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -59,6 +60,7 @@ struct Shared {
     inflight: AtomicU64,
     max_inflight: AtomicU64,
     stopping: AtomicBool,
+    unhealthy: AtomicBool,
     connections: Mutex<Vec<(TcpStream, Option<JoinHandle<()>>)>>,
 }
 
@@ -88,6 +90,7 @@ impl Backend {
             inflight: AtomicU64::new(0),
             max_inflight: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            unhealthy: AtomicBool::new(false),
             connections: Mutex::new(Vec::new()),
         });
         let accept_shared = Arc::clone(&shared);
@@ -126,6 +129,11 @@ impl Backend {
         self.shared
             .delay_us
             .store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Makes `/health` answer 503 (false) or 200 (true), for health checks.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.shared.unhealthy.store(!healthy, Ordering::SeqCst);
     }
 
     /// Forgets the counts so far (the most-in-flight mark restarts from the current count).
@@ -208,6 +216,11 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
         if request.path.contains("/__reset") {
             reset(&writer);
             return Ok(());
+        }
+        if request.path.contains("/health") && shared.unhealthy.load(Ordering::SeqCst) {
+            let response = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+            writer.write_all(response.as_bytes())?;
+            continue;
         }
         let now = shared.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_inflight.fetch_max(now, Ordering::SeqCst);

@@ -31,6 +31,8 @@ impl Response {
 /// One keep-alive connection.
 pub struct Connection {
     addr: SocketAddr,
+    /// True once a response has been read (the connection is being kept alive).
+    pub reused: bool,
     reader: BufReader<TcpStream>,
     writer: TcpStream,
 }
@@ -43,6 +45,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         Ok(Connection {
             addr,
+            reused: false,
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
         })
@@ -57,7 +60,9 @@ impl Connection {
         body: &[u8],
     ) -> io::Result<Response> {
         self.send(method, path, headers, body)?;
-        read_response(&mut self.reader, method == "HEAD")
+        let response = read_response(&mut self.reader, method == "HEAD")?;
+        self.reused = true;
+        Ok(response)
     }
 
     /// Sends a request without reading the answer (to abort it, drop the connection).
@@ -68,7 +73,13 @@ impl Connection {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> io::Result<()> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        let mut head = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
+            head.push_str(&format!("Host: {}\r\n", self.addr));
+        }
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -317,7 +328,25 @@ impl Load {
                 }
                 return Ok(Outcome::aborted(begun.elapsed(), started.elapsed()));
             }
-            let response = conn.request("GET", &self.path, &headers, b"")?;
+            let response = match conn.request("GET", &self.path, &headers, b"") {
+                // A kept-alive connection the server closed just before our request (idle
+                // timeout, graceful restart): retry once on a fresh one, as HTTP clients do
+                // for idempotent requests that got no response at all.
+                Err(err)
+                    if conn.reused
+                        && matches!(
+                            err.kind(),
+                            io::ErrorKind::UnexpectedEof
+                                | io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::BrokenPipe
+                        ) =>
+                {
+                    *connection = Some(Connection::open(addr, self.timeout)?);
+                    let conn = connection.as_mut().expect("opened above");
+                    conn.request("GET", &self.path, &headers, b"")?
+                }
+                other => other?,
+            };
             if response
                 .header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"))

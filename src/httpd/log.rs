@@ -14,6 +14,7 @@ pub enum Level {
     Err = ffi::APLOG_ERR,
     Warning = ffi::APLOG_WARNING,
     Notice = ffi::APLOG_NOTICE,
+    Info = ffi::APLOG_INFO,
     Debug = ffi::APLOG_DEBUG,
 }
 

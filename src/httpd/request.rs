@@ -47,8 +47,15 @@ pub unsafe fn args(r: *const ffi::request_rec) -> Option<String> {
 /// # Safety
 /// `r` must be live.
 pub unsafe fn allow_get_only(r: *mut ffi::request_rec) {
-    // SAFETY: plain field of a live request.
-    unsafe { (*r).allowed |= 1 << ffi::M_GET };
+    let get: i64 = 1 << ffi::M_GET;
+    // SAFETY: fields of a live request; allowed_methods is what httpd's Allow header is built
+    // from (make_allow), r->allowed what other modules read.
+    unsafe {
+        (*r).allowed |= get;
+        if let Some(methods) = (*r).allowed_methods.as_mut() {
+            methods.method_mask |= get;
+        }
+    }
 }
 
 /// Sets a response header.

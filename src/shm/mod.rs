@@ -8,8 +8,73 @@ pub use segment::{Segment, name_key};
 
 use std::sync::atomic::Ordering;
 
-/// Copies what should survive a graceful restart (totals and the `byweight` ticket) from the
-/// previous generation's segment into the new one, matching balancers and members by name key.
+/// What the configuration needs from the segment for one balancer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalancerPlan {
+    /// [`name_key`] of the balancer's httpd-wide unique name.
+    pub key: u64,
+    /// Member slots: httpd's `max_workers` (configured members plus `growth=`).
+    pub members: u32,
+    /// (httpd worker index, [`name_key`] of the member name) for each configured member.
+    pub member_keys: Vec<(u32, u64)>,
+}
+
+/// Places `plan` in a segment that already holds it: the segment of the previous generation,
+/// after a graceful restart that changed no balancer. Reusing it keeps every counter exact
+/// across the restart, in-flight counts and the `byweight` ticket included, because the old
+/// generation's children keep writing the same slots. Returns the slots in plan order, or
+/// `None` (and changes nothing) if any balancer is new, resized or has a member in another
+/// member's slot.
+pub fn reuse(segment: &Segment, plan: &[BalancerPlan]) -> Option<Vec<usize>> {
+    let mut slots = Vec::with_capacity(plan.len());
+    for balancer in plan {
+        let slot = segment.find_balancer(balancer.key)?;
+        let shared = segment.balancer(slot)?;
+        if shared.member_slots.load(Ordering::Acquire) != balancer.members {
+            return None;
+        }
+        for &(index, key) in &balancer.member_keys {
+            let held = segment
+                .member_of(shared, index as usize)?
+                .key
+                .load(Ordering::Relaxed);
+            if held != 0 && held != key {
+                return None;
+            }
+        }
+        slots.push(slot);
+    }
+    name_members(segment, plan, &slots);
+    Some(slots)
+}
+
+/// Places `plan` in a fresh segment: claims a slot per balancer. Returns the slots in plan
+/// order, or `None` if the segment is too small.
+pub fn place(segment: &Segment, plan: &[BalancerPlan]) -> Option<Vec<usize>> {
+    let slots = plan
+        .iter()
+        .map(|balancer| segment.claim_balancer(balancer.key, balancer.members))
+        .collect::<Option<Vec<usize>>>()?;
+    name_members(segment, plan, &slots);
+    Some(slots)
+}
+
+fn name_members(segment: &Segment, plan: &[BalancerPlan], slots: &[usize]) {
+    for (balancer, &slot) in plan.iter().zip(slots) {
+        let Some(shared) = segment.balancer(slot) else {
+            continue;
+        };
+        for &(index, key) in &balancer.member_keys {
+            if let Some(member) = segment.member_of(shared, index as usize) {
+                member.key.store(key, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// When the previous segment cannot be reused (balancers were added or resized), copies what
+/// should survive a graceful restart (totals and the `byweight` ticket) into the new segment,
+/// matching balancers and members by name key.
 ///
 /// In-flight counts are not copied: the previous generation's children still hold those
 /// attempts and release them into the old segment.
@@ -207,6 +272,49 @@ mod tests {
             old.unmap();
             new.unmap();
         }
+    }
+
+    fn plan(key: &[u8], members: u32, names: &[&[u8]]) -> BalancerPlan {
+        BalancerPlan {
+            key: name_key(key),
+            members,
+            member_keys: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i as u32, name_key(n)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_configuration_reuses_the_segment() {
+        let seg = Segment::create(4, 16).unwrap();
+        let first = vec![
+            plan(b"p1_app", 4, &[b"a", b"b"]),
+            plan(b"p1_api", 4, &[b"x"]),
+        ];
+        let slots = place(&seg, &first).unwrap();
+        seg.balancer(slots[0]).unwrap().ticket.store(99, Relaxed);
+
+        // Same balancers, in another order, with a member added at a growth slot: reused.
+        let second = vec![
+            plan(b"p1_api", 4, &[b"x"]),
+            plan(b"p1_app", 4, &[b"a", b"b", b"c"]),
+        ];
+        assert_eq!(reuse(&seg, &second), Some(vec![slots[1], slots[0]]));
+        assert_eq!(seg.balancer(slots[0]).unwrap().ticket.load(Relaxed), 99);
+        let app = seg.balancer(slots[0]).unwrap();
+        assert_eq!(
+            seg.member_of(app, 2).unwrap().key.load(Relaxed),
+            name_key(b"c")
+        );
+
+        // A new balancer, a resized one, or a member moved into another's slot: not reused.
+        let added = vec![plan(b"p1_app", 4, &[b"a", b"b"]), plan(b"p1_new", 4, &[])];
+        assert_eq!(reuse(&seg, &added), None);
+        assert_eq!(reuse(&seg, &[plan(b"p1_app", 8, &[b"a", b"b"])]), None);
+        assert_eq!(reuse(&seg, &[plan(b"p1_app", 4, &[b"b", b"a"])]), None);
+        unsafe { seg.unmap() };
     }
 
     #[test]
