@@ -15,12 +15,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ENV_VARS: [&str; 4] = [
-    "APXS",
-    "HTTPD_INCLUDE_DIR",
-    "APR_INCLUDE_DIR",
-    "HTTPD_CPPFLAGS",
-];
+const ENV_VARS: [&str; 4] = ["APXS", "HTTPD_INCLUDE_DIR", "APR_INCLUDE_DIR", "HTTPD_CPPFLAGS"];
 
 fn main() {
     for var in ENV_VARS {
@@ -79,9 +74,7 @@ fn main() {
         }
     };
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("httpd.rs");
-    bindings
-        .write_to_file(&out)
-        .unwrap_or_else(|err| panic!("cannot write {}: {err}", out.display()));
+    bindings.write_to_file(&out).unwrap_or_else(|err| panic!("cannot write {}: {err}", out.display()));
 }
 
 /// Types the module reads or builds. Everything they reference comes along.
@@ -107,6 +100,7 @@ const ALLOWED_TYPES: &[&str] = &[
 /// Functions the module calls; bindgen sees only real functions, never macros.
 const ALLOWED_FUNCTIONS: &[&str] = &[
     "ap_register_provider",
+    "ap_hook_pre_config",
     "ap_hook_post_config",
     "ap_hook_check_config",
     "ap_hook_child_init",
@@ -195,10 +189,7 @@ impl HeaderPaths {
         };
         let cppflags = match env::var("HTTPD_CPPFLAGS") {
             Ok(flags) => flags,
-            Err(_) => apxs
-                .as_ref()
-                .and_then(|apxs| query(apxs, "EXTRA_CPPFLAGS"))
-                .unwrap_or_default(),
+            Err(_) => apxs.as_ref().and_then(|apxs| query(apxs, "EXTRA_CPPFLAGS")).unwrap_or_default(),
         }
         .split_whitespace()
         .map(str::to_owned)
@@ -207,11 +198,7 @@ impl HeaderPaths {
         let httpd_ok = httpd.join("httpd.h").is_file() && httpd.join("mod_proxy.h").is_file();
         let apr_ok = apr.iter().any(|dir| dir.join("apr.h").is_file());
         if httpd_ok && apr_ok {
-            return Ok(HeaderPaths {
-                httpd,
-                apr,
-                cppflags,
-            });
+            return Ok(HeaderPaths { httpd, apr, cppflags });
         }
         Err(format!(
             "mod_lbmethod_rs: cannot find the httpd and APR development headers.\n\
@@ -222,11 +209,7 @@ impl HeaderPaths {
              APXS at your apxs, or set HTTPD_INCLUDE_DIR and APR_INCLUDE_DIR.",
             tried.join("; "),
             httpd.display(),
-            if httpd_ok {
-                "ok"
-            } else {
-                "httpd.h or mod_proxy.h missing"
-            },
+            if httpd_ok { "ok" } else { "httpd.h or mod_proxy.h missing" },
             apr,
             if apr_ok { "ok" } else { "apr.h missing" },
         ))
@@ -237,16 +220,10 @@ impl HeaderPaths {
 fn find_apxs(tried: &mut Vec<String>) -> Option<String> {
     let candidates: Vec<String> = match env::var("APXS") {
         Ok(apxs) => vec![apxs],
-        Err(_) => [
-            "apxs",
-            "apxs2",
-            "/usr/bin/apxs",
-            "/usr/sbin/apxs",
-            "/usr/local/apache2/bin/apxs",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        Err(_) => ["apxs", "apxs2", "/usr/bin/apxs", "/usr/sbin/apxs", "/usr/local/apache2/bin/apxs"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     };
     for candidate in candidates {
         match query(&candidate, "INCLUDEDIR") {

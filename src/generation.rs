@@ -1,42 +1,66 @@
 //! One configuration generation as this process sees it: the shared segment, the per-process
-//! state of every balancer, and which httpd balancer maps to which slot.
+//! state and the settings of every balancer, which httpd balancer maps to which slot, and this
+//! process's own process slot.
 //!
 //! The httpd parent builds it in post_config, before it forks, so every child inherits the same
 //! mapping. A graceful restart builds a new one; children of the old generation keep theirs.
 
+use crate::config::BalancerSettings;
 use crate::methods::LocalBalancer;
 use crate::shm::{BalancerSlot, Segment};
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::AtomicI32;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 pub struct Generation {
     segment: Segment,
     /// Indexed like the segment's balancer slots.
     local: Vec<LocalBalancer>,
+    /// Indexed like the segment's balancer slots (defaults for balancers met at run time).
+    settings: Vec<BalancerSettings>,
     /// Balancers known at startup, by the address of their `proxy_balancer_shared` (unique per
     /// balancer and virtual host, the same in every child).
     configured: HashMap<usize, usize>,
     /// Balancers this process first met at run time (slots claimed from the spares).
     discovered: Mutex<HashMap<usize, usize>>,
+    /// This process's slot in the segment's process table (set once, in each child).
+    process: OnceLock<Option<usize>>,
 }
 
-/// A balancer's slot: its shared counters and this process's state for it.
+/// A balancer's slot: its shared counters, this process's state for it, and its settings.
 pub struct BalancerRef<'a> {
     pub shared: &'a BalancerSlot,
     pub local: &'a LocalBalancer,
+    pub settings: &'a BalancerSettings,
+}
+
+/// What the parent found for one startup balancer.
+pub struct Configured {
+    /// The balancer's identity (see [`Generation`]).
+    pub id: usize,
+    pub slot: usize,
+    pub settings: BalancerSettings,
 }
 
 impl Generation {
-    /// `configured` maps each startup balancer's identity (see above) to the slot it claimed.
-    pub fn new(segment: Segment, configured: HashMap<usize, usize>) -> Generation {
-        let local = (0..segment.balancer_slots())
-            .map(|_| LocalBalancer::default())
-            .collect();
+    pub fn new(segment: Segment, configured: Vec<Configured>) -> Generation {
+        let slots = segment.capacity().balancers as usize;
+        let local = (0..slots).map(|_| LocalBalancer::default()).collect();
+        let mut settings = vec![BalancerSettings::default(); slots];
+        let mut ids = HashMap::new();
+        for balancer in configured {
+            if let Some(place) = settings.get_mut(balancer.slot) {
+                *place = balancer.settings;
+            }
+            ids.insert(balancer.id, balancer.slot);
+        }
         Generation {
             segment,
             local,
-            configured,
+            settings,
+            configured: ids,
             discovered: Mutex::new(HashMap::new()),
+            process: OnceLock::new(),
         }
     }
 
@@ -46,18 +70,11 @@ impl Generation {
 
     /// The slot of the balancer whose identity is `id`. A balancer not seen at startup claims a
     /// spare slot by its name key (`key_and_size` gives the key and its member capacity).
-    pub fn balancer(
-        &self,
-        id: usize,
-        key_and_size: impl FnOnce() -> (u64, u32),
-    ) -> Option<BalancerRef<'_>> {
+    pub fn slot_of(&self, id: usize, key_and_size: impl FnOnce() -> (u64, u32)) -> Option<usize> {
         let slot = match self.configured.get(&id) {
             Some(&slot) => slot,
             None => {
-                let mut discovered = self
-                    .discovered
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut discovered = self.discovered.lock().unwrap_or_else(PoisonError::into_inner);
                 match discovered.get(&id) {
                     Some(&slot) => slot,
                     None => {
@@ -69,7 +86,7 @@ impl Generation {
                 }
             }
         };
-        self.slot(slot)
+        Some(slot)
     }
 
     /// The balancer in `slot`, if the slot exists.
@@ -77,48 +94,72 @@ impl Generation {
         Some(BalancerRef {
             shared: self.segment.balancer(slot)?,
             local: self.local.get(slot)?,
+            settings: self.settings.get(slot)?,
         })
     }
 
     /// The slot already given to balancer `id`, without claiming one.
     pub fn known_slot(&self, id: usize) -> Option<usize> {
-        self.configured.get(&id).copied().or_else(|| {
-            self.discovered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&id)
-                .copied()
-        })
+        self.configured
+            .get(&id)
+            .copied()
+            .or_else(|| self.discovered.lock().unwrap_or_else(PoisonError::into_inner).get(&id).copied())
+    }
+
+    /// Claims this process's slot in the process table (once per process: call from each
+    /// child as it starts). `false` when the table is full.
+    pub fn join_as_process(&self, pid: u32) -> bool {
+        self.process.get_or_init(|| self.segment.claim_process(pid)).is_some()
+    }
+
+    /// This process's own in-flight count for the member in segment-wide slot `member`.
+    pub fn my_contribution(&self, member: usize) -> Option<&AtomicI32> {
+        let process = (*self.process.get()?)?;
+        self.segment.contribution(process, member)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::name_key;
+    use crate::shm::{Capacity, name_key};
+    use std::time::Duration;
 
     #[test]
     fn startup_balancers_map_directly_and_newcomers_claim_spares() {
-        let seg = Segment::create(3, 12).unwrap();
+        let seg = Segment::create(Capacity { balancers: 3, members: 12, processes: 1 }).unwrap();
         let slot = seg.claim_balancer(name_key(b"p1_app"), 4).unwrap();
-        let generation = Generation::new(seg, HashMap::from([(0x1000, slot)]));
+        let settings = BalancerSettings { slow_start: Some(Duration::from_secs(3)), max_inflight: None };
+        let generation =
+            Generation::new(seg, vec![Configured { id: 0x1000, slot, settings: settings.clone() }]);
 
         let known = generation
-            .balancer(0x1000, || unreachable!("configured: no claim"))
+            .slot(generation.slot_of(0x1000, || unreachable!("configured: no claim")).unwrap())
             .unwrap();
         assert!(std::ptr::eq(known.shared, seg.balancer(slot).unwrap()));
+        assert_eq!(known.settings, &settings);
 
-        let newcomer = generation
-            .balancer(0x2000, || (name_key(b"p1_late"), 4))
-            .unwrap();
+        let newcomer =
+            generation.slot(generation.slot_of(0x2000, || (name_key(b"p1_late"), 4)).unwrap()).unwrap();
         let late = generation.known_slot(0x2000).unwrap();
         assert_ne!(late, slot);
         assert!(std::ptr::eq(newcomer.shared, seg.balancer(late).unwrap()));
-        let again = generation
-            .balancer(0x2000, || unreachable!("cached after the claim"))
-            .unwrap();
-        assert!(std::ptr::eq(again.shared, newcomer.shared));
+        assert_eq!(newcomer.settings, &BalancerSettings::default());
+        assert_eq!(generation.slot_of(0x2000, || unreachable!("cached after the claim")), Some(late));
         assert_eq!(generation.known_slot(0x3000), None);
+        unsafe { seg.unmap() };
+    }
+
+    #[test]
+    fn a_process_joins_once_and_gets_its_own_row() {
+        let seg = Segment::create(Capacity { balancers: 1, members: 2, processes: 1 }).unwrap();
+        let generation = Generation::new(seg, Vec::new());
+        assert!(generation.my_contribution(0).is_none(), "not joined yet");
+        assert!(generation.join_as_process(4242));
+        assert!(generation.join_as_process(9999), "already joined: keeps its slot");
+        assert!(generation.my_contribution(1).is_some());
+        let other = Generation::new(seg, Vec::new());
+        assert!(!other.join_as_process(777), "the only process slot is taken");
         unsafe { seg.unmap() };
     }
 }

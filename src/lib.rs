@@ -14,6 +14,7 @@
 // In test builds the httpd glue is left out, so what only it uses looks unused.
 #![cfg_attr(test, allow(dead_code))]
 
+mod config;
 #[allow(dead_code)]
 mod ffi;
 mod generation;
@@ -22,10 +23,14 @@ mod shm;
 mod status;
 
 #[cfg(not(test))]
+mod directives;
+#[cfg(not(test))]
 mod finder;
 #[cfg(not(test))]
 mod httpd;
 #[cfg(not(test))]
 mod module;
+#[cfg(not(test))]
+mod startup;
 #[cfg(not(test))]
 mod status_page;

@@ -3,16 +3,16 @@
 //! Exactly one symbol is exported: `lbmethod_rs_module`. Every callback is a plain, unexported
 //! `extern "C" fn` whose body runs under the panic guard.
 
+use crate::directives;
 use crate::ffi;
 use crate::generation::Generation;
 use crate::httpd::guard::{catch, install_panic_hook};
 use crate::httpd::log::{Level, log_server};
-use crate::httpd::proxy::{self, ProxyApi};
+use crate::httpd::proxy::ProxyApi;
 use crate::methods::Method;
-use crate::shm::{self, BalancerPlan, Segment, name_key};
-use std::collections::HashMap;
+use crate::startup;
 use std::ffi::{c_char, c_int, c_ulong, c_void};
-use std::ptr::{self, NonNull};
+use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// The module record. httpd writes into it (index, list link), hence `static mut`; this crate
@@ -29,9 +29,9 @@ pub static mut lbmethod_rs_module: ffi::module = ffi::module {
     rewrite_args: None,
     create_dir_config: None,
     merge_dir_config: None,
-    create_server_config: None,
-    merge_server_config: None,
-    cmds: ptr::null(),
+    create_server_config: Some(directives::create_server_config),
+    merge_server_config: Some(directives::merge_server_config),
+    cmds: directives::COMMANDS.as_ptr(),
     register_hooks: Some(register_hooks),
     flags: 0,
 };
@@ -55,11 +55,9 @@ macro_rules! provider {
             balancer: *mut ffi::proxy_balancer,
             r: *mut ffi::request_rec,
         ) -> *mut ffi::proxy_worker {
-            catch(
-                concat!(stringify!($finder), " finder"),
-                ptr::null_mut(),
-                || crate::finder::find($method, balancer, r),
-            )
+            catch(concat!(stringify!($finder), " finder"), ptr::null_mut(), || {
+                crate::finder::find($method, balancer, r)
+            })
         }
         static $name: Provider = Provider(ffi::proxy_balancer_method {
             name: $method.c_name().as_ptr(),
@@ -67,16 +65,18 @@ macro_rules! provider {
             context: ptr::null_mut(),
             reset: Some(reset),
             age: Some(age),
-            updatelbstatus: Some(update_lb_status),
+            updatelbstatus: Some(sticky_hit),
         });
     };
 }
 
 provider!(BYWEIGHT, Method::ByWeight, find_byweight);
+provider!(BYINFLIGHT, Method::ByInflight, find_byinflight);
 
 fn provider_table(method: Method) -> &'static Provider {
     match method {
         Method::ByWeight => &BYWEIGHT,
+        Method::ByInflight => &BYINFLIGHT,
     }
 }
 
@@ -90,21 +90,21 @@ unsafe extern "C" fn reset(
 }
 
 /// Never called by httpd 2.4; present because the table has the slot.
-unsafe extern "C" fn age(
-    _balancer: *mut ffi::proxy_balancer,
-    _s: *mut ffi::server_rec,
-) -> ffi::apr_status_t {
+unsafe extern "C" fn age(_balancer: *mut ffi::proxy_balancer, _s: *mut ffi::server_rec) -> ffi::apr_status_t {
     ffi::APR_SUCCESS
 }
 
-/// Sticky-session hits: httpd's default here rewrites every member's `lbstatus`, which none of
-/// this module's methods reads, so do nothing instead.
-unsafe extern "C" fn update_lb_status(
-    _balancer: *mut ffi::proxy_balancer,
-    _elected: *mut ffi::proxy_worker,
+/// A sticky-session hit (the method is bypassed): remember it so that the attempt is counted
+/// when it starts (see [`crate::finder::sticky_hit`]).
+unsafe extern "C" fn sticky_hit(
+    balancer: *mut ffi::proxy_balancer,
+    elected: *mut ffi::proxy_worker,
     _s: *mut ffi::server_rec,
 ) -> ffi::apr_status_t {
-    ffi::APR_SUCCESS
+    catch("updatelbstatus", ffi::APR_SUCCESS, || {
+        crate::finder::sticky_hit(balancer, elected);
+        ffi::APR_SUCCESS
+    })
 }
 
 /// A NULL-terminated list of module names for hook ordering.
@@ -128,22 +128,47 @@ unsafe extern "C" fn register_hooks(pool: *mut ffi::apr_pool_t) {
                 );
             }
         }
+        let (none, middle) = (ptr::null(), ffi::APR_HOOK_MIDDLE);
         // SAFETY: registering plain callbacks; the order list is a static.
         unsafe {
+            ffi::ap_hook_pre_config(Some(pre_config), none, none, middle);
+            ffi::ap_hook_check_config(Some(check_config), none, none, middle);
             // After mod_proxy_balancer's post_config, which puts balancers in shared memory.
-            ffi::ap_hook_post_config(
-                Some(post_config),
-                AFTER_BALANCER.0.as_ptr(),
-                ptr::null(),
-                ffi::APR_HOOK_MIDDLE,
-            );
-            ffi::ap_hook_handler(
-                Some(crate::status_page::handler),
-                ptr::null(),
-                ptr::null(),
-                ffi::APR_HOOK_MIDDLE,
-            );
+            ffi::ap_hook_post_config(Some(post_config), AFTER_BALANCER.0.as_ptr(), none, middle);
+            ffi::ap_hook_child_init(Some(child_init), none, none, middle);
+            ffi::ap_hook_child_status(Some(child_status), none, none, middle);
+            ffi::ap_hook_handler(Some(crate::status_page::handler), none, none, middle);
         }
+    })
+}
+
+/// Every module is loaded by now, mod_proxy included whatever the LoadModule order: hook into
+/// mod_proxy (found by name, not linked against).
+unsafe extern "C" fn pre_config(
+    _pconf: *mut ffi::apr_pool_t,
+    _plog: *mut ffi::apr_pool_t,
+    _ptemp: *mut ffi::apr_pool_t,
+) -> c_int {
+    catch("pre_config", ffi::OK, || {
+        crate::finder::hook_attempt_start();
+        ffi::OK
+    })
+}
+
+/// Configuration check (also run by `apachectl -t`): settings for balancers that do not exist.
+unsafe extern "C" fn check_config(
+    _pconf: *mut ffi::apr_pool_t,
+    _plog: *mut ffi::apr_pool_t,
+    _ptemp: *mut ffi::apr_pool_t,
+    s: *mut ffi::server_rec,
+) -> c_int {
+    catch("check_config", ffi::HTTP_INTERNAL_SERVER_ERROR, || {
+        // SAFETY: s is the live main server of the configuration being checked.
+        let errors = unsafe { startup::check_settings(s) };
+        for error in &errors {
+            log_server!(s, Level::Emerg, "{error}");
+        }
+        if errors.is_empty() { ffi::OK } else { ffi::HTTP_INTERNAL_SERVER_ERROR }
     })
 }
 
@@ -176,16 +201,15 @@ unsafe extern "C" fn post_config(
     catch("post_config", ffi::HTTP_INTERNAL_SERVER_ERROR, || {
         // httpd runs post_config twice at startup; the first pass is thrown away.
         // SAFETY: a plain query.
-        if unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE) } == ffi::AP_SQ_MS_CREATE_PRE_CONFIG
-        {
+        if unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE) } == ffi::AP_SQ_MS_CREATE_PRE_CONFIG {
             return ffi::OK;
         }
-        // SAFETY: s is the main server of the generation being started; pconf its pool.
-        match unsafe { build_runtime(s) } {
+        // SAFETY: s is the main server of the generation being started, in the parent.
+        match unsafe { startup::build_runtime(s) } {
             Ok(runtime) => {
                 let old = RUNTIME.swap(Box::into_raw(Box::new(runtime)), Ordering::AcqRel);
-                // SAFETY: a leftover from a generation whose cleanup did not run; unused now.
                 if !old.is_null() {
+                    // SAFETY: a leftover from a generation whose cleanup did not run; unused.
                     drop(unsafe { Box::from_raw(old) });
                 }
                 // SAFETY: registering a plain callback on the generation's pool.
@@ -208,7 +232,7 @@ unsafe extern "C" fn post_config(
 }
 
 /// The generation's pool is being cleared (restart or stop): forget its runtime. The shared
-/// segment stays mapped (see [`Retained`]) so the next generation can carry totals over.
+/// segment stays mapped (httpd's retained data keeps it) for the next generation.
 unsafe extern "C" fn end_generation(_data: *mut c_void) -> ffi::apr_status_t {
     catch("end of generation", ffi::APR_SUCCESS, || {
         let old = RUNTIME.swap(ptr::null_mut(), Ordering::AcqRel);
@@ -220,177 +244,42 @@ unsafe extern "C" fn end_generation(_data: *mut c_void) -> ffi::apr_status_t {
     })
 }
 
-/// Kept by httpd across restarts (`ap_retained_data`): the segment of the latest generation.
-#[repr(C)]
-struct Retained {
-    base: *mut u8,
-    len: usize,
-}
-
-/// # Safety
-/// `main` must be the live main server of the generation being started (parent, before fork).
-unsafe fn build_runtime(main: *const ffi::server_rec) -> Result<Runtime, String> {
-    let proxy = ProxyApi::find().map_err(|missing| {
-        format!("{missing}; load mod_proxy and mod_proxy_balancer (Debian: a2enmod proxy_balancer)")
-    })?;
-    // SAFETY: main is live; the balancers and workers belong to this generation.
-    let balancers = unsafe { proxy.balancers(main) };
-    unsafe { check_shared_layout(&balancers)? };
-
-    // SAFETY: live balancers and workers of this generation.
-    let plan: Vec<BalancerPlan> = balancers
-        .iter()
-        .map(|&(_, b)| unsafe { balancer_plan(b) })
-        .collect();
-    // SAFETY: main is live; retained data is parent memory that survives restarts.
-    let (segment, slots) = unsafe { segment_for(&proxy, main, &plan)? };
-    let configured: HashMap<usize, usize> = balancers
-        .iter()
-        // SAFETY: live balancers.
-        .map(|&(_, b)| unsafe { proxy::balancer_id(b) })
-        .zip(slots)
-        .collect();
-    Ok(Runtime {
-        generation: Generation::new(segment, configured),
-        proxy,
-        main_server: main,
+/// A new child process: take a row in the segment's process table, so that the parent can take
+/// back this process's attempts if it is killed.
+unsafe extern "C" fn child_init(_pchild: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) {
+    catch("child_init", (), || {
+        let Some(runtime) = runtime() else { return };
+        if !runtime.generation.join_as_process(std::process::id()) {
+            log_server!(
+                s,
+                Level::Warning,
+                "process table full: in-flight counts of this child cannot be repaired if it is killed"
+            );
+        }
     })
 }
 
-/// What balancer `balancer` needs from the shared segment.
-///
-/// # Safety
-/// Live balancer and workers.
-unsafe fn balancer_plan(balancer: *mut ffi::proxy_balancer) -> BalancerPlan {
-    // SAFETY: per this function's contract.
-    unsafe {
-        BalancerPlan {
-            key: name_key(&proxy::balancer_key_name(balancer)),
-            members: (*balancer).max_workers.max(0) as u32,
-            member_keys: proxy::workers(balancer)
-                .into_iter()
-                .map(|w| {
-                    (
-                        proxy::worker_state(w).index,
-                        name_key(&proxy::worker_key_name(w)),
-                    )
-                })
-                .collect(),
+/// In the parent: a child has exited. Whatever it had in flight and never released (it was
+/// killed) is taken back from the shared counts.
+unsafe extern "C" fn child_status(
+    s: *mut ffi::server_rec,
+    pid: ffi::pid_t,
+    _generation: ffi::ap_generation_t,
+    _slot: c_int,
+    state: ffi::mpm_child_status,
+) {
+    catch("child_status", (), || {
+        if state != ffi::MPM_CHILD_EXITED || pid <= 0 {
+            return;
         }
-    }
-}
-
-/// The segment for this generation: the previous one when it still fits the configuration
-/// (every counter then continues exactly), else a new one that inherits the previous one's
-/// totals. The segment is kept in httpd's retained data, which survives restarts; the parent
-/// unmaps a replaced segment (children of the old generation keep their own mapping).
-///
-/// # Safety
-/// Parent process, during post_config; `main` live.
-unsafe fn segment_for(
-    proxy: &ProxyApi,
-    main: *const ffi::server_rec,
-    plan: &[BalancerPlan],
-) -> Result<(Segment, Vec<usize>), String> {
-    let key = c"mod_lbmethod_rs:segment";
-    // SAFETY: retained data is a zeroed Retained on first use, then what we stored in it.
-    let retained = unsafe {
-        let mut retained = ffi::ap_retained_data_get(key.as_ptr()) as *mut Retained;
-        if retained.is_null() {
-            retained =
-                ffi::ap_retained_data_create(key.as_ptr(), size_of::<Retained>()) as *mut Retained;
+        let Some(runtime) = runtime() else { return };
+        let reclaimed = runtime.generation.segment().reap_process(pid as u32);
+        if reclaimed != 0 {
+            log_server!(
+                s,
+                Level::Notice,
+                "child {pid} exited with {reclaimed} attempt(s) in flight; its in-flight counts were given back"
+            );
         }
-        retained.as_mut().ok_or("httpd gave no retained data")?
-    };
-    // SAFETY: a non-null base is a segment mapped by an earlier generation of this process.
-    let previous = NonNull::new(retained.base)
-        .and_then(|base| unsafe { Segment::from_raw(base, retained.len) });
-    if let Some(previous) = previous
-        && let Some(slots) = shm::reuse(&previous, plan)
-    {
-        log_server!(
-            main,
-            Level::Info,
-            "balancers unchanged: the shared counters continue"
-        );
-        return Ok((previous, slots));
-    }
-
-    // SAFETY: main is live.
-    let spare_balancers = unsafe { spare_balancers(proxy, main) };
-    let members: u32 = plan.iter().map(|b| b.members).sum();
-    let segment = Segment::create(
-        plan.len() as u32 + spare_balancers,
-        members + spare_balancers * 16,
-    )
-    .map_err(|err| format!("cannot map shared memory: {err}"))?;
-    let slots =
-        shm::place(&segment, plan).ok_or("shared segment sized too small (internal error)")?;
-    if let Some(previous) = previous {
-        shm::carry_over(&previous, &segment);
-        // SAFETY: nothing in the parent uses the previous segment any more.
-        unsafe { previous.unmap() };
-    }
-    let (base, len) = segment.as_raw();
-    retained.base = base.as_ptr();
-    retained.len = len;
-    log_server!(
-        main,
-        Level::Info,
-        "new shared segment: {} balancer slot(s), {} member slot(s), {len} bytes",
-        segment.balancer_slots(),
-        segment.member_slots()
-    );
-    Ok((segment, slots))
-}
-
-/// Spare balancer slots: `BalancerGrowth` of every server (mod_proxy keeps it per server).
-///
-/// # Safety
-/// `main` must be live.
-unsafe fn spare_balancers(proxy: &ProxyApi, main: *const ffi::server_rec) -> u32 {
-    let mut spares = 0u32;
-    let mut s = main;
-    while !s.is_null() {
-        // SAFETY: walking the live server list.
-        unsafe {
-            let conf = proxy.server_conf(s);
-            if !conf.is_null() {
-                spares = spares.saturating_add((*conf).bgrowth.max(0) as u32);
-            }
-            s = (*s).next;
-        }
-    }
-    spares.min(1024)
-}
-
-/// Refuses to run if httpd's worker records are not the size these bindings were built for
-/// (the module was compiled against another httpd's headers).
-///
-/// # Safety
-/// The balancers must be live, after mod_proxy_balancer's post_config.
-unsafe fn check_shared_layout(
-    balancers: &[(*const ffi::server_rec, *mut ffi::proxy_balancer)],
-) -> Result<(), String> {
-    let compiled = size_of::<ffi::proxy_worker_shared>().next_multiple_of(8);
-    for &(_, balancer) in balancers {
-        // SAFETY: storage and wslot are set by mod_proxy_balancer's post_config.
-        unsafe {
-            let (storage, wslot) = ((*balancer).storage, (*balancer).wslot);
-            if storage.is_null() || wslot.is_null() {
-                continue;
-            }
-            if let Some(slot_size) = (*storage).slot_size {
-                let running = slot_size(wslot);
-                if running != compiled {
-                    return Err(format!(
-                        "this httpd's proxy_worker_shared slots are {running} bytes but the module was built for {compiled}: \
-                         rebuild mod_lbmethod_rs against this httpd's headers"
-                    ));
-                }
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
+    })
 }

@@ -35,12 +35,9 @@ impl ProxyApi {
             return Err("mod_proxy is not loaded");
         }
         // SAFETY: as above.
-        let function =
-            unsafe { ffi::apr_dynamic_fn_retrieve(c"proxy_balancer_get_best_worker".as_ptr()) };
+        let function = unsafe { ffi::apr_dynamic_fn_retrieve(c"proxy_balancer_get_best_worker".as_ptr()) };
         let Some(function) = function else {
-            return Err(
-                "mod_proxy does not offer proxy_balancer_get_best_worker (httpd older than 2.4.24?)",
-            );
+            return Err("mod_proxy does not offer proxy_balancer_get_best_worker (httpd older than 2.4.24?)");
         };
         // SAFETY: module is a live module record; the optional function registered under that
         // name has exactly the GetBestWorker signature (mod_proxy.h).
@@ -152,12 +149,7 @@ pub unsafe fn balancer_method(balancer: *const ffi::proxy_balancer) -> String {
 /// `balancer` must be live, and its thread lock held if other threads may add members.
 pub unsafe fn workers(balancer: *const ffi::proxy_balancer) -> Vec<*mut ffi::proxy_worker> {
     // SAFETY: balancer->workers is an array of proxy_worker pointers.
-    unsafe {
-        elements::<*mut ffi::proxy_worker>((*balancer).workers)
-            .into_iter()
-            .map(|slot| *slot)
-            .collect()
-    }
+    unsafe { elements::<*mut ffi::proxy_worker>((*balancer).workers).into_iter().map(|slot| *slot).collect() }
 }
 
 /// One read of the scheduling fields of a worker's shared record.
@@ -255,9 +247,7 @@ pub unsafe fn c_str(ptr: *const c_char) -> String {
         return String::new();
     }
     // SAFETY: per the caller.
-    unsafe { CStr::from_ptr(ptr) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
 }
 
 /// Runs `body` with the balancer's per-process thread lock held (the lock httpd takes while it
@@ -265,14 +255,10 @@ pub unsafe fn c_str(ptr: *const c_char) -> String {
 ///
 /// # Safety
 /// `balancer` must be live and the lock not already held by this thread.
-pub unsafe fn with_thread_lock<R>(
-    balancer: *const ffi::proxy_balancer,
-    body: impl FnOnce() -> R,
-) -> R {
+pub unsafe fn with_thread_lock<R>(balancer: *const ffi::proxy_balancer, body: impl FnOnce() -> R) -> R {
     // SAFETY: tmutex is null or a live APR thread mutex of this process.
     let mutex = unsafe { (*balancer).tmutex };
-    let locked =
-        !mutex.is_null() && unsafe { ffi::apr_thread_mutex_lock(mutex) } == ffi::APR_SUCCESS;
+    let locked = !mutex.is_null() && unsafe { ffi::apr_thread_mutex_lock(mutex) } == ffi::APR_SUCCESS;
     let result = body();
     if locked {
         // SAFETY: locked above by this thread.
@@ -288,9 +274,5 @@ pub unsafe fn with_thread_lock<R>(
 pub unsafe fn server_name(s: *const ffi::server_rec) -> String {
     // SAFETY: server_hostname is null or a C string of the live server.
     let (host, port) = unsafe { (c_str((*s).server_hostname), (*s).port) };
-    if port == 0 {
-        host
-    } else {
-        format!("{host}:{port}")
-    }
+    if port == 0 { host } else { format!("{host}:{port}") }
 }

@@ -70,6 +70,16 @@ pub unsafe fn set_header(r: *mut ffi::request_rec, name: &str, value: &str) {
     unsafe { ffi::apr_table_set((*r).headers_out, name.as_ptr(), value.as_ptr()) };
 }
 
+/// Sets a header that goes out with error responses too (`r->err_headers_out`).
+///
+/// # Safety
+/// `r` must be live.
+pub unsafe fn set_error_header(r: *mut ffi::request_rec, name: &str, value: &str) {
+    let (Ok(name), Ok(value)) = (CString::new(name), CString::new(value)) else { return };
+    // SAFETY: apr_table_set copies both strings into the table's pool.
+    unsafe { ffi::apr_table_set((*r).err_headers_out, name.as_ptr(), value.as_ptr()) };
+}
+
 /// Sends `body` with content type `content_type` (only the headers for HEAD).
 ///
 /// # Safety
@@ -81,11 +91,7 @@ pub unsafe fn send(r: *mut ffi::request_rec, content_type: &str, body: &[u8]) {
     // SAFETY: ap_set_content_type keeps the pointer, so the string is copied into r->pool
     // first; ap_rwrite copies the body into the output brigade.
     unsafe {
-        let pooled = ffi::apr_pstrmemdup(
-            (*r).pool,
-            content_type.as_ptr(),
-            content_type.as_bytes().len(),
-        );
+        let pooled = ffi::apr_pstrmemdup((*r).pool, content_type.as_ptr(), content_type.as_bytes().len());
         ffi::ap_set_content_type(r, pooled);
         if !header_only(r) {
             ffi::ap_rwrite(body.as_ptr() as *const c_void, body.len() as i32, r);
@@ -108,7 +114,5 @@ pub unsafe fn module_state(r: *const ffi::request_rec) -> *mut c_void {
 /// `r` must be live; `state` must live as long as the request pool.
 pub unsafe fn set_module_state(r: *mut ffi::request_rec, state: *mut c_void) {
     // SAFETY: as above.
-    unsafe {
-        *((*r).request_config as *mut *mut c_void).add(crate::module::index() as usize) = state
-    };
+    unsafe { *((*r).request_config as *mut *mut c_void).add(crate::module::index() as usize) = state };
 }

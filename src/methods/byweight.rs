@@ -37,10 +37,7 @@ impl Schedule {
     pub fn build(weights: &[u32]) -> Schedule {
         let reduced = reduce(weights);
         let steps = smooth_cycle(&reduced);
-        Schedule {
-            weights: weights.to_vec(),
-            steps,
-        }
+        Schedule { weights: weights.to_vec(), steps }
     }
 
     /// The weights this cycle was built for.
@@ -112,11 +109,7 @@ fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
         let weight = i128::from(weight);
         match groups.iter_mut().find(|g| g.weight == weight) {
             Some(group) => group.members.push(candidate as u32),
-            None => groups.push(Group {
-                weight,
-                members: vec![candidate as u32],
-                picks: 0,
-            }),
+            None => groups.push(Group { weight, members: vec![candidate as u32], picks: 0 }),
         }
     }
     let mut steps = Vec::with_capacity(total as usize);
@@ -124,9 +117,7 @@ fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
         let chosen = groups
             .iter_mut()
             .max_by(|a, b| {
-                let by_current = a
-                    .current(step, total.into())
-                    .cmp(&b.current(step, total.into()));
+                let by_current = a.current(step, total.into()).cmp(&b.current(step, total.into()));
                 // On equal `current` the member listed first wins, as in nginx and Apache.
                 by_current.then(b.front().cmp(&a.front()))
             })
@@ -143,9 +134,7 @@ mod tests {
 
     fn letters(weights: &[u32], n: usize) -> String {
         let schedule = Schedule::build(weights);
-        (0..n as u64)
-            .map(|t| (b'a' + schedule.pick(t).unwrap().0 as u8) as char)
-            .collect()
+        (0..n as u64).map(|t| (b'a' + schedule.pick(t).unwrap().0 as u8) as char).collect()
     }
 
     /// Straight nginx/Apache smooth weighted round robin, step by step, to compare against.
@@ -252,10 +241,7 @@ mod tests {
         for (i, &w) in weights.iter().enumerate() {
             let ideal = f64::from(w) / total;
             let got = counts[i] as f64 / schedule.len() as f64;
-            assert!(
-                (got - ideal).abs() < 2.0 / MAX_CYCLE as f64,
-                "member {i}: {got} vs {ideal}"
-            );
+            assert!((got - ideal).abs() < 2.0 / MAX_CYCLE as f64, "member {i}: {got} vs {ideal}");
         }
     }
 

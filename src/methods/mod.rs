@@ -4,7 +4,9 @@
 //! retry, health checks); a method only ranks the candidates it is given. Everything here is
 //! plain Rust, with no httpd calls, so it is tested and benchmarked without a server.
 
+pub mod byinflight;
 pub mod byweight;
+pub mod slow_start;
 
 use crate::shm::BalancerSlot;
 use byweight::Schedule;
@@ -17,16 +19,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     ByWeight,
+    ByInflight,
 }
 
 impl Method {
-    pub const ALL: [Method; 1] = [Method::ByWeight];
+    pub const ALL: [Method; 2] = [Method::ByWeight, Method::ByInflight];
 
     /// The provider name. httpd keeps it in a 16-byte field and balancer-manager refuses names
     /// of 15 characters or more.
     pub const fn c_name(self) -> &'static CStr {
         match self {
             Method::ByWeight => c"byweight",
+            Method::ByInflight => c"byinflight",
         }
     }
 
@@ -52,8 +56,13 @@ const _: () = {
 pub struct Candidate {
     /// httpd's worker slot index (`worker->s->index`), the same in every process.
     pub worker_index: u32,
-    /// The weight the method uses: the live loadfactor x 100 (`lbfactor`).
+    /// The weight the method uses: the live loadfactor x 100 (`lbfactor`), reduced while the
+    /// member is on its slow-start ramp.
     pub weight: u32,
+    /// Attempts in flight to the member now, across all processes.
+    pub inflight: u64,
+    /// At its `LBMaxInflight` cap: it may not take this request.
+    pub full: bool,
 }
 
 /// What a method chose, and why (for `LogLevel lbmethod_rs:debug`).
@@ -67,26 +76,19 @@ pub struct Choice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     /// `byweight`: the shared ticket and the step of the smooth cycle it landed on.
-    Ticket {
-        ticket: u64,
-        step: usize,
-        cycle: usize,
-    },
+    Ticket { ticket: u64, step: usize, cycle: usize },
+    /// `byinflight`: the chosen member's in-flight count and weight (its key is their ratio).
+    LeastInflight { inflight: u64, weight: u32 },
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Ticket {
-                ticket,
-                step,
-                cycle,
-            } => {
-                write!(
-                    f,
-                    "ticket {ticket} is step {} of the {cycle}-step smooth cycle",
-                    step + 1
-                )
+            Reason::Ticket { ticket, step, cycle } => {
+                write!(f, "ticket {ticket} is step {} of the {cycle}-step smooth cycle", step + 1)
+            }
+            Reason::LeastInflight { inflight, weight } => {
+                write!(f, "least (inflight+1)/weight: ({inflight}+1)/{weight}")
             }
         }
     }
@@ -101,42 +103,42 @@ pub struct LocalBalancer {
 }
 
 impl LocalBalancer {
-    /// Chooses among `candidates` (sorted by worker index, non-empty).
-    pub fn choose(
-        &self,
-        method: Method,
-        shared: &BalancerSlot,
-        candidates: &[Candidate],
-    ) -> Option<Choice> {
+    /// Chooses among `candidates` (sorted by worker index, non-empty); `None` when every
+    /// candidate is full.
+    pub fn choose(&self, method: Method, shared: &BalancerSlot, candidates: &[Candidate]) -> Option<Choice> {
         match method {
             Method::ByWeight => self.choose_byweight(shared, candidates),
+            Method::ByInflight => {
+                let start = shared.rotation.fetch_add(1, Ordering::Relaxed) as usize;
+                let position = byinflight::choose(candidates, start % candidates.len().max(1))?;
+                let Candidate { inflight, weight, .. } = candidates[position];
+                Some(Choice { position, reason: Reason::LeastInflight { inflight, weight } })
+            }
         }
     }
 
+    /// The cycle covers every candidate, full or not, so that members reaching their cap do not
+    /// force rebuilds; a ticket landing on a full member is passed over for the next one.
     fn choose_byweight(&self, shared: &BalancerSlot, candidates: &[Candidate]) -> Option<Choice> {
         let schedule = self.schedule_for(candidates);
-        let ticket = shared.ticket.fetch_add(1, Ordering::Relaxed);
-        let (position, step) = schedule.pick(ticket)?;
-        Some(Choice {
-            position,
-            reason: Reason::Ticket {
-                ticket,
-                step,
-                cycle: schedule.len(),
-            },
-        })
+        for _ in 0..schedule.len() {
+            let ticket = shared.ticket.fetch_add(1, Ordering::Relaxed);
+            let (position, step) = schedule.pick(ticket)?;
+            if !candidates[position].full {
+                let reason = Reason::Ticket { ticket, step, cycle: schedule.len() };
+                return Some(Choice { position, reason });
+            }
+        }
+        None
     }
 
     /// The cycle for these candidates' weights, rebuilt only when the weights change (a member
-    /// leaves or returns, or balancer-manager changes a loadfactor).
+    /// leaves or returns, balancer-manager changes a loadfactor, a slow-start ramp steps up).
     fn schedule_for(&self, candidates: &[Candidate]) -> Arc<Schedule> {
         let mut cached = self.schedule.lock().unwrap_or_else(PoisonError::into_inner);
         let same = cached.as_ref().is_some_and(|s| {
             s.weights().len() == candidates.len()
-                && s.weights()
-                    .iter()
-                    .zip(candidates)
-                    .all(|(&w, c)| w == c.weight)
+                && s.weights().iter().zip(candidates).all(|(&w, c)| w == c.weight)
         });
         if !same {
             let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
@@ -149,16 +151,13 @@ impl LocalBalancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::Segment;
+    use crate::shm::{Capacity, Segment};
 
     fn candidates(weights: &[u32]) -> Vec<Candidate> {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| Candidate {
-                worker_index: i as u32,
-                weight,
-            })
+            .map(|(i, &weight)| Candidate { worker_index: i as u32, weight, inflight: 0, full: false })
             .collect()
     }
 
@@ -174,7 +173,7 @@ mod tests {
     fn processes_sharing_a_ticket_share_one_cycle() {
         // Two "processes" (two LocalBalancers) and one shared slot: interleaved picks still add
         // up to exact shares, because the cycle position comes from the shared ticket.
-        let seg = Segment::create(1, 3).unwrap();
+        let seg = Segment::create(Capacity { balancers: 1, members: 3, processes: 1 }).unwrap();
         let shared = seg.balancer(seg.claim_balancer(1, 3).unwrap()).unwrap();
         let (p1, p2) = (LocalBalancer::default(), LocalBalancer::default());
         let c = candidates(&[100, 200, 300]);
@@ -188,15 +187,37 @@ mod tests {
     }
 
     #[test]
+    fn byweight_passes_over_full_members_and_gives_up_when_all_are() {
+        let seg = Segment::create(Capacity { balancers: 1, members: 3, processes: 1 }).unwrap();
+        let shared = seg.balancer(seg.claim_balancer(1, 3).unwrap()).unwrap();
+        let local = LocalBalancer::default();
+        let mut c = candidates(&[100, 200, 300]);
+        c[2].full = true;
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            counts[local.choose(Method::ByWeight, shared, &c).unwrap().position] += 1;
+        }
+        assert_eq!(counts, [100, 200, 0]);
+        c.iter_mut().for_each(|c| c.full = true);
+        assert_eq!(local.choose(Method::ByWeight, shared, &c), None);
+        unsafe { seg.unmap() };
+    }
+
+    #[test]
+    fn byinflight_rotates_its_scan_through_the_shared_slot() {
+        let seg = Segment::create(Capacity { balancers: 1, members: 3, processes: 1 }).unwrap();
+        let shared = seg.balancer(seg.claim_balancer(1, 3).unwrap()).unwrap();
+        let local = LocalBalancer::default();
+        let idle = candidates(&[100, 100, 100]);
+        let picks: Vec<usize> =
+            (0..6).map(|_| local.choose(Method::ByInflight, shared, &idle).unwrap().position).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        unsafe { seg.unmap() };
+    }
+
+    #[test]
     fn reason_reads_well() {
-        let r = Reason::Ticket {
-            ticket: 7,
-            step: 1,
-            cycle: 6,
-        };
-        assert_eq!(
-            r.to_string(),
-            "ticket 7 is step 2 of the 6-step smooth cycle"
-        );
+        let r = Reason::Ticket { ticket: 7, step: 1, cycle: 6 };
+        assert_eq!(r.to_string(), "ticket 7 is step 2 of the 6-step smooth cycle");
     }
 }

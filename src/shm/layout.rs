@@ -5,7 +5,7 @@
 //! processes on a shared mapping). A slot is a whole number of cache lines so that two members'
 //! hot counters never share one.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 /// Types that may be placed in the shared segment: zero bytes are a valid value, there are no
 /// pointers, and every field is an atomic (or padding).
@@ -20,6 +20,7 @@ pub struct Header {
     pub magic: AtomicU64,
     pub balancer_slots: AtomicU32,
     pub member_slots: AtomicU32,
+    pub process_slots: AtomicU32,
     /// Next member slot not yet given to a balancer (balancers that appear after startup take
     /// their member slots from here).
     pub next_free_member: AtomicU32,
@@ -35,6 +36,10 @@ pub struct BalancerSlot {
     pub member_slots: AtomicU32,
     /// `byweight`: the next ticket. One shared counter makes the schedule exact across processes.
     pub ticket: AtomicU64,
+    /// Where the next tie-break starts, so that equal members take turns.
+    pub rotation: AtomicU64,
+    /// Requests refused because every usable member was at its `LBMaxInflight` cap.
+    pub shed: AtomicU64,
 }
 
 /// One balancer member (a `BalancerMember`), indexed by httpd's own worker slot index.
@@ -52,18 +57,32 @@ pub struct MemberSlot {
     pub completed: AtomicU64,
     /// Attempts that ended with the member in error, or were abandoned for failover.
     pub failed: AtomicU64,
+    /// Slow start: 1 while some process has seen the member unusable since its last ramp.
+    pub down: AtomicU32,
+    /// Slow start: when the member last became usable again (monotonic microseconds; 0: never).
+    pub ramp_start_us: AtomicU64,
 }
 
-// SAFETY: all four are repr(C) structs of atomics; all-zero is a valid value for each.
+/// One httpd child process: the owner of a row of in-flight contributions.
+#[repr(C, align(64))]
+pub struct ProcessSlot {
+    /// The child's pid; 0 while the slot is free.
+    pub pid: AtomicU32,
+}
+
+// SAFETY: all are repr(C) structs of atomics; all-zero is a valid value for each.
 unsafe impl ShmSafe for Header {}
 unsafe impl ShmSafe for BalancerSlot {}
 unsafe impl ShmSafe for MemberSlot {}
+unsafe impl ShmSafe for ProcessSlot {}
+unsafe impl ShmSafe for AtomicI32 {}
 
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v01");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v02");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
 const _: () = assert!(size_of::<BalancerSlot>().is_multiple_of(64));
 const _: () = assert!(size_of::<MemberSlot>().is_multiple_of(64));
+const _: () = assert!(size_of::<ProcessSlot>().is_multiple_of(64));
 
 /// The totals that survive a graceful restart, read out of one member slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,22 +105,48 @@ impl MemberSlot {
 
     /// Carries totals over from the previous generation's slot for the same member.
     pub fn restore(&self, totals: MemberTotals) {
-        self.peak_inflight
-            .store(totals.peak_inflight, Ordering::Relaxed);
+        self.peak_inflight.store(totals.peak_inflight, Ordering::Relaxed);
         self.selected.store(totals.selected, Ordering::Relaxed);
         self.completed.store(totals.completed, Ordering::Relaxed);
         self.failed.store(totals.failed, Ordering::Relaxed);
     }
 
-    /// Counts the start of one attempt on this member.
-    pub fn begin_attempt(&self) {
-        self.selected.fetch_add(1, Ordering::Relaxed);
+    /// Counts the start of one attempt on this member. `mine` is this process's own count for
+    /// the member, which lets the parent take back what a killed process never released.
+    pub fn begin_attempt(&self, mine: Option<&AtomicI32>) {
         let now = self.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.started(now, mine);
+    }
+
+    /// Like [`MemberSlot::begin_attempt`], but only while fewer than `cap` attempts are in
+    /// flight: the check and the increment are one atomic step, so no number of processes can
+    /// push the member past its cap. False when the member is full.
+    pub fn try_begin_attempt(&self, cap: u64, mine: Option<&AtomicI32>) -> bool {
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        let reserved =
+            self.inflight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
+        match reserved {
+            Ok(before) => {
+                self.started(before + 1, mine);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn started(&self, now: i64, mine: Option<&AtomicI32>) {
+        if let Some(mine) = mine {
+            mine.fetch_add(1, Ordering::AcqRel);
+        }
+        self.selected.fetch_add(1, Ordering::Relaxed);
         self.peak_inflight.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// Counts the end of one attempt begun with [`MemberSlot::begin_attempt`].
-    pub fn end_attempt(&self, failed: bool) {
+    /// Counts the end of one attempt begun with `begin_attempt` (same `mine`).
+    pub fn end_attempt(&self, failed: bool, mine: Option<&AtomicI32>) {
+        if let Some(mine) = mine {
+            mine.fetch_sub(1, Ordering::AcqRel);
+        }
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         if failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -110,8 +155,27 @@ impl MemberSlot {
         }
     }
 
-    /// In-flight count as methods see it (never below zero, even mid-repair).
+    /// In-flight count as methods see it (never below zero).
     pub fn inflight(&self) -> u64 {
         self.inflight.load(Ordering::Acquire).max(0) as u64
+    }
+
+    /// Records whether the member is usable now; a member seen unusable that is usable again
+    /// starts its slow-start ramp at `now_us`. Cheap when nothing changes (loads only).
+    pub fn observe(&self, usable: bool, now_us: u64) {
+        if !usable {
+            if self.down.load(Ordering::Relaxed) == 0 {
+                self.down.store(1, Ordering::Relaxed);
+            }
+        } else if self.down.load(Ordering::Relaxed) == 1
+            && self.down.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            self.ramp_start_us.store(now_us.max(1), Ordering::Release);
+        }
+    }
+
+    /// When the current slow-start ramp began (monotonic microseconds), if one ever did.
+    pub fn ramp_start(&self) -> Option<u64> {
+        Some(self.ramp_start_us.load(Ordering::Acquire)).filter(|&t| t != 0)
     }
 }

@@ -1,15 +1,59 @@
 //! The shared segment: one anonymous shared mapping made by the httpd parent before it forks,
 //! so every child of the generation inherits the same bytes at the same address.
 //!
-//! Layout: `Header`, then `balancer_slots` x `BalancerSlot`, then `member_slots` x `MemberSlot`.
+//! Layout: `Header`, then `balancers` x `BalancerSlot`, `members` x `MemberSlot`, `processes` x
+//! `ProcessSlot`, and one row of in-flight contributions (an `AtomicI32` per member slot) per
+//! process slot.
+//!
 //! Balancers configured at startup get their slots in the parent (`claim_balancer` before any
 //! fork); a balancer first seen at run time claims a spare slot lock-free, so two processes that
 //! race for the same balancer end up sharing one slot.
+//!
+//! Each child claims a process slot and counts its own share of every member's in-flight
+//! attempts in its row. A child killed by a signal cannot release its attempts; when httpd's
+//! parent reaps it, `reap_process` subtracts the row from the members' counts, so a leak lasts
+//! no longer than the dead process.
 
-use super::layout::{BalancerSlot, Header, MAGIC, MemberSlot, ShmSafe};
+use super::layout::{BalancerSlot, Header, MAGIC, MemberSlot, ProcessSlot, ShmSafe};
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The size of a segment, in slots of each kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub balancers: u32,
+    pub members: u32,
+    pub processes: u32,
+}
+
+impl Capacity {
+    /// Contributions per process row, rounded up to whole cache lines.
+    fn row(&self) -> usize {
+        (self.members as usize).next_multiple_of(16)
+    }
+
+    fn balancers_at(&self) -> usize {
+        size_of::<Header>()
+    }
+
+    fn members_at(&self) -> usize {
+        self.balancers_at() + self.balancers as usize * size_of::<BalancerSlot>()
+    }
+
+    fn processes_at(&self) -> usize {
+        self.members_at() + self.members as usize * size_of::<MemberSlot>()
+    }
+
+    fn contributions_at(&self) -> usize {
+        self.processes_at() + self.processes as usize * size_of::<ProcessSlot>()
+    }
+
+    /// Bytes needed.
+    pub fn bytes(&self) -> usize {
+        self.contributions_at() + self.processes as usize * self.row() * size_of::<AtomicI32>()
+    }
+}
 
 /// A mapped segment. Copies are views of the same mapping; nothing is unmapped on drop, because
 /// the parent hands the mapping to every child and keeps it across restarts (see `unmap`).
@@ -17,8 +61,7 @@ use std::sync::atomic::Ordering;
 pub struct Segment {
     base: NonNull<u8>,
     len: usize,
-    balancer_slots: u32,
-    member_slots: u32,
+    capacity: Capacity,
 }
 
 // SAFETY: the mapping holds only atomics (ShmSafe types) and is never unmapped while views are
@@ -27,16 +70,9 @@ unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
 
 impl Segment {
-    /// Bytes needed for the given numbers of slots.
-    pub fn size_for(balancer_slots: u32, member_slots: u32) -> usize {
-        size_of::<Header>()
-            + balancer_slots as usize * size_of::<BalancerSlot>()
-            + member_slots as usize * size_of::<MemberSlot>()
-    }
-
     /// Maps a new zeroed segment shared with every process forked after this call.
-    pub fn create(balancer_slots: u32, member_slots: u32) -> io::Result<Segment> {
-        let len = Self::size_for(balancer_slots, member_slots);
+    pub fn create(capacity: Capacity) -> io::Result<Segment> {
+        let len = capacity.bytes();
         // SAFETY: a fresh anonymous mapping; no existing memory is touched.
         let ptr = unsafe {
             libc::mmap(
@@ -52,17 +88,11 @@ impl Segment {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        let segment = Segment {
-            base,
-            len,
-            balancer_slots,
-            member_slots,
-        };
+        let segment = Segment { base, len, capacity };
         let header = segment.header();
-        header
-            .balancer_slots
-            .store(balancer_slots, Ordering::Relaxed);
-        header.member_slots.store(member_slots, Ordering::Relaxed);
+        header.balancer_slots.store(capacity.balancers, Ordering::Relaxed);
+        header.member_slots.store(capacity.members, Ordering::Relaxed);
+        header.process_slots.store(capacity.processes, Ordering::Relaxed);
         header.magic.store(MAGIC, Ordering::Release);
         Ok(segment)
     }
@@ -80,14 +110,12 @@ impl Segment {
         if header.magic.load(Ordering::Acquire) != MAGIC {
             return None;
         }
-        let balancer_slots = header.balancer_slots.load(Ordering::Relaxed);
-        let member_slots = header.member_slots.load(Ordering::Relaxed);
-        (Self::size_for(balancer_slots, member_slots) == len).then_some(Segment {
-            base,
-            len,
-            balancer_slots,
-            member_slots,
-        })
+        let capacity = Capacity {
+            balancers: header.balancer_slots.load(Ordering::Relaxed),
+            members: header.member_slots.load(Ordering::Relaxed),
+            processes: header.process_slots.load(Ordering::Relaxed),
+        };
+        (capacity.bytes() == len).then_some(Segment { base, len, capacity })
     }
 
     pub fn as_raw(&self) -> (NonNull<u8>, usize) {
@@ -108,66 +136,57 @@ impl Segment {
         unsafe { self.at::<Header>(0) }
     }
 
-    pub fn balancer_slots(&self) -> u32 {
-        self.balancer_slots
-    }
-
-    pub fn member_slots(&self) -> u32 {
-        self.member_slots
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
     }
 
     pub fn balancer(&self, slot: usize) -> Option<&BalancerSlot> {
-        if slot >= self.balancer_slots as usize {
+        if slot >= self.capacity.balancers as usize {
             return None;
         }
-        let offset = size_of::<Header>() + slot * size_of::<BalancerSlot>();
+        let offset = self.capacity.balancers_at() + slot * size_of::<BalancerSlot>();
         // SAFETY: in bounds (checked above) and aligned (slots are whole cache lines).
         Some(unsafe { self.at::<BalancerSlot>(offset) })
     }
 
     pub fn member(&self, slot: usize) -> Option<&MemberSlot> {
-        if slot >= self.member_slots as usize {
+        if slot >= self.capacity.members as usize {
             return None;
         }
-        let offset = size_of::<Header>()
-            + self.balancer_slots as usize * size_of::<BalancerSlot>()
-            + slot * size_of::<MemberSlot>();
+        let offset = self.capacity.members_at() + slot * size_of::<MemberSlot>();
         // SAFETY: in bounds (checked above) and aligned (slots are whole cache lines).
         Some(unsafe { self.at::<MemberSlot>(offset) })
     }
 
-    /// The member slot for httpd worker index `worker_index` of the balancer in `balancer_slot`.
+    /// The member slot for httpd worker index `worker_index` of `balancer`.
     pub fn member_of(&self, balancer: &BalancerSlot, worker_index: usize) -> Option<&MemberSlot> {
+        self.member(self.member_index(balancer, worker_index)?)
+    }
+
+    /// The segment-wide index of the member slot for worker `worker_index` of `balancer`.
+    pub fn member_index(&self, balancer: &BalancerSlot, worker_index: usize) -> Option<usize> {
         let base = balancer.member_base.load(Ordering::Acquire) as usize;
         let count = balancer.member_slots.load(Ordering::Acquire) as usize;
-        if worker_index >= count {
-            return None;
-        }
-        self.member(base + worker_index)
+        let index = base + worker_index;
+        (worker_index < count && index < self.capacity.members as usize).then_some(index)
     }
 
     /// Finds the balancer slot holding `key`, or claims a free one and gives it
     /// `member_slots` member slots. Lock-free; concurrent claims of one key agree on one slot.
-    /// Returns `None` when the table or the member pool is full.
+    /// Returns `None` when the table is full (a balancer that finds the member pool exhausted
+    /// gets a slot with no members: it is balanced without counters rather than refused).
     pub fn claim_balancer(&self, key: u64, member_slots: u32) -> Option<usize> {
         debug_assert_ne!(key, 0, "key 0 marks a free slot");
-        let count = self.balancer_slots as usize;
+        let count = self.capacity.balancers as usize;
         let start = (key % count.max(1) as u64) as usize;
         for probe in 0..count {
             let slot = (start + probe) % count;
             let balancer = self.balancer(slot)?;
-            match balancer
-                .key
-                .compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match balancer.key.compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    let header = self.header();
-                    let base = header
-                        .next_free_member
-                        .fetch_add(member_slots, Ordering::AcqRel);
-                    let fits = base
-                        .checked_add(member_slots)
-                        .is_some_and(|end| end <= self.member_slots);
+                    let next_free = &self.header().next_free_member;
+                    let base = next_free.fetch_add(member_slots, Ordering::AcqRel);
+                    let fits = base.checked_add(member_slots).is_some_and(|end| end <= self.capacity.members);
                     let (base, slots) = if fits { (base, member_slots) } else { (0, 0) };
                     balancer.member_base.store(base, Ordering::Relaxed);
                     balancer.member_slots.store(slots, Ordering::Relaxed);
@@ -177,12 +196,10 @@ impl Segment {
                 Err(found) if found == key => return Some(slot),
                 Err(CLAIMING) => {
                     // Another process is filling this slot in; it takes nanoseconds.
-                    let settled = wait_while_claiming(balancer);
-                    if settled == key {
-                        return Some(slot);
-                    }
-                    if settled == CLAIMING {
-                        return None;
+                    match wait_while_claiming(balancer) {
+                        settled if settled == key => return Some(slot),
+                        CLAIMING => return None,
+                        _ => {}
                     }
                 }
                 Err(_) => {}
@@ -193,14 +210,74 @@ impl Segment {
 
     /// The balancer slot holding `key`, if any.
     pub fn find_balancer(&self, key: u64) -> Option<usize> {
-        let count = self.balancer_slots as usize;
+        let count = self.capacity.balancers as usize;
         let start = (key % count.max(1) as u64) as usize;
         (0..count)
             .map(|probe| (start + probe) % count)
-            .find(|&slot| {
-                self.balancer(slot)
-                    .is_some_and(|b| b.key.load(Ordering::Acquire) == key)
+            .find(|&slot| self.balancer(slot).is_some_and(|b| b.key.load(Ordering::Acquire) == key))
+    }
+
+    fn process(&self, slot: usize) -> Option<&ProcessSlot> {
+        if slot >= self.capacity.processes as usize {
+            return None;
+        }
+        let offset = self.capacity.processes_at() + slot * size_of::<ProcessSlot>();
+        // SAFETY: in bounds (checked above) and aligned (slots are whole cache lines).
+        Some(unsafe { self.at::<ProcessSlot>(offset) })
+    }
+
+    /// Process slot `process`'s own in-flight count for member slot `member`.
+    pub fn contribution(&self, process: usize, member: usize) -> Option<&AtomicI32> {
+        if process >= self.capacity.processes as usize || member >= self.capacity.members as usize {
+            return None;
+        }
+        let cell = process * self.capacity.row() + member;
+        let offset = self.capacity.contributions_at() + cell * size_of::<AtomicI32>();
+        // SAFETY: in bounds (checked above); 4-byte aligned inside cache-line aligned rows.
+        Some(unsafe { self.at::<AtomicI32>(offset) })
+    }
+
+    /// Gives process `pid` a process slot (its own, if it has one already). `None` when all are
+    /// taken: the process then counts without a row, and a kill of it would leak its attempts.
+    pub fn claim_process(&self, pid: u32) -> Option<usize> {
+        if pid == 0 {
+            return None;
+        }
+        self.find_process(pid).or_else(|| {
+            (0..self.capacity.processes as usize).find(|&slot| {
+                self.process(slot).is_some_and(|p| {
+                    p.pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                })
             })
+        })
+    }
+
+    fn find_process(&self, pid: u32) -> Option<usize> {
+        (0..self.capacity.processes as usize)
+            .find(|&slot| self.process(slot).is_some_and(|p| p.pid.load(Ordering::Acquire) == pid))
+    }
+
+    /// Process `pid` has exited (httpd's parent reaped it): takes back every attempt it never
+    /// released and frees its slot. Returns how many attempts were taken back.
+    pub fn reap_process(&self, pid: u32) -> i64 {
+        let Some(slot) = (pid != 0).then(|| self.find_process(pid)).flatten() else {
+            return 0;
+        };
+        let mut reclaimed = 0;
+        for index in 0..self.capacity.members as usize {
+            let (Some(mine), Some(member)) = (self.contribution(slot, index), self.member(index)) else {
+                continue;
+            };
+            let left = mine.swap(0, Ordering::AcqRel);
+            if left != 0 {
+                member.inflight.fetch_sub(i64::from(left), Ordering::AcqRel);
+                reclaimed += i64::from(left);
+            }
+        }
+        if let Some(process) = self.process(slot) {
+            process.pid.store(0, Ordering::Release);
+        }
+        reclaimed
     }
 
     /// # Safety

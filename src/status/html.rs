@@ -36,29 +36,36 @@ fn balancer_table(out: &mut String, balancer: &BalancerStatus) {
         escape(&balancer.name),
         escape(&balancer.server),
         escape(&balancer.method),
-        if balancer.tracked {
-            ""
-        } else {
-            ", not one of this module's: counters idle"
-        },
+        if balancer.tracked { "" } else { ", not one of this module's: counters idle" },
     );
+    let slow_start = balancer.slow_start_seconds.map_or("off".to_string(), |s| format!("{s} s"));
+    let cap = match balancer.max_inflight {
+        Some(n) if balancer.max_inflight_per_loadfactor => format!("{n} per loadfactor"),
+        Some(n) => n.to_string(),
+        None => "none".to_string(),
+    };
+    let _ = writeln!(out, "<p>Slow start: {slow_start}. In-flight cap: {cap}. Shed: {}.</p>", balancer.shed);
     out.push_str(concat!(
         "<table>\n<tr><th class=\"l\">Member</th><th class=\"l\">Route</th>",
-        "<th class=\"l\">Status</th><th class=\"l\">Flags</th><th>Load factor</th><th>Set</th>",
+        "<th class=\"l\">Status</th><th class=\"l\">Flags</th><th>Load factor</th><th>Weight now</th>",
+        "<th>Ramp</th><th>Set</th><th>Cap</th>",
         "<th>Selected</th><th>In flight</th><th>Peak</th><th>Completed</th><th>Failed</th>",
         "<th>httpd Elected</th><th>httpd Busy</th></tr>\n",
     ));
     for m in &balancer.members {
+        let ramp = m.slow_start_progress.map_or(String::new(), |p| format!("{:.0}%", p * 100.0));
+        let cap = m.max_inflight.map_or(String::new(), |c| c.to_string());
         let _ = writeln!(
             out,
             "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td>\
-             <td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{ramp}</td><td>{}</td><td>{cap}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&m.name),
             escape(&m.route),
             escape(m.status),
             escape(&m.flags.join(" ")),
             m.loadfactor,
+            m.effective_weight,
             m.lbset,
             m.selected,
             m.inflight,
@@ -104,9 +111,6 @@ mod tests {
 
     #[test]
     fn escape_covers_the_five_characters() {
-        assert_eq!(
-            escape(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
+        assert_eq!(escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
     }
 }

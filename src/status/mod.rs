@@ -25,6 +25,13 @@ pub struct BalancerStatus {
     pub method: String,
     /// True when `method` is one of this module's methods, so the counters below are live.
     pub tracked: bool,
+    /// `LBSlowStart` in seconds, if set.
+    pub slow_start_seconds: Option<f64>,
+    /// `LBMaxInflight`, if set, and whether it is per unit of loadfactor.
+    pub max_inflight: Option<u32>,
+    pub max_inflight_per_loadfactor: bool,
+    /// Requests refused with 503 because every usable member was at its cap.
+    pub shed: u64,
     pub members: Vec<MemberStatus>,
 }
 
@@ -39,6 +46,12 @@ pub struct MemberStatus {
     pub flags: Vec<&'static str>,
     /// Configured weight as in the config (`loadfactor=`), changed live by balancer-manager.
     pub loadfactor: f64,
+    /// The weight the methods use now: `loadfactor`, reduced while on a slow-start ramp.
+    pub effective_weight: f64,
+    /// Progress of the member's slow-start ramp (0 to 1), while it is on one.
+    pub slow_start_progress: Option<f64>,
+    /// The member's in-flight cap (`LBMaxInflight`, scaled by loadfactor if asked), if any.
+    pub max_inflight: Option<u64>,
     pub lbset: i32,
     /// Attempts this module gave the member, since the module was loaded (kept over graceful
     /// restarts).
@@ -101,11 +114,7 @@ pub fn status_word(bits: u32) -> &'static str {
 }
 
 pub fn flag_names(bits: u32) -> Vec<&'static str> {
-    FLAG_NAMES
-        .iter()
-        .filter(|(bit, _)| bits & bit != 0)
-        .map(|&(_, name)| name)
-        .collect()
+    FLAG_NAMES.iter().filter(|(bit, _)| bits & bit != 0).map(|&(_, name)| name).collect()
 }
 
 /// The format a status request asks for with `?format=`.
@@ -118,11 +127,8 @@ pub enum Format {
 impl Format {
     /// Reads `format=` from a query string; `None` for an unknown format.
     pub fn from_query(query: Option<&str>) -> Option<Format> {
-        let value = query
-            .unwrap_or("")
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("format="))
-            .unwrap_or("html");
+        let value =
+            query.unwrap_or("").split('&').find_map(|pair| pair.strip_prefix("format=")).unwrap_or("html");
         match value {
             "html" | "" => Some(Format::Html),
             "json" => Some(Format::Json),
@@ -158,6 +164,10 @@ pub(crate) mod tests {
                 server: "localhost:80".into(),
                 method: "byweight".into(),
                 tracked: true,
+                slow_start_seconds: Some(30.0),
+                max_inflight: Some(8),
+                max_inflight_per_loadfactor: false,
+                shed: 4,
                 members: vec![
                     MemberStatus {
                         name: "http://127.0.0.1:8081".into(),
@@ -165,6 +175,9 @@ pub(crate) mod tests {
                         status: status_word(flag::INITIALIZED),
                         flags: flag_names(flag::INITIALIZED),
                         loadfactor: 1.5,
+                        effective_weight: 0.75,
+                        slow_start_progress: Some(0.5),
+                        max_inflight: Some(8),
                         lbset: 0,
                         selected: 10,
                         inflight: 2,
@@ -180,6 +193,9 @@ pub(crate) mod tests {
                         status: status_word(flag::INITIALIZED | flag::IN_ERROR | flag::HOT_STANDBY),
                         flags: flag_names(flag::INITIALIZED | flag::IN_ERROR | flag::HOT_STANDBY),
                         loadfactor: 1.0,
+                        effective_weight: 1.0,
+                        slow_start_progress: None,
+                        max_inflight: Some(8),
                         lbset: 1,
                         selected: 0,
                         inflight: 0,
@@ -198,36 +214,23 @@ pub(crate) mod tests {
     fn status_words_follow_precedence() {
         assert_eq!(status_word(flag::INITIALIZED), "ok");
         assert_eq!(status_word(flag::INITIALIZED | flag::DRAIN), "draining");
-        assert_eq!(
-            status_word(flag::INITIALIZED | flag::IN_ERROR | flag::DISABLED),
-            "disabled"
-        );
-        assert_eq!(
-            status_word(flag::INITIALIZED | flag::HC_FAIL),
-            "hcheck-failed"
-        );
+        assert_eq!(status_word(flag::INITIALIZED | flag::IN_ERROR | flag::DISABLED), "disabled");
+        assert_eq!(status_word(flag::INITIALIZED | flag::HC_FAIL), "hcheck-failed");
         assert_eq!(status_word(0), "initializing");
-        assert_eq!(
-            flag_names(flag::HOT_SPARE | flag::DRAIN),
-            vec!["drain", "hot-spare"]
-        );
+        assert_eq!(flag_names(flag::HOT_SPARE | flag::DRAIN), vec!["drain", "hot-spare"]);
     }
 
     #[test]
     fn format_comes_from_the_query() {
         assert_eq!(Format::from_query(None), Some(Format::Html));
         assert_eq!(Format::from_query(Some("format=json")), Some(Format::Json));
-        assert_eq!(
-            Format::from_query(Some("x=1&format=json")),
-            Some(Format::Json)
-        );
+        assert_eq!(Format::from_query(Some("x=1&format=json")), Some(Format::Json));
         assert_eq!(Format::from_query(Some("format=xml")), None);
     }
 
     #[test]
     fn json_has_the_documented_shape() {
-        let json: serde_json::Value =
-            serde_json::from_str(&render(&sample(), Format::Json)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render(&sample(), Format::Json)).unwrap();
         let balancer = &json["balancers"][0];
         assert_eq!(balancer["name"], "balancer://app");
         assert_eq!(balancer["method"], "byweight");
@@ -237,9 +240,6 @@ pub(crate) mod tests {
         }
         assert_eq!(member["loadfactor"], 1.5);
         assert_eq!(balancer["members"][1]["status"], "error");
-        assert_eq!(
-            balancer["members"][1]["flags"],
-            serde_json::json!(["error", "hot-standby"])
-        );
+        assert_eq!(balancer["members"][1]["flags"], serde_json::json!(["error", "hot-standby"]));
     }
 }

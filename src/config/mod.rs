@@ -1,0 +1,346 @@
+//! This module's directives and the settings they produce, as plain Rust: parsing and checking
+//! every value, and finding a balancer's settings. The httpd side (the command table and the
+//! per-server configuration records) is in [`crate::directives`].
+//!
+//! Every directive goes inside `<Proxy "balancer://name">` and applies to that balancer, in the
+//! virtual host where it is written (virtual hosts inherit the main server's balancers and
+//! their settings, as httpd does for the balancers themselves).
+
+use std::ffi::CStr;
+use std::fmt;
+use std::time::Duration;
+
+/// Settings of one balancer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BalancerSettings {
+    /// `LBSlowStart`: ramp time of a member that becomes usable again.
+    pub slow_start: Option<Duration>,
+    /// `LBMaxInflight`: the most attempts in flight to one member, across all processes.
+    pub max_inflight: Option<Cap>,
+}
+
+/// A per-member in-flight limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cap {
+    pub limit: u32,
+    /// `per-loadfactor`: the limit is per unit of loadfactor (a member with loadfactor 2 may
+    /// have twice as many in flight).
+    pub per_loadfactor: bool,
+}
+
+impl Cap {
+    /// The limit for a member whose loadfactor x 100 is `lbfactor`.
+    pub fn for_member(self, lbfactor: u32) -> u64 {
+        if self.per_loadfactor {
+            (u64::from(self.limit) * u64::from(lbfactor)).div_ceil(100).max(1)
+        } else {
+            u64::from(self.limit)
+        }
+    }
+}
+
+impl fmt::Display for Cap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.limit, if self.per_loadfactor { " per-loadfactor" } else { "" })
+    }
+}
+
+/// The settings written in one server (virtual host), by balancer name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerSettings {
+    balancers: Vec<Entry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    /// Lowercased `balancer://name`.
+    name: String,
+    settings: BalancerSettings,
+    /// The directives written for it in this server (empty when all came from the main server).
+    written: Vec<Directive>,
+}
+
+impl ServerSettings {
+    /// The settings of `balancer` (`balancer://name`, any case), default when none are written.
+    pub fn balancer(&self, balancer: &str) -> BalancerSettings {
+        self.entry(balancer).map(|e| e.settings.clone()).unwrap_or_default()
+    }
+
+    fn entry(&self, balancer: &str) -> Option<&Entry> {
+        let key = balancer_key(balancer);
+        self.balancers.iter().find(|e| e.name == key)
+    }
+
+    fn entry_mut(&mut self, balancer: &str) -> &mut Entry {
+        let key = balancer_key(balancer);
+        let index = match self.balancers.iter().position(|e| e.name == key) {
+            Some(index) => index,
+            None => {
+                let entry = Entry { name: key, settings: BalancerSettings::default(), written: Vec::new() };
+                self.balancers.push(entry);
+                self.balancers.len() - 1
+            }
+        };
+        &mut self.balancers[index]
+    }
+
+    /// Applies `directive` with `args`, written inside `<Proxy "balancer">` in this server.
+    pub fn apply(&mut self, balancer: &str, directive: Directive, args: &[&str]) -> Result<(), String> {
+        let entry = self.entry_mut(balancer);
+        directive.apply(&mut entry.settings, args)?;
+        if !entry.written.contains(&directive) {
+            entry.written.push(directive);
+        }
+        Ok(())
+    }
+
+    /// A virtual host's settings: the main server's, with the virtual host's own on top.
+    pub fn merge(base: &ServerSettings, own: &ServerSettings) -> ServerSettings {
+        let mut merged = ServerSettings {
+            balancers: base.balancers.iter().map(|e| Entry { written: Vec::new(), ..e.clone() }).collect(),
+        };
+        for entry in &own.balancers {
+            let target = merged.entry_mut(&entry.name);
+            if entry.settings.slow_start.is_some() {
+                target.settings.slow_start = entry.settings.slow_start;
+            }
+            if entry.settings.max_inflight.is_some() {
+                target.settings.max_inflight = entry.settings.max_inflight;
+            }
+            target.written = entry.written.clone();
+        }
+        merged
+    }
+
+    /// Errors for settings written here for balancers this server does not have (`known`:
+    /// the names of its balancers). Settings inherited from the main server are not checked
+    /// here: with `BalancerInherit Off` a virtual host legitimately lacks the main server's.
+    pub fn check(&self, known: &[String]) -> Vec<String> {
+        self.balancers
+            .iter()
+            .filter(|e| !e.written.is_empty() && !known.iter().any(|k| balancer_key(k) == e.name))
+            .map(|e| {
+                let directives: Vec<&str> = e.written.iter().map(|d| d.name()).collect();
+                format!(
+                    "{} in <Proxy \"{}\">: no balancer has that name here (a balancer needs at least one BalancerMember)",
+                    directives.join(" and "),
+                    e.name
+                )
+            })
+            .collect()
+    }
+}
+
+/// httpd compares balancer names without regard to case (it lowercases them).
+fn balancer_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// A directive of this module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Directive {
+    SlowStart,
+    MaxInflight,
+}
+
+impl Directive {
+    pub const ALL: [Directive; 2] = [Directive::SlowStart, Directive::MaxInflight];
+
+    /// The directive's name, as httpd's command table needs it.
+    pub const fn c_name(self) -> &'static CStr {
+        match self {
+            Directive::SlowStart => c"LBSlowStart",
+            Directive::MaxInflight => c"LBMaxInflight",
+        }
+    }
+
+    /// The one-line syntax httpd prints for a misused directive (and `httpd -L`).
+    pub const fn c_help(self) -> &'static CStr {
+        match self {
+            Directive::SlowStart => {
+                c"LBSlowStart <time>: a member that becomes usable again ramps its weight up over this time (e.g. 30s)"
+            }
+            Directive::MaxInflight => {
+                c"LBMaxInflight <n> [per-loadfactor]: most requests in flight to one member across all processes"
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or_default()
+    }
+
+    pub fn help(self) -> &'static str {
+        self.c_help().to_str().unwrap_or_default()
+    }
+
+    /// Applies the directive's arguments (`args`, already split by httpd) to `settings`.
+    pub fn apply(self, settings: &mut BalancerSettings, args: &[&str]) -> Result<(), String> {
+        match self {
+            Directive::SlowStart => {
+                let [value] = args else { return Err(self.usage()) };
+                let ramp = parse_duration(value).map_err(|why| self.invalid(value, &why))?;
+                if ramp.is_zero() || ramp > MAX_SLOW_START {
+                    return Err(self.invalid(value, "expected a time from 1ms to 1h"));
+                }
+                settings.slow_start = Some(ramp);
+            }
+            Directive::MaxInflight => {
+                let (value, per_loadfactor) = match args {
+                    [value] => (*value, false),
+                    [value, "per-loadfactor"] => (*value, true),
+                    [_, other] => return Err(self.invalid(other, "the only option is per-loadfactor")),
+                    _ => return Err(self.usage()),
+                };
+                let limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_INFLIGHT_LIMIT).contains(n))
+                    .ok_or_else(|| self.invalid(value, "expected a whole number from 1 to 1000000"))?;
+                settings.max_inflight = Some(Cap { limit, per_loadfactor });
+            }
+        }
+        Ok(())
+    }
+
+    fn invalid(self, value: &str, why: &str) -> String {
+        format!("{}: invalid value \"{value}\": {why}", self.name())
+    }
+
+    fn usage(self) -> String {
+        format!("{}: wrong number of arguments; usage: {}", self.name(), self.help())
+    }
+
+    /// The error for a directive written outside `<Proxy "balancer://...">`.
+    pub fn misplaced(self, section: Option<&str>) -> String {
+        match section {
+            Some(path) => format!(
+                "{} is only valid inside <Proxy \"balancer://...\">, not in a section for \"{path}\"",
+                self.name()
+            ),
+            None => format!("{} is only valid inside <Proxy \"balancer://...\">", self.name()),
+        }
+    }
+}
+
+const MAX_SLOW_START: Duration = Duration::from_secs(3600);
+const MAX_INFLIGHT_LIMIT: u32 = 1_000_000;
+
+/// Parses `30`, `30s`, `500ms`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 =
+        digits.parse().map_err(|_| "expected a number with an optional unit (ms, s, m, h)".to_string())?;
+    let millis = match unit {
+        "" | "s" => number.checked_mul(1000),
+        "ms" => Some(number),
+        "m" | "min" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => return Err(format!("unknown unit \"{unit}\" (use ms, s, m or h)")),
+    };
+    millis.map(Duration::from_millis).ok_or_else(|| "too large".to_string())
+}
+
+/// A section path (`cmd->path`) names a balancer: `balancer://name` (any case).
+pub fn section_balancer(path: &str) -> Option<&str> {
+    let prefix = path.get(..11)?;
+    let named = prefix.eq_ignore_ascii_case("balancer://") && path.len() > 11;
+    (named && !path.contains(['*', '?', '['])).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("5 s").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("10d").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn directives_check_their_values_and_name_themselves() {
+        let mut s = BalancerSettings::default();
+        Directive::SlowStart.apply(&mut s, &["30s"]).unwrap();
+        Directive::MaxInflight.apply(&mut s, &["8", "per-loadfactor"]).unwrap();
+        assert_eq!(s.slow_start, Some(Duration::from_secs(30)));
+        assert_eq!(s.max_inflight, Some(Cap { limit: 8, per_loadfactor: true }));
+
+        let bad: &[(Directive, &[&str], &str)] = &[
+            (Directive::SlowStart, &["abc"], "\"abc\""),
+            (Directive::SlowStart, &["0"], "\"0\""),
+            (Directive::SlowStart, &["2h"], "\"2h\""),
+            (Directive::SlowStart, &["1", "2"], "usage"),
+            (Directive::MaxInflight, &["0"], "\"0\""),
+            (Directive::MaxInflight, &["-3"], "\"-3\""),
+            (Directive::MaxInflight, &["ten"], "\"ten\""),
+            (Directive::MaxInflight, &["2000000"], "\"2000000\""),
+            (Directive::MaxInflight, &["5", "scaled"], "\"scaled\""),
+        ];
+        for (directive, args, expected) in bad {
+            let err = directive.apply(&mut BalancerSettings::default(), args).unwrap_err();
+            assert!(err.starts_with(directive.name()), "{err}");
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn caps_scale_with_loadfactor_on_request() {
+        let plain = Cap { limit: 10, per_loadfactor: false };
+        let scaled = Cap { limit: 10, per_loadfactor: true };
+        assert_eq!(plain.for_member(300), 10);
+        assert_eq!(scaled.for_member(300), 30);
+        assert_eq!(scaled.for_member(150), 15);
+        assert_eq!(Cap { limit: 1, per_loadfactor: true }.for_member(150), 2);
+    }
+
+    #[test]
+    fn virtual_hosts_inherit_and_override() {
+        let mut base = ServerSettings::default();
+        base.apply("balancer://App", Directive::SlowStart, &["10s"]).unwrap();
+        base.apply("balancer://app", Directive::MaxInflight, &["5"]).unwrap();
+        let mut own = ServerSettings::default();
+        own.apply("balancer://app", Directive::SlowStart, &["20s"]).unwrap();
+        let merged = ServerSettings::merge(&base, &own);
+        let app = merged.balancer("BALANCER://APP");
+        assert_eq!(app.slow_start, Some(Duration::from_secs(20)));
+        assert_eq!(app.max_inflight, Some(Cap { limit: 5, per_loadfactor: false }));
+        assert_eq!(merged.balancer("balancer://other"), BalancerSettings::default());
+    }
+
+    #[test]
+    fn settings_for_a_balancer_that_does_not_exist_are_an_error() {
+        let mut main = ServerSettings::default();
+        main.apply("balancer://app", Directive::SlowStart, &["10s"]).unwrap();
+        main.apply("balancer://typo", Directive::MaxInflight, &["5"]).unwrap();
+        let errors = main.check(&["balancer://APP".to_string()]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("LBMaxInflight in <Proxy \"balancer://typo\">"), "{errors:?}");
+
+        // A virtual host that does not inherit the main server's balancers is not blamed for
+        // the main server's settings.
+        let vhost = ServerSettings::merge(&main, &ServerSettings::default());
+        assert!(vhost.check(&[]).is_empty());
+    }
+
+    #[test]
+    fn only_balancer_sections_take_directives() {
+        assert_eq!(section_balancer("balancer://app"), Some("balancer://app"));
+        assert_eq!(section_balancer("BALANCER://app"), Some("BALANCER://app"));
+        assert_eq!(section_balancer("balancer://"), None);
+        assert_eq!(section_balancer("http://x"), None);
+        assert_eq!(section_balancer("/"), None);
+        assert_eq!(section_balancer("balancer://a*"), None);
+    }
+}

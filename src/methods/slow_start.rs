@@ -1,0 +1,85 @@
+//! Slow start (`LBSlowStart`): a member that becomes usable again (back from error, passing its
+//! health check again, re-enabled or un-drained in balancer-manager) does not take its full
+//! share at once. Its weight grows linearly from a floor of 10% to 100% over the ramp time, as
+//! HAProxy's `slowstart` does; members usable since startup never ramp.
+//!
+//! The weight moves in 5% steps, so `byweight` rebuilds its cycle at most twenty times per ramp
+//! instead of on every request.
+
+use crate::shm::MemberSlot;
+use std::time::Duration;
+
+/// Share of the full weight a member has at the very start of its ramp.
+pub const FLOOR_PERCENT: u64 = 10;
+/// Steps of the ramp (5% each).
+const STEPS: u64 = 20;
+
+/// Where a member is on its ramp: `None` when it is not ramping (never was, or finished).
+pub fn progress(ramp: Duration, elapsed: Duration) -> Option<f64> {
+    (elapsed < ramp && !ramp.is_zero()).then(|| elapsed.as_secs_f64() / ramp.as_secs_f64())
+}
+
+/// The weight a member of full weight `full` has `elapsed` into a ramp of length `ramp`.
+pub fn ramped_weight(full: u32, ramp: Duration, elapsed: Duration) -> u32 {
+    if elapsed >= ramp || ramp.is_zero() {
+        return full;
+    }
+    let step = (elapsed.as_nanos() * u128::from(STEPS) / ramp.as_nanos()) as u64;
+    let percent = (step * 100 / STEPS).max(FLOOR_PERCENT);
+    ((u64::from(full) * percent / 100) as u32).max(1)
+}
+
+/// The weight member `member` of loadfactor x 100 `lbfactor` has at `now_us` (monotonic
+/// microseconds), given the balancer's ramp time.
+pub fn member_weight(lbfactor: u32, member: Option<&MemberSlot>, ramp: Option<Duration>, now_us: u64) -> u32 {
+    match (ramp, member.and_then(MemberSlot::ramp_start)) {
+        (Some(ramp), Some(start)) => {
+            ramped_weight(lbfactor, ramp, Duration::from_micros(now_us.saturating_sub(start)))
+        }
+        _ => lbfactor,
+    }
+}
+
+/// Where `member` is on its ramp at `now_us` (0..1), while it is on one.
+pub fn member_progress(member: &MemberSlot, ramp: Option<Duration>, now_us: u64) -> Option<f64> {
+    progress(ramp?, Duration::from_micros(now_us.saturating_sub(member.ramp_start()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAMP: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn ramps_from_the_floor_to_full_in_steps() {
+        assert_eq!(ramped_weight(1000, RAMP, Duration::ZERO), 100);
+        assert_eq!(ramped_weight(1000, RAMP, Duration::from_millis(999)), 100);
+        assert_eq!(ramped_weight(1000, RAMP, Duration::from_millis(2500)), 250);
+        assert_eq!(ramped_weight(1000, RAMP, Duration::from_millis(5000)), 500);
+        assert_eq!(ramped_weight(1000, RAMP, Duration::from_millis(9999)), 950);
+        assert_eq!(ramped_weight(1000, RAMP, RAMP), 1000);
+        assert_eq!(ramped_weight(1000, RAMP, Duration::from_secs(3600)), 1000);
+    }
+
+    #[test]
+    fn weights_never_fall_to_zero_and_never_rise_past_full() {
+        for full in [1, 100, 150, 10_000] {
+            let mut last = 0;
+            for tenth in 0..=120 {
+                let w = ramped_weight(full, RAMP, Duration::from_millis(tenth * 100));
+                assert!(w >= 1 && w <= full, "{full} at {tenth}: {w}");
+                assert!(w >= last, "never decreases");
+                last = w;
+            }
+            assert_eq!(last, full);
+        }
+    }
+
+    #[test]
+    fn progress_is_reported_only_while_ramping() {
+        assert_eq!(progress(RAMP, Duration::from_secs(5)), Some(0.5));
+        assert_eq!(progress(RAMP, RAMP), None);
+        assert_eq!(progress(Duration::ZERO, Duration::ZERO), None);
+    }
+}

@@ -1,0 +1,232 @@
+//! What the httpd parent does at startup and on every restart: check this module's settings
+//! against the balancers httpd knows, lay the balancers out in shared memory, and build the
+//! generation's runtime.
+
+use crate::config::BalancerSettings;
+use crate::directives::server_settings;
+use crate::ffi;
+use crate::generation::{Configured, Generation};
+use crate::httpd::log::{Level, log_server};
+use crate::httpd::proxy::{self, ProxyApi};
+use crate::module::Runtime;
+use crate::shm::{self, BalancerPlan, Capacity, Segment, name_key};
+use std::ptr::NonNull;
+
+/// Errors for settings that name a balancer their virtual host does not have.
+///
+/// # Safety
+/// `main` must be the live main server of the configuration.
+pub unsafe fn check_settings(main: *const ffi::server_rec) -> Vec<String> {
+    let Ok(proxy) = ProxyApi::find() else { return Vec::new() };
+    let mut errors = Vec::new();
+    let mut s = main;
+    while !s.is_null() {
+        // SAFETY: walking the live server list; balancers are mod_proxy's for that server.
+        unsafe {
+            let conf = proxy.server_conf(s);
+            let known: Vec<String> = if conf.is_null() {
+                Vec::new()
+            } else {
+                proxy::elements::<ffi::proxy_balancer>((*conf).balancers)
+                    .into_iter()
+                    .map(|b| proxy::balancer_name(b))
+                    .collect()
+            };
+            if let Some(settings) = server_settings(s) {
+                errors.extend((*settings).check(&known));
+            }
+            s = (*s).next;
+        }
+    }
+    errors
+}
+
+/// Kept by httpd across restarts (`ap_retained_data`): the segment of the latest generation.
+#[repr(C)]
+struct Retained {
+    base: *mut u8,
+    len: usize,
+}
+
+/// # Safety
+/// `main` must be the live main server of the generation being started (parent, before fork).
+pub unsafe fn build_runtime(main: *const ffi::server_rec) -> Result<Runtime, String> {
+    let proxy = ProxyApi::find().map_err(|missing| {
+        format!("{missing}; load mod_proxy and mod_proxy_balancer (Debian: a2enmod proxy_balancer)")
+    })?;
+    // SAFETY: main is live; the balancers and workers belong to this generation.
+    let balancers = unsafe { proxy.balancers(main) };
+    unsafe { check_shared_layout(&balancers)? };
+
+    // SAFETY: live balancers and workers of this generation.
+    let plan: Vec<BalancerPlan> = balancers.iter().map(|&(_, b)| unsafe { balancer_plan(b) }).collect();
+    // SAFETY: main is live; retained data is parent memory that survives restarts.
+    let (segment, slots) = unsafe { segment_for(&proxy, main, &plan)? };
+    let configured = balancers
+        .iter()
+        .zip(slots)
+        // SAFETY: live balancers and servers.
+        .map(|(&(server, balancer), slot)| unsafe {
+            Configured { id: proxy::balancer_id(balancer), slot, settings: settings_of(server, balancer) }
+        })
+        .collect();
+    Ok(Runtime { generation: Generation::new(segment, configured), proxy, main_server: main })
+}
+
+/// This module's settings for `balancer`, as written in its virtual host (or inherited).
+///
+/// # Safety
+/// Live server and balancer.
+unsafe fn settings_of(
+    server: *const ffi::server_rec,
+    balancer: *const ffi::proxy_balancer,
+) -> BalancerSettings {
+    // SAFETY: per this function's contract.
+    unsafe {
+        match server_settings(server) {
+            Some(settings) => (*settings).balancer(&proxy::balancer_name(balancer)),
+            None => BalancerSettings::default(),
+        }
+    }
+}
+
+/// Process slots to make: twice httpd's process limit (old and new generations overlap during
+/// a graceful restart), bounded so that the table stays a few megabytes at most.
+fn process_slots(members: u32) -> u32 {
+    let mut limit: std::ffi::c_int = 0;
+    // SAFETY: a plain query into an int we own.
+    let known = unsafe { ffi::ap_mpm_query(ffi::AP_MPMQ_HARD_LIMIT_DAEMONS, &mut limit) } == ffi::APR_SUCCESS;
+    let wanted = if known && limit > 0 { limit as u32 * 2 + 16 } else { 512 };
+    let affordable = (4 << 20) / members.max(1);
+    wanted.min(affordable).clamp(16, 8192)
+}
+
+/// What balancer `balancer` needs from the shared segment.
+///
+/// # Safety
+/// Live balancer and workers.
+unsafe fn balancer_plan(balancer: *mut ffi::proxy_balancer) -> BalancerPlan {
+    // SAFETY: per this function's contract.
+    unsafe {
+        BalancerPlan {
+            key: name_key(&proxy::balancer_key_name(balancer)),
+            members: (*balancer).max_workers.max(0) as u32,
+            member_keys: proxy::workers(balancer)
+                .into_iter()
+                .map(|w| (proxy::worker_state(w).index, name_key(&proxy::worker_key_name(w))))
+                .collect(),
+        }
+    }
+}
+
+/// The segment for this generation: the previous one when it still fits the configuration
+/// (every counter then continues exactly), else a new one that inherits the previous one's
+/// totals. The segment is kept in httpd's retained data, which survives restarts; the parent
+/// unmaps a replaced segment (children of the old generation keep their own mapping).
+///
+/// # Safety
+/// Parent process, during post_config; `main` live.
+unsafe fn segment_for(
+    proxy: &ProxyApi,
+    main: *const ffi::server_rec,
+    plan: &[BalancerPlan],
+) -> Result<(Segment, Vec<usize>), String> {
+    let key = c"mod_lbmethod_rs:segment";
+    // SAFETY: retained data is a zeroed Retained on first use, then what we stored in it.
+    let retained = unsafe {
+        let mut retained = ffi::ap_retained_data_get(key.as_ptr()) as *mut Retained;
+        if retained.is_null() {
+            retained = ffi::ap_retained_data_create(key.as_ptr(), size_of::<Retained>()) as *mut Retained;
+        }
+        retained.as_mut().ok_or("httpd gave no retained data")?
+    };
+    // SAFETY: a non-null base is a segment mapped by an earlier generation of this process.
+    let previous =
+        NonNull::new(retained.base).and_then(|base| unsafe { Segment::from_raw(base, retained.len) });
+    let members: u32 = plan.iter().map(|b| b.members).sum();
+    let processes = process_slots(members);
+    if let Some(previous) = previous
+        && let Some(slots) = shm::reuse(&previous, plan, processes)
+    {
+        log_server!(main, Level::Info, "balancers unchanged: the shared counters continue");
+        return Ok((previous, slots));
+    }
+
+    // SAFETY: main is live.
+    let spare_balancers = unsafe { spare_balancers(proxy, main) };
+    let capacity = Capacity {
+        balancers: plan.len() as u32 + spare_balancers,
+        members: members + spare_balancers * 16,
+        processes,
+    };
+    let segment = Segment::create(capacity).map_err(|err| format!("cannot map shared memory: {err}"))?;
+    let slots = shm::place(&segment, plan).ok_or("shared segment sized too small (internal error)")?;
+    if let Some(previous) = previous {
+        shm::carry_over(&previous, &segment);
+        // SAFETY: nothing in the parent uses the previous segment any more.
+        unsafe { previous.unmap() };
+    }
+    let (base, len) = segment.as_raw();
+    retained.base = base.as_ptr();
+    retained.len = len;
+    log_server!(
+        main,
+        Level::Info,
+        "new shared segment: {} balancer, {} member and {} process slot(s), {len} bytes",
+        capacity.balancers,
+        capacity.members,
+        capacity.processes
+    );
+    Ok((segment, slots))
+}
+
+/// Spare balancer slots: `BalancerGrowth` of every server (mod_proxy keeps it per server).
+///
+/// # Safety
+/// `main` must be live.
+unsafe fn spare_balancers(proxy: &ProxyApi, main: *const ffi::server_rec) -> u32 {
+    let mut spares = 0u32;
+    let mut s = main;
+    while !s.is_null() {
+        // SAFETY: walking the live server list.
+        unsafe {
+            let conf = proxy.server_conf(s);
+            if !conf.is_null() {
+                spares = spares.saturating_add((*conf).bgrowth.max(0) as u32);
+            }
+            s = (*s).next;
+        }
+    }
+    spares.min(1024)
+}
+
+/// Refuses to run if httpd's worker records are not the size these bindings were built for
+/// (the module was compiled against another httpd's headers).
+///
+/// # Safety
+/// The balancers must be live, after mod_proxy_balancer's post_config.
+unsafe fn check_shared_layout(
+    balancers: &[(*const ffi::server_rec, *mut ffi::proxy_balancer)],
+) -> Result<(), String> {
+    let compiled = size_of::<ffi::proxy_worker_shared>().next_multiple_of(8);
+    for &(_, balancer) in balancers {
+        // SAFETY: storage and wslot are set by mod_proxy_balancer's post_config.
+        unsafe {
+            let (storage, wslot) = ((*balancer).storage, (*balancer).wslot);
+            if storage.is_null() || wslot.is_null() {
+                continue;
+            }
+            if let Some(slot_size) = (*storage).slot_size {
+                let running = slot_size(wslot);
+                if running != compiled {
+                    return Err(format!(
+                        "this httpd's proxy_worker_shared slots are {running} bytes but the module was built for {compiled}: \
+                         rebuild mod_lbmethod_rs against this httpd's headers"
+                    ));
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
