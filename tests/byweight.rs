@@ -14,11 +14,7 @@ fn one_two_three(b: &[Backend]) -> String {
     balancer_block(
         "app",
         "/",
-        &[
-            (&b[0], "loadfactor=1"),
-            (&b[1], "loadfactor=2"),
-            (&b[2], "loadfactor=3"),
-        ],
+        &[(&b[0], "loadfactor=1"), (&b[1], "loadfactor=2"), (&b[2], "loadfactor=3")],
         "lbmethod=byweight",
     )
 }
@@ -29,21 +25,13 @@ fn picking_processes(apache: &Apache) -> BTreeSet<String> {
         .error_log()
         .lines()
         .filter(|line| line.contains("byweight: balancer://app: picked"))
-        .filter_map(|line| {
-            line.split("[pid ")
-                .nth(1)?
-                .split(':')
-                .next()
-                .map(str::to_string)
-        })
+        .filter_map(|line| line.split("[pid ").nth(1)?.split(':').next().map(str::to_string))
         .collect()
 }
 
 fn exact_shares_under(mpm: Mpm) {
     let b = backends(&["a", "b", "c"]);
-    let config = ApacheConfig::new(&one_two_three(&b))
-        .mpm(mpm)
-        .log_level("warn lbmethod_rs:debug");
+    let config = ApacheConfig::new(&one_two_three(&b)).mpm(mpm).log_level("warn lbmethod_rs:debug");
     let apache = Apache::start(config).unwrap();
     let report = Load::new("/", 12, 6000).run(apache.addr());
     assert_eq!(
@@ -54,18 +42,11 @@ fn exact_shares_under(mpm: Mpm) {
         report.errors()
     );
     assert_eq!(
-        (
-            report.count_backend("a"),
-            report.count_backend("b"),
-            report.count_backend("c")
-        ),
+        (report.count_backend("a"), report.count_backend("b"), report.count_backend("c")),
         (1000, 2000, 3000)
     );
     let pickers = picking_processes(&apache);
-    assert!(
-        pickers.len() >= 2,
-        "picks came from several processes: {pickers:?}"
-    );
+    assert!(pickers.len() >= 2, "picks came from several processes: {pickers:?}");
 }
 
 #[test]
@@ -86,28 +67,18 @@ fn exact_shares_under_prefork() {
 #[test]
 fn loadfactor_change_in_balancer_manager_applies_at_once_in_every_child() {
     let b = backends(&["a", "b"]);
-    let body = balancer_block(
-        "app",
-        "/",
-        &[(&b[0], "loadfactor=1"), (&b[1], "loadfactor=1")],
-        "lbmethod=byweight",
-    );
+    let body =
+        balancer_block("app", "/", &[(&b[0], "loadfactor=1"), (&b[1], "loadfactor=1")], "lbmethod=byweight");
     let apache = Apache::start(ApacheConfig::new(&body).mpm(Mpm::Prefork)).unwrap();
     let report = Load::new("/", 6, 600).run(apache.addr());
-    assert_eq!(
-        (report.count_backend("a"), report.count_backend("b")),
-        (300, 300)
-    );
+    assert_eq!((report.count_backend("a"), report.count_backend("b")), (300, 300));
 
     balancer_manager_set(&apache, "app", &b[1].url(), &[("w_lf", "3")]).unwrap();
     let member = apache.member_status("balancer://app", &b[1].url()).unwrap();
     assert_eq!(member["loadfactor"], 3.0);
     let report = Load::new("/", 6, 800).run(apache.addr());
     assert_eq!(report.count_status(200), 800);
-    assert_eq!(
-        (report.count_backend("a"), report.count_backend("b")),
-        (200, 600)
-    );
+    assert_eq!((report.count_backend("a"), report.count_backend("b")), (200, 600));
 }
 
 #[test]
@@ -117,11 +88,7 @@ fn loads_before_mod_proxy() {
     let apache = Apache::start(config).unwrap();
     let report = Load::new("/", 4, 600).run(apache.addr());
     assert_eq!(
-        (
-            report.count_backend("a"),
-            report.count_backend("b"),
-            report.count_backend("c")
-        ),
+        (report.count_backend("a"), report.count_backend("b"), report.count_backend("c")),
         (100, 200, 300)
     );
 }
@@ -152,22 +119,12 @@ fn graceful_restarts_under_load_lose_nothing() {
     );
     // The segment survives the restarts, so the shares stay exact and so do the totals.
     assert_eq!(
-        (
-            report.count_backend("a"),
-            report.count_backend("b"),
-            report.count_backend("c")
-        ),
+        (report.count_backend("a"), report.count_backend("b"), report.count_backend("c")),
         (1000, 2000, 3000)
     );
     let status = apache.status().unwrap();
-    let members = status["balancers"][0]["members"]
-        .as_array()
-        .unwrap()
-        .clone();
-    let selected: Vec<u64> = members
-        .iter()
-        .map(|m| m["selected"].as_u64().unwrap())
-        .collect();
+    let members = status["balancers"][0]["members"].as_array().unwrap().clone();
+    let selected: Vec<u64> = members.iter().map(|m| m["selected"].as_u64().unwrap()).collect();
     assert_eq!(selected, vec![1000, 2000, 3000], "{members:?}");
     assert!(members.iter().all(|m| m["inflight"] == 0), "{members:?}");
 }
@@ -202,17 +159,10 @@ fn several_balancers_and_virtual_hosts_keep_separate_exact_shares() {
     let apache = Apache::start(ApacheConfig::new(&body)).unwrap();
     let one = Load::new("/one", 4, 400).run(apache.addr());
     let two = Load::new("/two", 4, 400).run(apache.addr());
-    let three = Load::new("/", 4, 300)
-        .header("Host", "v.test")
-        .run(apache.addr());
+    let three = Load::new("/", 4, 300).header("Host", "v.test").run(apache.addr());
     assert_eq!((one.count_backend("a"), one.count_backend("b")), (200, 200));
     assert_eq!((two.count_backend("c"), two.count_backend("d")), (100, 300));
-    assert_eq!(
-        (three.count_backend("e"), three.count_backend("f")),
-        (200, 100),
-        "{:?}",
-        three.per_status()
-    );
+    assert_eq!((three.count_backend("e"), three.count_backend("f")), (200, 100), "{:?}", three.per_status());
 
     let status = apache.status().unwrap();
     let names: BTreeSet<String> = status["balancers"]
@@ -221,10 +171,7 @@ fn several_balancers_and_virtual_hosts_keep_separate_exact_shares() {
         .iter()
         .map(|b| b["name"].as_str().unwrap().to_string())
         .collect();
-    assert!(
-        names.contains("balancer://one") && names.contains("balancer://three"),
-        "{names:?}"
-    );
+    assert!(names.contains("balancer://one") && names.contains("balancer://three"), "{names:?}");
 }
 
 #[test]

@@ -4,8 +4,8 @@
 //! Real apache2, real backends.
 
 use lbrs_harness::{
-    Apache, ApacheConfig, Backend, BackendSpec, Load, backends, balancer_block,
-    balancer_manager_set, wait_for,
+    Apache, ApacheConfig, Backend, BackendSpec, Load, backends, balancer_block, balancer_manager_set,
+    wait_for,
 };
 use std::time::Duration;
 
@@ -27,9 +27,7 @@ fn sequential(apache: &Apache, n: u64) -> lbrs_harness::LoadReport {
 }
 
 fn member_status(apache: &Apache, backend: &Backend) -> String {
-    apache
-        .member_status("balancer://app", &backend.url())
-        .unwrap()["status"]
+    apache.member_status("balancer://app", &backend.url()).unwrap()["status"]
         .as_str()
         .unwrap_or_default()
         .to_string()
@@ -47,11 +45,7 @@ fn lbset_tiers_are_used_in_order() {
     let apache = start(&body);
     let report = sequential(&apache, 60);
     assert_eq!(
-        (
-            report.count_backend("a"),
-            report.count_backend("b"),
-            report.count_backend("c")
-        ),
+        (report.count_backend("a"), report.count_backend("b"), report.count_backend("c")),
         (30, 30, 0)
     );
 
@@ -67,12 +61,8 @@ fn lbset_tiers_are_used_in_order() {
 #[test]
 fn hot_standby_serves_only_when_nothing_else_can() {
     let b = backends(&["a", "b", "h"]);
-    let body = balancer_block(
-        "app",
-        "/",
-        &[(&b[0], ""), (&b[1], ""), (&b[2], "status=+H")],
-        "lbmethod=byweight",
-    );
+    let body =
+        balancer_block("app", "/", &[(&b[0], ""), (&b[1], ""), (&b[2], "status=+H")], "lbmethod=byweight");
     let apache = start(&body);
     let report = sequential(&apache, 40);
     assert_eq!(report.count_backend("h"), 0);
@@ -91,12 +81,8 @@ fn hot_standby_serves_only_when_nothing_else_can() {
 #[test]
 fn hot_spare_replaces_an_unusable_member_one_for_one() {
     let mut b = backends(&["a", "b", "r"]);
-    let body = balancer_block(
-        "app",
-        "/",
-        &[(&b[0], ""), (&b[1], ""), (&b[2], "status=+R")],
-        "lbmethod=byweight",
-    );
+    let body =
+        balancer_block("app", "/", &[(&b[0], ""), (&b[1], ""), (&b[2], "status=+R")], "lbmethod=byweight");
     let apache = start(&body);
     let report = sequential(&apache, 40);
     assert_eq!(report.count_backend("r"), 0);
@@ -104,10 +90,7 @@ fn hot_spare_replaces_an_unusable_member_one_for_one() {
     b[0].stop();
     sequential(&apache, 4); // a fails once and goes into error
     let report = sequential(&apache, 100);
-    assert_eq!(
-        (report.count_backend("b"), report.count_backend("r")),
-        (50, 50)
-    );
+    assert_eq!((report.count_backend("b"), report.count_backend("r")), (50, 50));
 }
 
 #[test]
@@ -130,30 +113,18 @@ fn draining_and_disabled_members_get_no_new_requests() {
 fn a_member_in_error_returns_after_its_retry_time() {
     let mut b = backends(&["a", "b"]);
     let addr_b = b[1].addr();
-    let body = balancer_block(
-        "app",
-        "/",
-        &[(&b[0], "retry=1"), (&b[1], "retry=1")],
-        "lbmethod=byweight",
-    );
+    let body = balancer_block("app", "/", &[(&b[0], "retry=1"), (&b[1], "retry=1")], "lbmethod=byweight");
     let apache = start(&body);
 
     b[1].stop();
     let report = sequential(&apache, 20);
-    assert_eq!(
-        report.count_backend("a"),
-        20,
-        "failover hides the dead member"
-    );
+    assert_eq!(report.count_backend("a"), 20, "failover hides the dead member");
     assert_eq!(member_status(&apache, &b[1]), "error");
 
     b[1] = Backend::start_on(addr_b, BackendSpec::new("b")).unwrap();
     std::thread::sleep(Duration::from_millis(1200));
     let report = sequential(&apache, 40);
-    assert_eq!(
-        (report.count_backend("a"), report.count_backend("b")),
-        (20, 20)
-    );
+    assert_eq!((report.count_backend("a"), report.count_backend("b")), (20, 20));
     assert_eq!(member_status(&apache, &b[1]), "ok");
 }
 
@@ -161,18 +132,12 @@ fn a_member_in_error_returns_after_its_retry_time() {
 fn health_check_failures_take_a_member_out_and_back() {
     let b = backends(&["a", "b"]);
     let checks = "hcmethod=GET hcuri=/health hcinterval=2 hcfails=1 hcpasses=1";
-    let body = balancer_block(
-        "app",
-        "/",
-        &[(&b[0], checks), (&b[1], checks)],
-        "lbmethod=byweight",
-    );
+    let body = balancer_block("app", "/", &[(&b[0], checks), (&b[1], checks)], "lbmethod=byweight");
     let apache = Apache::start(ApacheConfig::new(&body).with_module("proxy_hcheck")).unwrap();
 
     b[1].set_healthy(false);
     assert!(
-        wait_for(Duration::from_secs(15), || member_status(&apache, &b[1])
-            == "hcheck-failed"),
+        wait_for(Duration::from_secs(15), || member_status(&apache, &b[1]) == "hcheck-failed"),
         "health check never failed: {}",
         member_status(&apache, &b[1])
     );
@@ -180,9 +145,7 @@ fn health_check_failures_take_a_member_out_and_back() {
     assert_eq!(report.count_backend("a"), 30);
 
     b[1].set_healthy(true);
-    assert!(wait_for(Duration::from_secs(15), || member_status(
-        &apache, &b[1]
-    ) == "ok"));
+    assert!(wait_for(Duration::from_secs(15), || member_status(&apache, &b[1]) == "ok"));
     let report = sequential(&apache, 30);
     assert_eq!(report.count_backend("b"), 15);
 }
@@ -197,26 +160,16 @@ fn sticky_sessions_bypass_the_method() {
         "lbmethod=byweight stickysession=ROUTEID",
     );
     let apache = start(&body);
-    let report = Load::new("/", 2, 40)
-        .header("Cookie", "ROUTEID=session.rb")
-        .run(apache.addr());
+    let report = Load::new("/", 2, 40).header("Cookie", "ROUTEID=session.rb").run(apache.addr());
     assert_eq!(report.count_backend("b"), 40, "{:?}", report.per_backend());
     let report = sequential(&apache, 40);
-    assert_eq!(
-        (report.count_backend("a"), report.count_backend("b")),
-        (20, 20)
-    );
+    assert_eq!((report.count_backend("a"), report.count_backend("b")), (20, 20));
 }
 
 #[test]
 fn no_usable_member_means_503() {
     let b = backends(&["a", "b"]);
-    let body = balancer_block(
-        "app",
-        "/",
-        &[(&b[0], "status=+D"), (&b[1], "status=+D")],
-        "lbmethod=byweight",
-    );
+    let body = balancer_block("app", "/", &[(&b[0], "status=+D"), (&b[1], "status=+D")], "lbmethod=byweight");
     let apache = start(&body);
     let response = apache.get("/").unwrap();
     assert_eq!(response.status, 503);
@@ -227,25 +180,11 @@ fn no_usable_member_means_503() {
 fn failover_hides_a_member_that_is_down_from_the_start() {
     let mut b = backends(&["a", "b", "c"]);
     b[2].stop();
-    let body = balancer_block(
-        "app",
-        "/",
-        &[(&b[0], ""), (&b[1], ""), (&b[2], "")],
-        "lbmethod=byweight",
-    );
+    let body = balancer_block("app", "/", &[(&b[0], ""), (&b[1], ""), (&b[2], "")], "lbmethod=byweight");
     let apache = start(&body);
     let report = Load::new("/", 6, 300).run(apache.addr());
-    assert_eq!(
-        report.count_status(200),
-        300,
-        "{:?} {:?}",
-        report.per_status(),
-        report.errors()
-    );
+    assert_eq!(report.count_status(200), 300, "{:?} {:?}", report.per_status(), report.errors());
     assert_eq!(report.count_backend("c"), 0);
     let c = apache.member_status("balancer://app", &b[2].url()).unwrap();
-    assert!(
-        c["failed"].as_u64().unwrap_or(0) >= 1,
-        "the failed attempt is counted: {c}"
-    );
+    assert!(c["failed"].as_u64().unwrap_or(0) >= 1, "the failed attempt is counted: {c}");
 }

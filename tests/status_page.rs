@@ -9,28 +9,15 @@ fn html_and_json_show_the_same_counters() {
     let mut body = balancer_block(
         "app",
         "/",
-        &[
-            (&b[0], "loadfactor=1 route=<i>r1</i>&x"),
-            (&b[1], "loadfactor=2.5 lbset=1 status=+H"),
-        ],
+        &[(&b[0], "loadfactor=1 route=<i>r1</i>&x"), (&b[1], "loadfactor=2.5 lbset=1 status=+H")],
         "lbmethod=byweight",
     );
-    body.push_str(&balancer_block(
-        "builtin",
-        "/builtin",
-        &[(&b[0], ""), (&b[1], "")],
-        "lbmethod=byrequests",
-    ));
+    body.push_str(&balancer_block("builtin", "/builtin", &[(&b[0], ""), (&b[1], "")], "lbmethod=byrequests"));
     let apache = Apache::start(ApacheConfig::new(&body)).unwrap();
     Load::new("/", 2, 10).run(apache.addr());
 
     let json = apache.status().unwrap();
-    let app = json["balancers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "balancer://app")
-        .unwrap();
+    let app = json["balancers"].as_array().unwrap().iter().find(|b| b["name"] == "balancer://app").unwrap();
     assert_eq!(app["method"], "byweight");
     assert_eq!(app["tracked"], true);
     let members = app["members"].as_array().unwrap();
@@ -45,32 +32,19 @@ fn html_and_json_show_the_same_counters() {
     assert_eq!(members[1]["lbset"], 1);
     assert_eq!(members[1]["flags"], serde_json::json!(["hot-standby"]));
     assert_eq!(members[1]["selected"], 0);
-    let builtin = json["balancers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "balancer://builtin")
-        .unwrap();
+    let builtin =
+        json["balancers"].as_array().unwrap().iter().find(|b| b["name"] == "balancer://builtin").unwrap();
     assert_eq!(builtin["method"], "byrequests");
     assert_eq!(builtin["tracked"], false);
 
     let html = apache.get("/lb-status").unwrap();
     assert_eq!(html.status, 200);
-    assert_eq!(
-        html.header("content-type"),
-        Some("text/html; charset=utf-8")
-    );
+    assert_eq!(html.header("content-type"), Some("text/html; charset=utf-8"));
     let text = html.text();
     assert!(text.contains("balancer://app"));
     assert!(text.contains(&b[0].url()));
-    assert!(
-        text.contains("&lt;i&gt;r1&lt;/i&gt;&amp;x"),
-        "route is escaped"
-    );
-    assert!(
-        !text.contains("<i>r1"),
-        "no raw markup from the configuration"
-    );
+    assert!(text.contains("&lt;i&gt;r1&lt;/i&gt;&amp;x"), "route is escaped");
+    assert!(!text.contains("<i>r1"), "no raw markup from the configuration");
     assert!(text.contains("<td>10</td>"), "the selected count appears");
 
     let raw = apache.get("/lb-status?format=json").unwrap();
@@ -81,13 +55,9 @@ fn html_and_json_show_the_same_counters() {
 #[test]
 fn only_get_and_head_in_known_formats() {
     let b = backends(&["a"]);
-    let apache = Apache::start(ApacheConfig::new(&balancer_block(
-        "app",
-        "/",
-        &[(&b[0], "")],
-        "lbmethod=byweight",
-    )))
-    .unwrap();
+    let apache =
+        Apache::start(ApacheConfig::new(&balancer_block("app", "/", &[(&b[0], "")], "lbmethod=byweight")))
+            .unwrap();
 
     let head = client::request(apache.addr(), "HEAD", "/lb-status?format=json", &[], b"").unwrap();
     assert_eq!(head.status, 200);
@@ -95,12 +65,7 @@ fn only_get_and_head_in_known_formats() {
 
     let post = client::request(apache.addr(), "POST", "/lb-status", &[], b"x=1").unwrap();
     assert_eq!(post.status, 405);
-    assert!(
-        post.header("allow")
-            .is_some_and(|allow| allow.contains("GET")),
-        "{:?}",
-        post.headers
-    );
+    assert!(post.header("allow").is_some_and(|allow| allow.contains("GET")), "{:?}", post.headers);
 
     assert_eq!(apache.get("/lb-status?format=yaml").unwrap().status, 400);
 }

@@ -7,6 +7,7 @@
 //! contains `/__reset` gets its connection reset without an answer (a crashing backend); one
 //! whose path contains `/health` gets 503 while the backend is marked unhealthy.
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,11 +27,7 @@ pub struct BackendSpec {
 
 impl BackendSpec {
     pub fn new(name: &str) -> BackendSpec {
-        BackendSpec {
-            name: name.to_string(),
-            slots: 0,
-            delay: Duration::ZERO,
-        }
+        BackendSpec { name: name.to_string(), slots: 0, delay: Duration::ZERO }
     }
 
     pub fn slots(mut self, slots: usize) -> BackendSpec {
@@ -61,7 +58,7 @@ struct Shared {
     max_inflight: AtomicU64,
     stopping: AtomicBool,
     unhealthy: AtomicBool,
-    connections: Mutex<Vec<(TcpStream, Option<JoinHandle<()>>)>>,
+    connections: Mutex<Connections>,
 }
 
 /// A running backend. Dropping it stops it: the listener closes, open connections are shut
@@ -91,17 +88,13 @@ impl Backend {
             max_inflight: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             unhealthy: AtomicBool::new(false),
-            connections: Mutex::new(Vec::new()),
+            connections: Mutex::new(Connections::default()),
         });
         let accept_shared = Arc::clone(&shared);
         let acceptor = thread::Builder::new()
             .name(format!("backend-{}", shared.name))
             .spawn(move || accept_loop(listener, accept_shared))?;
-        Ok(Backend {
-            addr,
-            shared,
-            acceptor: Some(acceptor),
-        })
+        Ok(Backend { addr, shared, acceptor: Some(acceptor) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -126,9 +119,7 @@ impl Backend {
 
     /// Changes the service time from now on.
     pub fn set_delay(&self, delay: Duration) {
-        self.shared
-            .delay_us
-            .store(delay.as_micros() as u64, Ordering::SeqCst);
+        self.shared.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Makes `/health` answer 503 (false) or 200 (true), for health checks.
@@ -154,20 +145,13 @@ impl Backend {
             let _ = acceptor.join();
         }
         self.shared.slots.close();
-        let connections = std::mem::take(
-            &mut *self
-                .shared
-                .connections
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for (stream, _) in &connections {
+        let connections =
+            std::mem::take(&mut *self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()));
+        for stream in connections.open.values() {
             let _ = stream.shutdown(Shutdown::Both);
         }
-        for (_, handle) in connections {
-            if let Some(handle) = handle {
-                let _ = handle.join();
-            }
+        for thread in connections.threads {
+            let _ = thread.join();
         }
     }
 }
@@ -178,6 +162,15 @@ impl Drop for Backend {
     }
 }
 
+/// Open connections (a second handle on each, to shut them down when the backend stops) and
+/// the threads serving them.
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    open: HashMap<u64, TcpStream>,
+    threads: Vec<JoinHandle<()>>,
+}
+
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     for stream in listener.incoming() {
         if shared.stopping.load(Ordering::SeqCst) {
@@ -185,21 +178,27 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
         let Ok(stream) = stream else { continue };
         let _ = stream.set_nodelay(true);
-        let Ok(tracked) = stream.try_clone() else {
-            continue;
-        };
+        let Ok(tracked) = stream.try_clone() else { continue };
+        let mut connections = shared.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let id = connections.next_id;
+        connections.next_id += 1;
+        connections.open.insert(id, tracked);
+        connections.threads.retain(|thread| !thread.is_finished());
         let conn_shared = Arc::clone(&shared);
-        let handle = thread::Builder::new()
+        let thread = thread::Builder::new()
             .name(format!("conn-{}", shared.name))
             .stack_size(128 * 1024)
             .spawn(move || {
                 let _ = serve_connection(stream, &conn_shared);
-            })
-            .ok();
-        let mut connections = shared.connections.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget connections whose thread has finished, so a long run does not pile them up.
-        connections.retain(|(_, h)| h.as_ref().is_some_and(|h| !h.is_finished()));
-        connections.push((tracked, handle));
+                // Dropping the last handle closes the socket (with a reset, if asked for).
+                conn_shared.connections.lock().unwrap_or_else(|e| e.into_inner()).open.remove(&id);
+            });
+        match thread {
+            Ok(thread) => connections.threads.push(thread),
+            Err(_) => {
+                connections.open.remove(&id);
+            }
+        }
     }
 }
 
@@ -237,16 +236,11 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
                 "HTTP/1.1 200 OK\r\nX-Backend: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
                 shared.name,
                 body.len(),
-                if request.close {
-                    "Connection: close\r\n"
-                } else {
-                    ""
-                },
+                if request.close { "Connection: close\r\n" } else { "" },
                 if request.head { "" } else { &body },
             )
         } else {
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                .to_string()
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
         };
         let written = writer.write_all(response.as_bytes());
         shared.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -260,10 +254,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
 /// Closes the connection with a reset (RST), not an orderly close.
 fn reset(stream: &TcpStream) {
     use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: setsockopt on a live socket with a correctly sized linger struct.
     unsafe {
         libc::setsockopt(
@@ -315,11 +306,7 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     if length > 0 {
         io::copy(&mut reader.take(length as u64), &mut io::sink())?;
     }
-    Ok(Some(Request {
-        path,
-        head: method == "HEAD",
-        close,
-    }))
+    Ok(Some(Request { path, head: method == "HEAD", close }))
 }
 
 /// A counting semaphore: at most `limit` holders; the rest wait in line.
@@ -331,11 +318,7 @@ struct Slots {
 
 impl Slots {
     fn new(limit: usize) -> Slots {
-        Slots {
-            limit,
-            state: Mutex::new((0, false)),
-            freed: Condvar::new(),
-        }
+        Slots { limit, state: Mutex::new((0, false)), freed: Condvar::new() }
     }
 
     /// Runs `work` holding a slot; false if the backend stopped while waiting.

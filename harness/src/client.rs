@@ -17,10 +17,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -43,12 +40,7 @@ impl Connection {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        Ok(Connection {
-            addr,
-            reused: false,
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
+        Ok(Connection { addr, reused: false, reader: BufReader::new(stream.try_clone()?), writer: stream })
     }
 
     /// Sends a request and reads the whole response.
@@ -74,10 +66,7 @@ impl Connection {
         body: &[u8],
     ) -> io::Result<()> {
         let mut head = format!("{method} {path} HTTP/1.1\r\n");
-        if !headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
-        {
+        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
             head.push_str(&format!("Host: {}\r\n", self.addr));
         }
         for (name, value) in headers {
@@ -104,10 +93,7 @@ trait LingerZero {
 impl LingerZero for TcpStream {
     fn set_linger_zero(&self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
         // SAFETY: setsockopt on a live socket with a correctly sized linger struct.
         let rc = unsafe {
             libc::setsockopt(
@@ -118,11 +104,7 @@ impl LingerZero for TcpStream {
                 size_of::<libc::linger>() as libc::socklen_t,
             )
         };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
 }
 
@@ -147,29 +129,18 @@ pub fn request(
 fn read_response(reader: &mut impl BufRead, head: bool) -> io::Result<Response> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed before a response",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
     }
     let status = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad status line {line:?}"),
-            )
-        })?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {line:?}")))?;
     let mut headers = Vec::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed in headers",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in headers"));
         }
         let header = header.trim_end();
         if header.is_empty() {
@@ -179,18 +150,11 @@ fn read_response(reader: &mut impl BufRead, head: bool) -> io::Result<Response> 
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
     }
-    let mut response = Response {
-        status,
-        headers,
-        body: Vec::new(),
-    };
+    let mut response = Response { status, headers, body: Vec::new() };
     if head || status == 204 || status == 304 {
         return Ok(response);
     }
-    if response
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    if response.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size = String::new();
             reader.read_line(&mut size)?;
@@ -208,10 +172,7 @@ fn read_response(reader: &mut impl BufRead, head: bool) -> io::Result<Response> 
             chunk.truncate(size);
             response.body.extend_from_slice(&chunk);
         }
-    } else if let Some(length) = response
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+    } else if let Some(length) = response.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         response.body = vec![0; length];
         reader.read_exact(&mut response.body)?;
     } else {
@@ -230,9 +191,12 @@ pub struct Load {
     pub deadline: Duration,
     /// Per-request timeout.
     pub timeout: Duration,
-    /// Every n-th request (0: none) is abandoned by its client after `abort_after`, with a reset.
-    pub abort_every: u64,
+    /// This percentage of requests (spread evenly) is abandoned by its client after
+    /// `abort_after`, with a reset.
+    pub abort_percent: u64,
     pub abort_after: Duration,
+    /// Every `every`-th request (0: none) goes to this other path instead.
+    pub other_path: (u64, String),
     /// Extra request headers; `{n}` in a value becomes the request's sequence number.
     pub headers: Vec<(String, String)>,
 }
@@ -245,8 +209,9 @@ impl Load {
             requests,
             deadline: Duration::from_secs(60),
             timeout: Duration::from_secs(30),
-            abort_every: 0,
+            abort_percent: 0,
             abort_after: Duration::from_millis(5),
+            other_path: (0, String::new()),
             headers: Vec::new(),
         }
     }
@@ -256,9 +221,15 @@ impl Load {
         self
     }
 
-    pub fn abort_every(mut self, every: u64, after: Duration) -> Load {
-        self.abort_every = every;
+    pub fn abort_percent(mut self, percent: u64, after: Duration) -> Load {
+        self.abort_percent = percent;
         self.abort_after = after;
+        self
+    }
+
+    /// Sends every `every`-th request to `path` instead.
+    pub fn every_nth_to(mut self, every: u64, path: &str) -> Load {
+        self.other_path = (every, path.to_string());
         self
     }
 
@@ -286,10 +257,7 @@ impl Load {
                         }
                         mine.push(self.one(addr, n, &mut connection, started));
                     }
-                    results
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(mine);
+                    results.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
                 });
             }
         });
@@ -304,31 +272,30 @@ impl Load {
         connection: &mut Option<Connection>,
         started: Instant,
     ) -> Outcome {
-        let headers: Vec<(String, String)> = self
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.replace("{n}", &n.to_string())))
-            .collect();
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let headers: Vec<(String, String)> =
+            self.headers.iter().map(|(k, v)| (k.clone(), v.replace("{n}", &n.to_string()))).collect();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let begun = Instant::now();
-        let abort = self.abort_every > 0 && n % self.abort_every == self.abort_every - 1;
+        // n * 37 mod 100 visits every residue once per hundred requests, spread out.
+        let abort = n * 37 % 100 < self.abort_percent;
+        let path = match &self.other_path {
+            (every, other) if *every > 0 && n % every == every - 1 => other.as_str(),
+            _ => self.path.as_str(),
+        };
         let result = (|| -> io::Result<Outcome> {
             if connection.is_none() {
                 *connection = Some(Connection::open(addr, self.timeout)?);
             }
             let conn = connection.as_mut().expect("opened above");
             if abort {
-                conn.send("GET", &self.path, &headers, b"")?;
+                conn.send("GET", path, &headers, b"")?;
                 thread::sleep(self.abort_after);
                 if let Some(conn) = connection.take() {
                     conn.abort();
                 }
                 return Ok(Outcome::aborted(begun.elapsed(), started.elapsed()));
             }
-            let response = match conn.request("GET", &self.path, &headers, b"") {
+            let response = match conn.request("GET", path, &headers, b"") {
                 // A kept-alive connection the server closed just before our request (idle
                 // timeout, graceful restart): retry once on a fresh one, as HTTP clients do
                 // for idempotent requests that got no response at all.
@@ -343,21 +310,14 @@ impl Load {
                 {
                     *connection = Some(Connection::open(addr, self.timeout)?);
                     let conn = connection.as_mut().expect("opened above");
-                    conn.request("GET", &self.path, &headers, b"")?
+                    conn.request("GET", path, &headers, b"")?
                 }
                 other => other?,
             };
-            if response
-                .header("connection")
-                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-            {
+            if response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
                 *connection = None;
             }
-            Ok(Outcome::answered(
-                &response,
-                begun.elapsed(),
-                started.elapsed(),
-            ))
+            Ok(Outcome::answered(&response, begun.elapsed(), started.elapsed()))
         })();
         result.unwrap_or_else(|err| {
             *connection = None;
@@ -394,15 +354,7 @@ impl Outcome {
     }
 
     fn aborted(latency: Duration, at: Duration) -> Outcome {
-        Outcome {
-            status: 0,
-            backend: None,
-            retry_after: None,
-            latency,
-            at,
-            aborted: true,
-            error: None,
-        }
+        Outcome { status: 0, backend: None, retry_after: None, latency, at, aborted: true, error: None }
     }
 
     fn failed(error: io::Error, latency: Duration, at: Duration) -> Outcome {
@@ -443,10 +395,7 @@ impl LoadReport {
     }
 
     pub fn count_backend(&self, name: &str) -> u64 {
-        self.outcomes
-            .iter()
-            .filter(|o| o.backend.as_deref() == Some(name))
-            .count() as u64
+        self.outcomes.iter().filter(|o| o.backend.as_deref() == Some(name)).count() as u64
     }
 
     /// Responses per HTTP status (0: no answer, not counting deliberate aborts).
@@ -459,24 +408,15 @@ impl LoadReport {
     }
 
     pub fn count_status(&self, status: u16) -> u64 {
-        self.outcomes
-            .iter()
-            .filter(|o| !o.aborted && o.status == status)
-            .count() as u64
+        self.outcomes.iter().filter(|o| !o.aborted && o.status == status).count() as u64
     }
 
     pub fn errors(&self) -> Vec<&str> {
-        self.outcomes
-            .iter()
-            .filter_map(|o| o.error.as_deref())
-            .collect()
+        self.outcomes.iter().filter_map(|o| o.error.as_deref()).collect()
     }
 
     pub fn completed(&self) -> u64 {
-        self.outcomes
-            .iter()
-            .filter(|o| !o.aborted && o.status != 0)
-            .count() as u64
+        self.outcomes.iter().filter(|o| !o.aborted && o.status != 0).count() as u64
     }
 
     /// Answered requests per second.
@@ -486,12 +426,8 @@ impl LoadReport {
 
     /// Latency percentile (0..=100) of answered 2xx requests.
     pub fn percentile(&self, p: f64) -> Duration {
-        let mut latencies: Vec<Duration> = self
-            .outcomes
-            .iter()
-            .filter(|o| (200..300).contains(&o.status))
-            .map(|o| o.latency)
-            .collect();
+        let mut latencies: Vec<Duration> =
+            self.outcomes.iter().filter(|o| (200..300).contains(&o.status)).map(|o| o.latency).collect();
         percentile(&mut latencies, p)
     }
 }

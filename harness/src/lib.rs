@@ -28,26 +28,15 @@ pub fn wait_for(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
 
 /// Starts one backend per name (no slot limit, no delay).
 pub fn backends(names: &[&str]) -> Vec<Backend> {
-    names
-        .iter()
-        .map(|name| Backend::start(BackendSpec::new(name)).expect("start backend"))
-        .collect()
+    names.iter().map(|name| Backend::start(BackendSpec::new(name)).expect("start backend")).collect()
 }
 
 /// A `<Proxy balancer://name>` block with one member per (backend, parameters) pair, the
 /// `ProxySet` line given, and `ProxyPass /path balancer://name/`.
-pub fn balancer_block(
-    name: &str,
-    path: &str,
-    members: &[(&Backend, &str)],
-    proxyset: &str,
-) -> String {
+pub fn balancer_block(name: &str, path: &str, members: &[(&Backend, &str)], proxyset: &str) -> String {
     let mut block = format!("<Proxy \"balancer://{name}\">\n");
     for (backend, params) in members {
-        block.push_str(&format!(
-            "    BalancerMember \"{}\" {params}\n",
-            backend.url()
-        ));
+        block.push_str(&format!("    BalancerMember \"{}\" {params}\n", backend.url()));
     }
     block.push_str(&format!(
         "    ProxySet {proxyset}\n</Proxy>\nProxyPass \"{path}\" \"balancer://{name}/\"\n"
