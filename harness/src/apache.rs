@@ -1,7 +1,7 @@
 //! Runs Debian's real `apache2` with a generated configuration in a temporary directory, on a
-//! free loopback port, in the foreground as a child of the test. Dropping the guard stops it
-//! (and its whole process group) and reaps it; if the test is failing, the error log is
-//! printed first.
+//! free loopback port (or a chosen one), in the foreground as a child of the test. Dropping the
+//! guard stops it (and its whole process group) and reaps it; if the test is failing, the error
+//! log is printed first.
 
 use crate::client::{self, Response};
 use std::fs;
@@ -10,15 +10,14 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// The apache2 binary: `$LBRS_APACHE2`, else Debian's.
 pub fn apache2_binary() -> PathBuf {
-    std::env::var_os("LBRS_APACHE2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/apache2"))
+    std::env::var_os("LBRS_APACHE2").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/apache2"))
 }
 
 /// Where httpd's modules are (`apxs -q LIBEXECDIR`), overridable with `$LBRS_MODULES_DIR`.
@@ -36,20 +35,38 @@ pub fn modules_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/apache2/modules"))
 }
 
-/// The module under test: `$LBRS_MODULE`, else the one cargo built next to the running binary
-/// (target/<profile>/libmod_lbmethod_rs.so).
+/// The module under test: `$LBRS_MODULE` (for example an installed module), else the one in
+/// this workspace, built first with the profile of the running binary. Cargo does not build a
+/// cdylib-only package for its integration tests, so without this a test could load a stale
+/// module.
 pub fn module_under_test() -> PathBuf {
-    if let Some(path) = std::env::var_os("LBRS_MODULE") {
-        return PathBuf::from(path);
-    }
+    static MODULE: OnceLock<PathBuf> = OnceLock::new();
+    MODULE
+        .get_or_init(|| match std::env::var_os("LBRS_MODULE") {
+            Some(path) => PathBuf::from(path),
+            None => build_module(),
+        })
+        .clone()
+}
+
+fn build_module() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join("libmod_lbmethod_rs.so");
-        if candidate.is_file() {
-            return candidate;
-        }
+    let mut profile_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
     }
-    PathBuf::from("target/debug/libmod_lbmethod_rs.so")
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--lib", "-p", "mod_lbmethod_rs", "--profile", profile, "--manifest-path"])
+        .arg(workspace.join("Cargo.toml"))
+        .output();
+    match output {
+        Ok(output) if output.status.success() => profile_dir.join("libmod_lbmethod_rs.so"),
+        Ok(output) => panic!("building the module failed:\n{}", String::from_utf8_lossy(&output.stderr)),
+        Err(err) => panic!("cannot run cargo to build the module: {err}"),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +108,8 @@ pub struct ApacheConfig {
     pub extra_modules: Vec<String>,
     /// Site configuration: balancers, ProxyPass lines, anything else.
     pub body: String,
+    /// The loopback port to listen on; `None` (the default) takes a free one.
+    pub port: Option<u16>,
 }
 
 impl ApacheConfig {
@@ -104,6 +123,7 @@ impl ApacheConfig {
             log_level: "warn lbmethod_rs:info".to_string(),
             extra_modules: Vec::new(),
             body: body.to_string(),
+            port: None,
         }
     }
 
@@ -140,15 +160,16 @@ impl ApacheConfig {
         self
     }
 
+    /// Listens on this loopback port instead of a free one.
+    pub fn port(mut self, port: u16) -> ApacheConfig {
+        self.port = Some(port);
+        self
+    }
+
     /// The whole httpd.conf for a server rooted at `dir` listening on `port`.
     pub fn render(&self, dir: &Path, port: u16) -> String {
         let modules = modules_dir();
-        let load = |name: &str| {
-            format!(
-                "LoadModule {name}_module {}/mod_{name}.so\n",
-                modules.display()
-            )
-        };
+        let load = |name: &str| format!("LoadModule {name}_module {}/mod_{name}.so\n", modules.display());
         let ours = format!("LoadModule lbmethod_rs_module {}\n", self.module.display());
         let mut conf = String::new();
         conf.push_str(&format!(
@@ -209,11 +230,13 @@ impl ApacheConfig {
                 p + 4
             ),
             Mpm::Event | Mpm::Worker => {
+                // ServerLimit leaves room for a second generation: after a graceful restart the
+                // old children finish their requests while the new ones start.
                 let t = self.threads.max(1);
                 format!(
                     "StartServers {p}\nServerLimit {}\nThreadLimit {t}\nThreadsPerChild {t}\nMaxRequestWorkers {}\n\
                      MinSpareThreads {}\nMaxSpareThreads {}\n",
-                    p + 1,
+                    2 * p + 2,
                     (p + 1) * t,
                     p * t,
                     (p + 1) * t
@@ -235,10 +258,12 @@ impl Apache {
     /// Starts apache2 and waits (at most 30 s) until it answers.
     pub fn start(config: ApacheConfig) -> Result<Apache, String> {
         let dir = scratch_dir().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
-        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let port = match config.port {
+            Some(port) => port,
+            None => free_port().map_err(|e| format!("no free port: {e}"))?,
+        };
         let conf_path = dir.join("httpd.conf");
-        fs::write(&conf_path, config.render(&dir, port))
-            .map_err(|e| format!("cannot write config: {e}"))?;
+        fs::write(&conf_path, config.render(&dir, port)).map_err(|e| format!("cannot write config: {e}"))?;
         let child = Command::new(apache2_binary())
             .arg("-f")
             .arg(&conf_path)
@@ -249,12 +274,7 @@ impl Apache {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", apache2_binary().display()))?;
-        let mut apache = Apache {
-            child: Some(child),
-            dir,
-            port,
-            config,
-        };
+        let mut apache = Apache { child: Some(child), dir, port, config };
         apache.wait_ready(1, Duration::from_secs(30))?;
         Ok(apache)
     }
@@ -281,25 +301,15 @@ impl Apache {
 
     /// The status page's JSON.
     pub fn status(&self) -> Result<serde_json::Value, String> {
-        let response = self
-            .get("/lb-status?format=json")
-            .map_err(|e| e.to_string())?;
+        let response = self.get("/lb-status?format=json").map_err(|e| e.to_string())?;
         if response.status != 200 {
-            return Err(format!(
-                "status page answered {}: {}",
-                response.status,
-                response.text()
-            ));
+            return Err(format!("status page answered {}: {}", response.status, response.text()));
         }
         serde_json::from_slice(&response.body).map_err(|e| format!("status page JSON: {e}"))
     }
 
     /// One member's entry on the status page (`balancer` like "balancer://app").
-    pub fn member_status(
-        &self,
-        balancer: &str,
-        member_url: &str,
-    ) -> Result<serde_json::Value, String> {
+    pub fn member_status(&self, balancer: &str, member_url: &str) -> Result<serde_json::Value, String> {
         let status = self.status()?;
         status["balancers"]
             .as_array()
@@ -327,29 +337,21 @@ impl Apache {
     /// Rewrites the site configuration and restarts gracefully.
     pub fn reconfigure(&mut self, body: &str) -> Result<(), String> {
         self.config.body = body.to_string();
-        fs::write(
-            self.dir.join("httpd.conf"),
-            self.config.render(&self.dir, self.port),
-        )
-        .map_err(|e| e.to_string())?;
+        fs::write(self.dir.join("httpd.conf"), self.config.render(&self.dir, self.port))
+            .map_err(|e| e.to_string())?;
         self.graceful()
     }
 
     /// Configuration generations started so far (httpd logs one line per generation).
     fn generations(&self) -> usize {
-        self.error_log()
-            .matches("resuming normal operations")
-            .count()
+        self.error_log().matches("resuming normal operations").count()
     }
 
     fn signal(&self, signal: i32) -> Result<(), String> {
         let pid = self.pid().ok_or("apache is not running")?;
         // SAFETY: signalling our own child process.
         if unsafe { libc::kill(pid as i32, signal) } != 0 {
-            return Err(format!(
-                "kill({pid}, {signal}): {}",
-                io::Error::last_os_error()
-            ));
+            return Err(format!("kill({pid}, {signal}): {}", io::Error::last_os_error()));
         }
         Ok(())
     }
@@ -361,19 +363,13 @@ impl Apache {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                return Err(format!(
-                    "apache2 exited ({status}) while starting:\n{}",
-                    self.error_log()
-                ));
+                return Err(format!("apache2 exited ({status}) while starting:\n{}", self.error_log()));
             }
             if self.generations() >= generations && self.get("/lb-status").is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "apache2 did not answer within {within:?}:\n{}",
-                    self.error_log()
-                ));
+                return Err(format!("apache2 did not answer within {within:?}:\n{}", self.error_log()));
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -399,12 +395,7 @@ impl Apache {
             let Some(rest) = stat.rsplit(')').next() else {
                 continue;
             };
-            if rest
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u32>().ok())
-                == Some(parent)
-            {
+            if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
                 children.push(pid);
             }
         }
@@ -441,11 +432,7 @@ impl Apache {
 impl Drop for Apache {
     fn drop(&mut self) {
         if thread::panicking() {
-            eprintln!(
-                "----- apache2 error log ({}) -----\n{}",
-                self.dir.display(),
-                self.error_log()
-            );
+            eprintln!("----- apache2 error log ({}) -----\n{}", self.dir.display(), self.error_log());
         }
         self.stop();
         if !thread::panicking() {
@@ -463,20 +450,12 @@ pub fn config_test(config: &ApacheConfig) -> (bool, String) {
     if fs::write(&conf_path, config.render(&dir, 1)).is_err() {
         return (false, "cannot write config".into());
     }
-    let output = Command::new(apache2_binary())
-        .arg("-t")
-        .arg("-f")
-        .arg(&conf_path)
-        .output();
+    let output = Command::new(apache2_binary()).arg("-t").arg("-f").arg(&conf_path).output();
     let _ = fs::remove_dir_all(&dir);
     match output {
         Ok(output) => (
             output.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ),
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
         ),
         Err(err) => (false, format!("cannot run apache2: {err}")),
     }
@@ -490,18 +469,11 @@ pub fn balancer_manager_set(
     member_url: &str,
     params: &[(&str, &str)],
 ) -> Result<(), String> {
-    let page = apache
-        .get(&format!("/balancer-manager?b={balancer}"))
-        .map_err(|e| e.to_string())?
-        .text();
+    let page = apache.get(&format!("/balancer-manager?b={balancer}")).map_err(|e| e.to_string())?.text();
     let nonce = page
         .split("nonce=")
         .nth(1)
-        .map(|rest| {
-            rest.chars()
-                .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
-                .collect::<String>()
-        })
+        .map(|rest| rest.chars().take_while(|c| c.is_ascii_hexdigit() || *c == '-').collect::<String>())
         .filter(|n| !n.is_empty())
         .ok_or("no nonce on the balancer-manager page")?;
     let mut form = format!("b={balancer}&w={}&nonce={nonce}", url_encode(member_url));
@@ -528,9 +500,7 @@ pub fn balancer_manager_set(
 fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
