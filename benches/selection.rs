@@ -1,1 +1,84 @@
-fn main() {}
+//! What one `byweight` pick costs, and what rebuilding its schedule costs, for 2 to 1024
+//! members.
+//!
+//! `pick` runs the per-request path the finder runs: `LocalBalancer::choose` against a balancer
+//! slot in a real shared segment (the ticket is an atomic in an `mmap`ed page, as in httpd),
+//! with the schedule already built, so each iteration is one steady-state pick. `rebuild` is
+//! `Schedule::build` alone: what a process pays once when a member leaves or comes back or a
+//! loadfactor changes.
+//!
+//! Run with `cargo bench --bench selection`; docs/benchmark.md explains the output.
+
+// The crate is a cdylib whose httpd glue needs httpd's symbols, so a bench binary cannot link
+// it. The plain-Rust modules are compiled into this bench instead; they refer to each other as
+// `crate::methods` and `crate::shm`, which these two declarations at the crate root provide.
+// Much of what they offer (status counters, carry-over, names) is unused here. And
+// `cargo clippy --all-targets` checks benches with `--cfg test` but without libtest, so their
+// unit-test modules compile with the `#[test]` functions stripped, leaving imports unused.
+#[allow(dead_code)]
+#[cfg_attr(test, allow(unused_imports))]
+#[path = "../src/methods/mod.rs"]
+mod methods;
+#[allow(dead_code)]
+#[cfg_attr(test, allow(unused_imports))]
+#[path = "../src/shm/mod.rs"]
+mod shm;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use methods::byweight::Schedule;
+use methods::{Candidate, LocalBalancer, Method};
+use shm::{Capacity, Segment};
+use std::hint::black_box;
+
+const SIZES: [usize; 4] = [2, 16, 256, 1024];
+
+/// Loadfactors 1, 2, 3, 5 and 10 (lbfactor 100..=1000) repeating: a few distinct weights, as a
+/// real pool of mixed machine sizes has.
+fn candidates(members: usize) -> Vec<Candidate> {
+    const LBFACTORS: [u32; 5] = [100, 200, 300, 500, 1000];
+    (0..members)
+        .map(|i| Candidate {
+            worker_index: i as u32,
+            weight: LBFACTORS[i % LBFACTORS.len()],
+            inflight: 0,
+            full: false,
+        })
+        .collect()
+}
+
+fn pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("byweight/pick");
+    group.throughput(Throughput::Elements(1));
+    for members in SIZES {
+        let capacity = Capacity { balancers: 1, members: members as u32, processes: 1 };
+        let segment = Segment::create(capacity).expect("map a shared segment");
+        let slot = segment
+            .claim_balancer(shm::name_key(b"balancer://bench"), members as u32)
+            .expect("a free balancer slot");
+        let shared = segment.balancer(slot).expect("the slot just claimed");
+        let candidates = candidates(members);
+        let local = LocalBalancer::default();
+        // The first pick builds the schedule; every measured pick finds it cached.
+        local.choose(Method::ByWeight, shared, &candidates).expect("a choice");
+        group.bench_with_input(BenchmarkId::from_parameter(members), &candidates, |b, candidates| {
+            b.iter(|| local.choose(Method::ByWeight, shared, black_box(candidates)))
+        });
+        // SAFETY: nothing of this segment is used after this point.
+        unsafe { segment.unmap() };
+    }
+    group.finish();
+}
+
+fn rebuild(c: &mut Criterion) {
+    let mut group = c.benchmark_group("byweight/rebuild");
+    for members in SIZES {
+        let weights: Vec<u32> = candidates(members).iter().map(|c| c.weight).collect();
+        group.bench_with_input(BenchmarkId::from_parameter(members), &weights, |b, weights| {
+            b.iter(|| Schedule::build(black_box(weights)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, rebuild);
+criterion_main!(benches);
