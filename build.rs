@@ -94,6 +94,9 @@ const ALLOWED_TYPES: &[&str] = &[
     "proxy_is_best_callback_fn_t",
     "ap_slotmem_provider_t",
     "ap_directive_t",
+    "ap_filter_t",
+    "ap_filter_rec_t",
+    "ap_expr_info_t",
     "mpm_child_status",
 ];
 
@@ -106,6 +109,12 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "ap_hook_child_init",
     "ap_hook_child_status",
     "ap_hook_handler",
+    "ap_register_output_filter",
+    "ap_add_output_filter_handle",
+    "ap_remove_output_filter",
+    "ap_pass_brigade",
+    "ap_expr_parse_cmd_mi",
+    "ap_expr_str_exec",
     "ap_log_error_",
     "ap_log_rerror_",
     "ap_get_server_module_loglevel",
@@ -155,6 +164,8 @@ const ALLOWED_VARS: &[&str] = &[
     "GLOBAL_ONLY",
     "APR_SUCCESS",
     "MPM_CHILD_.*",
+    "AP_EXPR_FLAG_.*",
+    "AP_FTYPE_.*",
 ];
 
 /// Where the headers are, and how each location was found (for the failure report).

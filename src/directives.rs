@@ -30,6 +30,9 @@ const fn command(directive: Directive) -> ffi::command_rec {
 pub static COMMANDS: CommandTable = CommandTable([
     command(Directive::SlowStart),
     command(Directive::MaxInflight),
+    command(Directive::HashKey),
+    command(Directive::HashBalanceFactor),
+    command(Directive::LatencyDecay),
     ffi::command_rec {
         name: ptr::null(),
         func: ffi::cmd_func { no_args: None },
@@ -83,8 +86,37 @@ unsafe fn apply(cmd: *mut ffi::cmd_parms, argc: c_int, argv: *const *mut c_char)
         let args: Vec<String> = (0..argc.max(0) as usize).map(|i| c_str(*argv.add(i))).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let settings = server_settings((*cmd).server).ok_or("module configuration missing")?;
-        (*settings).apply(&balancer, directive, &args)
+        (*settings).apply(&balancer, directive, &args, |source| compile_expression(cmd, source))
     }
+}
+
+/// Parses an `LBHashKey` string expression with httpd's own parser (ap_expr), so that it is
+/// checked at `apachectl -t` and evaluated per request without parsing again. The parsed
+/// expression lives in the configuration pool, as long as the settings that point to it.
+///
+/// # Safety
+/// Live `cmd`.
+unsafe fn compile_expression(cmd: *mut ffi::cmd_parms, source: &str) -> Result<usize, String> {
+    let text = CString::new(source).map_err(|_| "the expression contains a NUL byte".to_string())?;
+    let mut error: *const c_char = ptr::null();
+    // SAFETY: ap_expr_parse_cmd_mi copies what it keeps into the configuration pool.
+    let parsed = unsafe {
+        let text = ffi::apr_pstrmemdup((*cmd).pool, text.as_ptr(), source.len());
+        ffi::ap_expr_parse_cmd_mi(
+            cmd,
+            text,
+            ffi::AP_EXPR_FLAG_STRING_RESULT as u32,
+            &mut error,
+            None,
+            crate::module::index(),
+        )
+    };
+    if !error.is_null() || parsed.is_null() {
+        // SAFETY: error is null or a C string from httpd.
+        let why = unsafe { c_str(error) };
+        return Err(if why.is_empty() { "not a valid expression".to_string() } else { why });
+    }
+    Ok(parsed as usize)
 }
 
 /// A copy of `message` in the configuration pool, for httpd to print.

@@ -1,4 +1,4 @@
-//! Where a request's pick happens, and how every attempt is counted.
+//! Where a request's pick happens.
 //!
 //! mod_proxy_balancer calls a method's finder with the balancer's per-process thread lock held
 //! (no lock spans processes). The finder:
@@ -9,25 +9,25 @@
 //! 3. notes members coming back for slow start, and weighs each candidate (live loadfactor,
 //!    ramped down during slow start) with its exact in-flight count and `LBMaxInflight` cap;
 //! 4. lets the method choose ([`crate::methods`]) and reserves a place on the chosen member in
-//!    one atomic step (a member that filled up meanwhile is passed over);
-//! 5. arranges for the attempt to be released exactly once, when the request pool goes.
+//!    one atomic step (a member that filled up meanwhile is passed over); `byhash` instead
+//!    walks its key's members, reserving under the load bound;
+//! 5. hands the attempt to [`crate::attempts`], which releases it exactly once.
 //!
 //! When every candidate is at its cap the request is shed: null (httpd answers 503) with a
 //! `Retry-After` header, and no backend is touched. Null also means "no usable member".
-//!
-//! Sticky-session hits never reach the finder; they are counted when their attempt starts, in
-//! mod_proxy's `scheme_handler` hook ([`hook_attempt_start`]).
 
+use crate::attempts::{self, NewAttempt};
 use crate::config::BalancerSettings;
 use crate::ffi;
 use crate::generation::BalancerRef;
 use crate::httpd::log::{Level, log_request, log_server};
 use crate::httpd::{proxy, request};
-use crate::methods::{Candidate, Method, slow_start};
+use crate::methods::byhash::{self, Admission};
+use crate::methods::bylatency::{self, Estimate};
+use crate::methods::{Candidate, Choice, Method, Reason, slow_start};
 use crate::module::{self, Runtime};
 use crate::shm::{MemberSlot, monotonic_us, name_key};
 use crate::status::flag;
-use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -56,7 +56,7 @@ unsafe fn find_in(
 ) -> *mut ffi::proxy_worker {
     // SAFETY: per this function's contract, for every call below.
     unsafe {
-        end_previous_attempt(r);
+        attempts::end_current(r);
         let eligible = eligible_members(runtime, balancer, r);
         if eligible.is_empty() {
             log_request!(
@@ -73,84 +73,293 @@ unsafe fn find_in(
             warn_once_no_slot(balancer);
             return eligible[0].1;
         };
-        let segment = runtime.generation.segment();
         let now = monotonic_us();
         if slot.settings.slow_start.is_some() {
             observe_members(runtime, balancer, &slot, now);
         }
-        let members: Vec<Option<usize>> = eligible
-            .iter()
-            .map(|(state, _)| segment.member_index(slot.shared, state.index as usize))
-            .collect();
-        let mut candidates: Vec<Candidate> = eligible
-            .iter()
-            .zip(&members)
-            .map(|((state, _), member)| {
-                candidate(state, member.and_then(|m| segment.member(m)), slot.settings, now)
-            })
-            .collect();
-
-        for _ in 0..=candidates.len() {
-            let Some(choice) = slot.local.choose(method, slot.shared, &candidates) else { break };
-            let (state, worker) = eligible[choice.position];
-            let Some(index) = members[choice.position] else {
-                return worker; // a member beyond the slots httpd declared: balanced, not counted
-            };
-            let Some(member) = segment.member(index) else { return worker };
-            let mine = runtime.generation.my_contribution(index);
-            let reserved = match slot.settings.max_inflight {
-                Some(cap) => member.try_begin_attempt(cap.for_member(state.lbfactor), mine),
-                None => {
-                    member.begin_attempt(mine);
-                    true
-                }
-            };
-            if !reserved {
-                candidates[choice.position].full = true;
-                continue;
-            }
-            start_attempt(r, member, mine, worker, false);
+        let pick = Pick::new(runtime, slot, eligible, now);
+        let hash_key = if method == Method::ByHash { hash_key(r, pick.slot.settings) } else { None };
+        let picked = match &hash_key {
+            Some(key) => pick.place_key(balancer, key).or_else(|| pick.choose(Method::ByInflight)),
+            None => pick.choose(method),
+        };
+        let Some(picked) = picked else {
+            let shed = pick.slot.shared.shed.fetch_add(1, Ordering::Relaxed) + 1;
+            request::set_error_header(r, "Retry-After", "1");
             log_request!(
                 r,
-                Level::Debug,
-                "{}: {}: picked {} ({}; {} candidate(s))",
+                Level::Info,
+                "{}: {}: every usable member is at its LBMaxInflight cap; request shed \
+                with 503 ({shed} shed so far)",
                 method.name(),
-                proxy::balancer_name(balancer),
-                proxy::worker_name(worker),
-                choice.reason,
-                eligible.len()
+                proxy::balancer_name(balancer)
             );
-            return worker;
+            return ptr::null_mut();
+        };
+        let worker = pick.eligible[picked.position].1;
+        if let Some(member) = picked.member {
+            let decay = pick.slot.settings.latency_decay();
+            let attempt = NewAttempt { member, mine: picked.mine, worker, picked_us: now, decay };
+            attempts::start(r, attempt, false);
         }
-
-        let shed = slot.shared.shed.fetch_add(1, Ordering::Relaxed) + 1;
-        request::set_error_header(r, "Retry-After", "1");
         log_request!(
             r,
-            Level::Info,
-            "{}: {}: every usable member is at its LBMaxInflight cap; request shed \
-            with 503 ({shed} shed so far)",
+            Level::Debug,
+            "{}: {}: picked {} ({}; {} candidate(s))",
             method.name(),
-            proxy::balancer_name(balancer)
+            proxy::balancer_name(balancer),
+            proxy::worker_name(worker),
+            picked.reason,
+            pick.eligible.len()
         );
-        ptr::null_mut()
+        worker
     }
 }
 
-/// A candidate as the method sees it: weight (ramped during slow start), in-flight count, and
-/// whether it is at its cap.
-fn candidate(
-    state: &proxy::WorkerState,
-    member: Option<&MemberSlot>,
-    settings: &BalancerSettings,
-    now_us: u64,
-) -> Candidate {
-    let inflight = member.map_or(0, MemberSlot::inflight);
-    Candidate {
-        worker_index: state.index,
-        weight: slow_start::member_weight(state.lbfactor, member, settings.slow_start, now_us),
-        inflight,
-        full: settings.max_inflight.is_some_and(|cap| inflight >= cap.for_member(state.lbfactor)),
+/// One pick in progress: the eligible members and what the methods need to know about them.
+struct Pick<'a> {
+    runtime: &'a Runtime,
+    slot: BalancerRef<'a>,
+    /// Eligible members, sorted by worker index.
+    eligible: Vec<(proxy::WorkerState, *mut ffi::proxy_worker)>,
+    /// Their segment-wide member slot indices (none for a member beyond the declared slots).
+    members: Vec<Option<usize>>,
+    now: u64,
+}
+
+/// A member picked and counted (no count when it has no member slot).
+struct Picked<'a> {
+    /// Position in `Pick::eligible`.
+    position: usize,
+    member: Option<&'a MemberSlot>,
+    mine: Option<&'a AtomicI32>,
+    reason: Reason,
+}
+
+impl<'a> Pick<'a> {
+    fn new(
+        runtime: &'a Runtime,
+        slot: BalancerRef<'a>,
+        eligible: Vec<(proxy::WorkerState, *mut ffi::proxy_worker)>,
+        now: u64,
+    ) -> Pick<'a> {
+        let segment = runtime.generation.segment();
+        let members = eligible
+            .iter()
+            .map(|(state, _)| segment.member_index(slot.shared, state.index as usize))
+            .collect();
+        Pick { runtime, slot, eligible, members, now }
+    }
+
+    fn member(&self, position: usize) -> Option<&'a MemberSlot> {
+        self.runtime.generation.segment().member(self.members[position]?)
+    }
+
+    fn mine(&self, position: usize) -> Option<&'a AtomicI32> {
+        self.runtime.generation.my_contribution(self.members[position]?)
+    }
+
+    /// The member's `LBMaxInflight` limit, or no limit.
+    fn cap(&self, position: usize) -> u64 {
+        let lbfactor = self.eligible[position].0.lbfactor;
+        self.slot.settings.max_inflight.map_or(u64::MAX, |cap| cap.for_member(lbfactor))
+    }
+
+    /// The candidates as the methods see them.
+    fn candidates(&self) -> Vec<Candidate> {
+        (0..self.eligible.len())
+            .map(|position| {
+                let state = &self.eligible[position].0;
+                let member = self.member(position);
+                let inflight = member.map_or(0, MemberSlot::inflight);
+                Candidate {
+                    worker_index: state.index,
+                    weight: slow_start::member_weight(
+                        state.lbfactor,
+                        member,
+                        self.slot.settings.slow_start,
+                        self.now,
+                    ),
+                    inflight,
+                    full: inflight >= self.cap(position),
+                }
+            })
+            .collect()
+    }
+
+    /// Latencies to rank the candidates on, for `bylatency`.
+    fn latencies(&self) -> Vec<f64> {
+        let decay = self.slot.settings.latency_decay().as_micros() as u64;
+        let estimates: Vec<Estimate> = (0..self.eligible.len())
+            .map(|position| Estimate {
+                latency_us: self.member(position).and_then(|m| m.latency(self.now, decay)),
+            })
+            .collect();
+        bylatency::latencies(&estimates)
+    }
+
+    /// Lets `method` choose and reserves a place on its choice; a member found full at that
+    /// moment is passed over and the method chooses again. `None` when every one is full.
+    fn choose(&self, method: Method) -> Option<Picked<'a>> {
+        let mut candidates = self.candidates();
+        let latencies = if method == Method::ByLatency { self.latencies() } else { Vec::new() };
+        for _ in 0..=candidates.len() {
+            let Choice { position, reason } =
+                self.slot.local.choose(method, self.slot.shared, &candidates, &latencies)?;
+            if self.reserve(position, self.cap(position)) {
+                return Some(Picked {
+                    position,
+                    member: self.member(position),
+                    mine: self.mine(position),
+                    reason,
+                });
+            }
+            candidates[position].full = true;
+        }
+        None
+    }
+
+    /// Counts an attempt on the member at `position` if it has fewer than `limit` in flight.
+    fn reserve(&self, position: usize, limit: u64) -> bool {
+        match self.member(position) {
+            Some(member) if limit == u64::MAX => {
+                member.begin_attempt(self.mine(position));
+                true
+            }
+            Some(member) => member.try_begin_attempt(limit, self.mine(position)),
+            None => true, // a member beyond the slots httpd declared: balanced, not counted
+        }
+    }
+
+    /// `byhash`: places `key` on the balancer's table, walking past members that cannot take
+    /// it. `None` if none would (then the request is balanced as `byinflight`).
+    ///
+    /// # Safety
+    /// Live balancer, thread lock held.
+    unsafe fn place_key(&self, balancer: *mut ffi::proxy_balancer, key: &[u8]) -> Option<Picked<'a>> {
+        let segment = self.runtime.generation.segment();
+        // The table holds every member, usable or not, in worker index order.
+        // SAFETY: per this function's contract.
+        let all = unsafe { all_members(balancer) };
+        let table_members = table_members(segment, &self.slot, &all);
+        let table = self.slot.local.hash_table(&table_members);
+        // Where each table member is among the eligible ones (both are in worker index order).
+        let mut eligible_at = Vec::with_capacity(all.len());
+        let mut cursor = 0;
+        for (state, _) in &all {
+            while cursor < self.eligible.len() && self.eligible[cursor].0.index < state.index {
+                cursor += 1;
+            }
+            let here = cursor < self.eligible.len() && self.eligible[cursor].0.index == state.index;
+            eligible_at.push(here.then_some(cursor));
+        }
+        let candidates = self.candidates();
+        let total: u64 = candidates.iter().map(|c| c.inflight).sum();
+        let bound = self
+            .slot
+            .settings
+            .balance_factor()
+            .map_or(u64::MAX, |c| byhash::load_bound(c, total, candidates.len()));
+        let hash = byhash::key_hash(key);
+        let admit = |member: usize| {
+            let Some(position) = eligible_at[member] else { return Admission::Pass };
+            let full_weight = self.eligible[position].0.lbfactor;
+            let fraction = f64::from(candidates[position].weight) / f64::from(full_weight.max(1));
+            if fraction < 1.0 && !byhash::ramp_admits(hash, fraction) {
+                return Admission::Pass; // on its slow-start ramp, and not yet taking this key
+            }
+            Admission::UpTo(bound.min(self.cap(position)))
+        };
+        let reserve = |member: usize, limit: u64| eligible_at[member].is_some_and(|p| self.reserve(p, limit));
+        let placement = byhash::place(&table, hash, admit, reserve)?;
+        if placement.diverted {
+            self.slot.shared.diverted.fetch_add(1, Ordering::Relaxed);
+        }
+        let position = eligible_at[placement.member]?;
+        let reason = Reason::Hash { steps: placement.steps, diverted: placement.diverted };
+        Some(Picked { position, member: self.member(position), mine: self.mine(position), reason })
+    }
+}
+
+/// Every member of the balancer, usable or not, in worker index order.
+///
+/// # Safety
+/// Live balancer, thread lock held.
+pub unsafe fn all_members(
+    balancer: *mut ffi::proxy_balancer,
+) -> Vec<(proxy::WorkerState, *mut ffi::proxy_worker)> {
+    // SAFETY: per this function's contract.
+    let mut all: Vec<_> = unsafe { proxy::workers(balancer) }
+        .into_iter()
+        .map(|w| (unsafe { proxy::worker_state(w) }, w))
+        .collect();
+    all.sort_by_key(|(state, _)| state.index);
+    all
+}
+
+/// What `byhash`'s table is built from: (name key, loadfactor x 100) of each member of `all`.
+pub fn table_members(
+    segment: &crate::shm::Segment,
+    slot: &BalancerRef<'_>,
+    all: &[(proxy::WorkerState, *mut ffi::proxy_worker)],
+) -> Vec<(u64, u32)> {
+    all.iter()
+        .map(|&(state, worker)| {
+            (member_key(segment.member_of(slot.shared, state.index as usize), worker), state.lbfactor)
+        })
+        .collect()
+}
+
+/// A member's name key (the slot remembers it; a member added at run time learns it here).
+fn member_key(member: Option<&MemberSlot>, worker: *mut ffi::proxy_worker) -> u64 {
+    let known = member.map_or(0, |m| m.key.load(Ordering::Relaxed));
+    if known != 0 {
+        return known;
+    }
+    // SAFETY: httpd's members are live.
+    let key = name_key(&unsafe { proxy::worker_key_name(worker) });
+    if let Some(member) = member {
+        member.key.store(key, Ordering::Relaxed);
+    }
+    key
+}
+
+/// The request's `LBHashKey` value; `None` when not set, or empty for this request.
+///
+/// # Safety
+/// Live request.
+unsafe fn hash_key(r: *mut ffi::request_rec, settings: &BalancerSettings) -> Option<Vec<u8>> {
+    let Some(key) = &settings.hash_key else {
+        warn_once_no_key(r);
+        return None;
+    };
+    let mut error: *const c_char = ptr::null();
+    // SAFETY: compiled is the ap_expr_info_t parsed from this directive, in the configuration
+    // pool of this generation; r is live.
+    let value = unsafe { ffi::ap_expr_str_exec(r, key.compiled as *const ffi::ap_expr_info_t, &mut error) };
+    if !error.is_null() {
+        log_request!(
+            r,
+            Level::Warning,
+            "LBHashKey \"{}\" failed: {}; balancing this request as byinflight",
+            key.source,
+            unsafe { proxy::c_str(error) }
+        );
+        return None;
+    }
+    // SAFETY: a C string in the request pool, or null.
+    let value = unsafe { proxy::c_str(value) };
+    (!value.is_empty()).then(|| value.into_bytes())
+}
+
+fn warn_once_no_key(r: *mut ffi::request_rec) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        log_request!(
+            r,
+            Level::Warning,
+            "byhash is used by a balancer without LBHashKey: it balances as byinflight"
+        );
     }
 }
 
@@ -259,170 +468,11 @@ fn warn_once_no_slot(balancer: *mut ffi::proxy_balancer) {
     }
 }
 
-/// One attempt of one request on one member, released exactly once: when the request pool is
-/// destroyed (response sent, client gone, error, timeout, HTTP/2 stream end), or earlier when
-/// the same request picks again (failover), which means this attempt failed.
-#[repr(C)]
-struct Attempt {
-    member: *const MemberSlot,
-    /// This process's own count for the member (null without a process slot).
-    mine: *const AtomicI32,
-    worker: *const ffi::proxy_worker,
-    abandoned: bool,
-    /// mod_proxy has started the attempt (its scheme handler ran for this member).
-    started: bool,
-}
-
-/// Records an attempt already counted on `member`, to be released with the request pool.
-///
-/// # Safety
-/// Live request and worker; `member` and `mine` in a segment this process keeps mapped.
-unsafe fn start_attempt(
-    r: *mut ffi::request_rec,
-    member: &MemberSlot,
-    mine: Option<&AtomicI32>,
-    worker: *mut ffi::proxy_worker,
-    started: bool,
-) {
-    // SAFETY: per this function's contract; the Attempt lives in r->pool, as long as its cleanup.
-    unsafe {
-        if member.key.load(Ordering::Relaxed) == 0 {
-            // A member added at run time: its slot learns its name on first use.
-            member.key.store(name_key(&proxy::worker_key_name(worker)), Ordering::Relaxed);
-        }
-        let attempt = ffi::apr_palloc((*r).pool, size_of::<Attempt>()) as *mut Attempt;
-        attempt.write(Attempt {
-            member,
-            mine: mine.map_or(ptr::null(), |m| m as *const AtomicI32),
-            worker,
-            abandoned: false,
-            started,
-        });
-        ffi::apr_pool_cleanup_register(
-            (*r).pool,
-            attempt as *const c_void,
-            Some(release_attempt),
-            Some(ffi::apr_pool_cleanup_null),
-        );
-        request::set_module_state(r, attempt as *mut c_void);
-    }
-}
-
-/// Ends the request's current attempt now, as failed (the request is moving on).
-///
-/// # Safety
-/// Live request.
-unsafe fn end_previous_attempt(r: *mut ffi::request_rec) {
-    // SAFETY: the state is null or an Attempt this module allocated in r->pool.
-    unsafe {
-        let previous = request::module_state(r) as *mut Attempt;
-        if !previous.is_null() {
-            (*previous).abandoned = true;
-            // Runs the release now and unregisters it, so it cannot run twice.
-            ffi::apr_pool_cleanup_run((*r).pool, previous as *mut c_void, Some(release_attempt));
-            request::set_module_state(r, ptr::null_mut());
-        }
-    }
-}
-
-/// Pool cleanup: ends one attempt. It failed if it was abandoned for another member or if the
-/// member is in error now.
-unsafe extern "C" fn release_attempt(data: *mut c_void) -> ffi::apr_status_t {
-    crate::httpd::guard::catch("attempt release", ffi::APR_SUCCESS, || {
-        // SAFETY: data is an Attempt registered by start_attempt; its slots live in a segment
-        // this process keeps mapped; the worker lives as long as the generation.
-        unsafe {
-            let attempt = &*(data as *const Attempt);
-            let in_error = proxy::worker_state(attempt.worker).status & flag::IN_ERROR != 0;
-            (*attempt.member).end_attempt(attempt.abandoned || in_error, attempt.mine.as_ref());
-        }
-        ffi::APR_SUCCESS
-    })
-}
-
-thread_local! {
-    /// The sticky-session hit httpd reported on this thread and whose attempt has not started
-    /// yet: (balancer slot, worker address). Plain data, so the thread-local has no destructor
-    /// (which would pin this module in memory across restarts).
-    static STICKY_HIT: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
-}
-
 /// httpd routed a request by its sticky session to `worker` (the method was bypassed).
 pub fn sticky_hit(balancer: *mut ffi::proxy_balancer, worker: *mut ffi::proxy_worker) {
     let Some(runtime) = module::runtime() else { return };
     // SAFETY: httpd passes a live balancer.
-    let slot = unsafe { slot_index(runtime, balancer) };
-    STICKY_HIT.set(slot.map(|slot| (slot, worker as usize)));
-}
-
-/// Registers [`attempt_start`] as mod_proxy's first `scheme_handler` hook. mod_proxy.so is
-/// looked up by symbol at run time, so this module never links against it.
-pub fn hook_attempt_start() {
-    type SchemeHandler = unsafe extern "C" fn(
-        *mut ffi::request_rec,
-        *mut ffi::proxy_worker,
-        *mut ffi::proxy_server_conf,
-        *mut c_char,
-        *const c_char,
-        u16,
-    ) -> c_int;
-    type HookScheme =
-        unsafe extern "C" fn(Option<SchemeHandler>, *const *const c_char, *const *const c_char, c_int);
-    // SAFETY: looking a symbol up in the process's global namespace.
-    let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"proxy_hook_scheme_handler".as_ptr()) };
-    if symbol.is_null() {
-        return; // mod_proxy is not loaded: post_config reports it.
-    }
-    // SAFETY: proxy_hook_scheme_handler has the HookScheme signature (APR external hook).
-    unsafe {
-        let hook: HookScheme = std::mem::transmute::<*mut c_void, HookScheme>(symbol);
-        hook(Some(attempt_start), ptr::null(), ptr::null(), ffi::APR_HOOK_REALLY_FIRST);
-    }
-}
-
-/// mod_proxy is about to send the request to `worker`. An attempt picked by our finder is just
-/// marked started; a sticky-session attempt (which bypassed the finder) is counted here.
-/// Always declines, so the real scheme handler (mod_proxy_http...) runs next.
-unsafe extern "C" fn attempt_start(
-    r: *mut ffi::request_rec,
-    worker: *mut ffi::proxy_worker,
-    _conf: *mut ffi::proxy_server_conf,
-    _url: *mut c_char,
-    _proxyhost: *const c_char,
-    _proxyport: u16,
-) -> c_int {
-    crate::httpd::guard::catch("scheme_handler", ffi::DECLINED, || {
-        // SAFETY: mod_proxy passes a live request and worker.
-        unsafe { note_attempt_start(r, worker) };
-        ffi::DECLINED
-    })
-}
-
-/// # Safety
-/// Live request and worker.
-unsafe fn note_attempt_start(r: *mut ffi::request_rec, worker: *mut ffi::proxy_worker) {
-    // SAFETY: per this function's contract; the state is null or our Attempt.
-    unsafe {
-        let current = request::module_state(r) as *mut Attempt;
-        if !current.is_null() && ptr::eq((*current).worker, worker) && !(*current).started {
-            (*current).started = true;
-            return;
-        }
-        let Some((slot, sticky_worker)) = STICKY_HIT.take() else { return };
-        if sticky_worker != worker as usize {
-            return;
-        }
-        let Some(runtime) = module::runtime() else { return };
-        let Some(balancer) = runtime.generation.slot(slot) else { return };
-        let segment = runtime.generation.segment();
-        let state = proxy::worker_state(worker);
-        let Some(index) = segment.member_index(balancer.shared, state.index as usize) else { return };
-        let Some(member) = segment.member(index) else { return };
-        end_previous_attempt(r);
-        // Sticky requests must reach their member: they are counted, never refused by the cap.
-        let mine = runtime.generation.my_contribution(index);
-        member.begin_attempt(mine);
-        start_attempt(r, member, mine, worker, true);
-        log_request!(r, Level::Debug, "sticky session routed to {} (counted)", proxy::worker_name(worker));
+    if let Some(slot) = unsafe { slot_index(runtime, balancer) } {
+        attempts::note_sticky_hit(slot, worker);
     }
 }

@@ -129,7 +129,7 @@ mod tests {
     fn startup_balancers_map_directly_and_newcomers_claim_spares() {
         let seg = Segment::create(Capacity { balancers: 3, members: 12, processes: 1 }).unwrap();
         let slot = seg.claim_balancer(name_key(b"p1_app"), 4).unwrap();
-        let settings = BalancerSettings { slow_start: Some(Duration::from_secs(3)), max_inflight: None };
+        let settings = BalancerSettings { slow_start: Some(Duration::from_secs(3)), ..Default::default() };
         let generation =
             Generation::new(seg, vec![Configured { id: 0x1000, slot, settings: settings.clone() }]);
 

@@ -23,6 +23,8 @@ mod shm;
 mod status;
 
 #[cfg(not(test))]
+mod attempts;
+#[cfg(not(test))]
 mod directives;
 #[cfg(not(test))]
 mod finder;

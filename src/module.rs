@@ -72,11 +72,15 @@ macro_rules! provider {
 
 provider!(BYWEIGHT, Method::ByWeight, find_byweight);
 provider!(BYINFLIGHT, Method::ByInflight, find_byinflight);
+provider!(BYLATENCY, Method::ByLatency, find_bylatency);
+provider!(BYHASH, Method::ByHash, find_byhash);
 
 fn provider_table(method: Method) -> &'static Provider {
     match method {
         Method::ByWeight => &BYWEIGHT,
         Method::ByInflight => &BYINFLIGHT,
+        Method::ByLatency => &BYLATENCY,
+        Method::ByHash => &BYHASH,
     }
 }
 
@@ -128,6 +132,7 @@ unsafe extern "C" fn register_hooks(pool: *mut ffi::apr_pool_t) {
                 );
             }
         }
+        crate::attempts::register_timing_filter();
         let (none, middle) = (ptr::null(), ffi::APR_HOOK_MIDDLE);
         // SAFETY: registering plain callbacks; the order list is a static.
         unsafe {
@@ -150,7 +155,7 @@ unsafe extern "C" fn pre_config(
     _ptemp: *mut ffi::apr_pool_t,
 ) -> c_int {
     catch("pre_config", ffi::OK, || {
-        crate::finder::hook_attempt_start();
+        crate::attempts::hook_attempt_start();
         ffi::OK
     })
 }

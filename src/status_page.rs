@@ -3,6 +3,7 @@
 
 use crate::config::BalancerSettings;
 use crate::ffi;
+use crate::finder;
 use crate::httpd::guard::catch;
 use crate::httpd::proxy;
 use crate::httpd::request;
@@ -74,20 +75,45 @@ unsafe fn balancer_status(
     let segment = runtime.generation.segment();
     // SAFETY: per this function's contract.
     unsafe {
-        let method = proxy::balancer_method(balancer);
+        let method_name = proxy::balancer_method(balancer);
+        let method = Method::from_name(&method_name);
         let slot = runtime
             .generation
             .known_slot(proxy::balancer_id(balancer))
             .and_then(|s| runtime.generation.slot(s));
         let default_settings = BalancerSettings::default();
         let settings = slot.as_ref().map_or(&default_settings, |s| s.settings);
-        let members = proxy::with_thread_lock(balancer, || proxy::workers(balancer))
+        let decay = settings.latency_decay().as_micros() as u64;
+        let workers = proxy::with_thread_lock(balancer, || proxy::workers(balancer));
+        // byhash: each member's share of the table (by worker index, as the table is built).
+        let table = match (&slot, method) {
+            (Some(slot), Some(Method::ByHash)) => {
+                let all = proxy::with_thread_lock(balancer, || finder::all_members(balancer));
+                let table = slot.local.hash_table(&finder::table_members(segment, slot, &all));
+                let shares: Vec<(u32, f64)> = all
+                    .iter()
+                    .zip(table.shares())
+                    .map(|((state, _), share)| (state.index, share as f64 / table.size().max(1) as f64))
+                    .collect();
+                Some((table.size(), shares))
+            }
+            _ => None,
+        };
+        let members = workers
             .into_iter()
             .map(|worker| {
                 let state = proxy::worker_state(worker);
                 let member = slot.as_ref().and_then(|b| segment.member_of(b.shared, state.index as usize));
                 let totals = member.map(|m| m.totals()).unwrap_or_default();
                 let weight = slow_start::member_weight(state.lbfactor, member, settings.slow_start, now);
+                let inflight = member.map_or(0, |m| m.inflight());
+                let latency_us = member.and_then(|m| m.latency(now, decay));
+                let per_weight = (inflight + 1) as f64 / (f64::from(weight.max(1)) / 100.0);
+                let score = match method {
+                    Some(Method::ByInflight) => Some(per_weight),
+                    Some(Method::ByLatency) => latency_us.map(|l| l / 1000.0 * per_weight),
+                    _ => None,
+                };
                 MemberStatus {
                     name: proxy::worker_name(worker),
                     route: proxy::worker_route(worker),
@@ -98,9 +124,15 @@ unsafe fn balancer_status(
                     slow_start_progress: member
                         .and_then(|m| slow_start::member_progress(m, settings.slow_start, now)),
                     max_inflight: settings.max_inflight.map(|cap| cap.for_member(state.lbfactor)),
+                    latency_ms: latency_us.map(|l| l / 1000.0),
+                    latency_samples: totals.latency_samples,
+                    score,
+                    hash_share: table.as_ref().and_then(|(_, shares)| {
+                        shares.iter().find(|(index, _)| *index == state.index).map(|&(_, share)| share)
+                    }),
                     lbset: state.lbset,
                     selected: totals.selected,
-                    inflight: member.map_or(0, |m| m.inflight()),
+                    inflight,
                     peak_inflight: totals.peak_inflight.max(0) as u64,
                     completed: totals.completed,
                     failed: totals.failed,
@@ -112,12 +144,17 @@ unsafe fn balancer_status(
         BalancerStatus {
             name: proxy::balancer_name(balancer),
             server: proxy::server_name(server),
-            tracked: Method::from_name(&method).is_some(),
-            method,
+            tracked: method.is_some(),
+            method: method_name,
             slow_start_seconds: settings.slow_start.map(|d| d.as_secs_f64()),
             max_inflight: settings.max_inflight.map(|cap| cap.limit),
             max_inflight_per_loadfactor: settings.max_inflight.is_some_and(|cap| cap.per_loadfactor),
-            shed: slot.map_or(0, |s| s.shared.shed.load(Ordering::Relaxed)),
+            shed: slot.as_ref().map_or(0, |s| s.shared.shed.load(Ordering::Relaxed)),
+            hash_key: settings.hash_key.as_ref().map(|k| k.source.clone()),
+            hash_balance_factor: settings.balance_factor(),
+            hash_table_size: table.as_ref().map(|(size, _)| *size),
+            diverted: slot.as_ref().map_or(0, |s| s.shared.diverted.load(Ordering::Relaxed)),
+            latency_decay_seconds: settings.latency_decay().as_secs_f64(),
             members,
         }
     }

@@ -10,13 +10,55 @@ use std::ffi::CStr;
 use std::fmt;
 use std::time::Duration;
 
-/// Settings of one balancer.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Settings of one balancer. `None` means "not written": the default applies.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BalancerSettings {
     /// `LBSlowStart`: ramp time of a member that becomes usable again.
     pub slow_start: Option<Duration>,
     /// `LBMaxInflight`: the most attempts in flight to one member, across all processes.
     pub max_inflight: Option<Cap>,
+    /// `LBHashKey`: what `byhash` hashes.
+    pub hash_key: Option<HashKey>,
+    /// `LBHashBalanceFactor`: `c` of the load bound; infinite when `off`.
+    pub hash_balance_factor: Option<f64>,
+    /// `LBLatencyDecay`: how fast `bylatency`'s estimates forget.
+    pub latency_decay: Option<Duration>,
+}
+
+/// `LBHashBalanceFactor` when not written (HAProxy's and the paper's usual value).
+pub const DEFAULT_HASH_BALANCE_FACTOR: f64 = 1.25;
+/// `LBLatencyDecay` when not written (Finagle's default).
+pub const DEFAULT_LATENCY_DECAY: Duration = Duration::from_secs(10);
+
+impl BalancerSettings {
+    /// The load bound's factor, `None` when the bound is off.
+    pub fn balance_factor(&self) -> Option<f64> {
+        Some(self.hash_balance_factor.unwrap_or(DEFAULT_HASH_BALANCE_FACTOR)).filter(|c| c.is_finite())
+    }
+
+    pub fn latency_decay(&self) -> Duration {
+        self.latency_decay.unwrap_or(DEFAULT_LATENCY_DECAY)
+    }
+
+    /// These settings with those written in `over` on top.
+    fn overlaid(&self, over: &BalancerSettings) -> BalancerSettings {
+        BalancerSettings {
+            slow_start: over.slow_start.or(self.slow_start),
+            max_inflight: over.max_inflight.or(self.max_inflight),
+            hash_key: over.hash_key.clone().or_else(|| self.hash_key.clone()),
+            hash_balance_factor: over.hash_balance_factor.or(self.hash_balance_factor),
+            latency_decay: over.latency_decay.or(self.latency_decay),
+        }
+    }
+}
+
+/// The `LBHashKey` expression: its text, and the compiled form httpd evaluates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashKey {
+    pub source: String,
+    /// Address of httpd's parsed expression (`ap_expr_info_t`, in the configuration pool);
+    /// opaque here, used by the httpd glue only.
+    pub compiled: usize,
 }
 
 /// A per-member in-flight limit.
@@ -46,12 +88,12 @@ impl fmt::Display for Cap {
 }
 
 /// The settings written in one server (virtual host), by balancer name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServerSettings {
     balancers: Vec<Entry>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 struct Entry {
     /// Lowercased `balancer://name`.
     name: String,
@@ -85,9 +127,17 @@ impl ServerSettings {
     }
 
     /// Applies `directive` with `args`, written inside `<Proxy "balancer">` in this server.
-    pub fn apply(&mut self, balancer: &str, directive: Directive, args: &[&str]) -> Result<(), String> {
+    ///
+    /// `compile` turns an `LBHashKey` expression into httpd's parsed form, or says why not.
+    pub fn apply(
+        &mut self,
+        balancer: &str,
+        directive: Directive,
+        args: &[&str],
+        compile: impl FnOnce(&str) -> Result<usize, String>,
+    ) -> Result<(), String> {
         let entry = self.entry_mut(balancer);
-        directive.apply(&mut entry.settings, args)?;
+        directive.apply(&mut entry.settings, args, compile)?;
         if !entry.written.contains(&directive) {
             entry.written.push(directive);
         }
@@ -101,12 +151,7 @@ impl ServerSettings {
         };
         for entry in &own.balancers {
             let target = merged.entry_mut(&entry.name);
-            if entry.settings.slow_start.is_some() {
-                target.settings.slow_start = entry.settings.slow_start;
-            }
-            if entry.settings.max_inflight.is_some() {
-                target.settings.max_inflight = entry.settings.max_inflight;
-            }
+            target.settings = target.settings.overlaid(&entry.settings);
             target.written = entry.written.clone();
         }
         merged
@@ -141,16 +186,28 @@ fn balancer_key(name: &str) -> String {
 pub enum Directive {
     SlowStart,
     MaxInflight,
+    HashKey,
+    HashBalanceFactor,
+    LatencyDecay,
 }
 
 impl Directive {
-    pub const ALL: [Directive; 2] = [Directive::SlowStart, Directive::MaxInflight];
+    pub const ALL: [Directive; 5] = [
+        Directive::SlowStart,
+        Directive::MaxInflight,
+        Directive::HashKey,
+        Directive::HashBalanceFactor,
+        Directive::LatencyDecay,
+    ];
 
     /// The directive's name, as httpd's command table needs it.
     pub const fn c_name(self) -> &'static CStr {
         match self {
             Directive::SlowStart => c"LBSlowStart",
             Directive::MaxInflight => c"LBMaxInflight",
+            Directive::HashKey => c"LBHashKey",
+            Directive::HashBalanceFactor => c"LBHashBalanceFactor",
+            Directive::LatencyDecay => c"LBLatencyDecay",
         }
     }
 
@@ -163,6 +220,15 @@ impl Directive {
             Directive::MaxInflight => {
                 c"LBMaxInflight <n> [per-loadfactor]: most requests in flight to one member across all processes"
             }
+            Directive::HashKey => {
+                c"LBHashKey <expression>: what byhash hashes, an Apache string expression such as \"%{REMOTE_ADDR}\""
+            }
+            Directive::HashBalanceFactor => {
+                c"LBHashBalanceFactor <c>|off: byhash skips a member above c times the average load (default 1.25)"
+            }
+            Directive::LatencyDecay => {
+                c"LBLatencyDecay <time>: how fast bylatency forgets a latency sample (default 10s)"
+            }
         }
     }
 
@@ -174,8 +240,14 @@ impl Directive {
         self.c_help().to_str().unwrap_or_default()
     }
 
-    /// Applies the directive's arguments (`args`, already split by httpd) to `settings`.
-    pub fn apply(self, settings: &mut BalancerSettings, args: &[&str]) -> Result<(), String> {
+    /// Applies the directive's arguments (`args`, already split by httpd) to `settings`;
+    /// `compile` parses an `LBHashKey` expression (see [`ServerSettings::apply`]).
+    pub fn apply(
+        self,
+        settings: &mut BalancerSettings,
+        args: &[&str],
+        compile: impl FnOnce(&str) -> Result<usize, String>,
+    ) -> Result<(), String> {
         match self {
             Directive::SlowStart => {
                 let [value] = args else { return Err(self.usage()) };
@@ -198,6 +270,33 @@ impl Directive {
                     .filter(|n| (1..=MAX_INFLIGHT_LIMIT).contains(n))
                     .ok_or_else(|| self.invalid(value, "expected a whole number from 1 to 1000000"))?;
                 settings.max_inflight = Some(Cap { limit, per_loadfactor });
+            }
+            Directive::HashKey => {
+                let [source] = args else { return Err(self.usage()) };
+                if source.trim().is_empty() {
+                    return Err(self.invalid(source, "the expression is empty"));
+                }
+                let compiled = compile(source).map_err(|why| self.invalid(source, &why))?;
+                settings.hash_key = Some(HashKey { source: source.to_string(), compiled });
+            }
+            Directive::HashBalanceFactor => {
+                let [value] = args else { return Err(self.usage()) };
+                let factor = if value.eq_ignore_ascii_case("off") {
+                    f64::INFINITY
+                } else {
+                    value.parse::<f64>().ok().filter(|c| (1.0..=100.0).contains(c)).ok_or_else(|| {
+                        self.invalid(value, "expected a number from 1 to 100 (such as 1.25), or off")
+                    })?
+                };
+                settings.hash_balance_factor = Some(factor);
+            }
+            Directive::LatencyDecay => {
+                let [value] = args else { return Err(self.usage()) };
+                let decay = parse_duration(value).map_err(|why| self.invalid(value, &why))?;
+                if decay < Duration::from_millis(10) || decay > Duration::from_secs(3600) {
+                    return Err(self.invalid(value, "expected a time from 10ms to 1h"));
+                }
+                settings.latency_decay = Some(decay);
             }
         }
         Ok(())
@@ -254,6 +353,10 @@ pub fn section_balancer(path: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
+    fn no_compiler(_: &str) -> Result<usize, String> {
+        unreachable!("only LBHashKey compiles")
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
@@ -272,10 +375,20 @@ mod tests {
     #[test]
     fn directives_check_their_values_and_name_themselves() {
         let mut s = BalancerSettings::default();
-        Directive::SlowStart.apply(&mut s, &["30s"]).unwrap();
-        Directive::MaxInflight.apply(&mut s, &["8", "per-loadfactor"]).unwrap();
+        Directive::SlowStart.apply(&mut s, &["30s"], no_compiler).unwrap();
+        Directive::MaxInflight.apply(&mut s, &["8", "per-loadfactor"], no_compiler).unwrap();
+        Directive::HashBalanceFactor.apply(&mut s, &["1.5"], no_compiler).unwrap();
+        Directive::LatencyDecay.apply(&mut s, &["2s"], no_compiler).unwrap();
+        Directive::HashKey.apply(&mut s, &["%{REMOTE_ADDR}"], |_| Ok(42)).unwrap();
         assert_eq!(s.slow_start, Some(Duration::from_secs(30)));
         assert_eq!(s.max_inflight, Some(Cap { limit: 8, per_loadfactor: true }));
+        assert_eq!(s.balance_factor(), Some(1.5));
+        assert_eq!(s.latency_decay(), Duration::from_secs(2));
+        assert_eq!(s.hash_key, Some(HashKey { source: "%{REMOTE_ADDR}".into(), compiled: 42 }));
+        Directive::HashBalanceFactor.apply(&mut s, &["off"], no_compiler).unwrap();
+        assert_eq!(s.balance_factor(), None);
+        assert_eq!(BalancerSettings::default().balance_factor(), Some(1.25));
+        assert_eq!(BalancerSettings::default().latency_decay(), Duration::from_secs(10));
 
         let bad: &[(Directive, &[&str], &str)] = &[
             (Directive::SlowStart, &["abc"], "\"abc\""),
@@ -287,9 +400,15 @@ mod tests {
             (Directive::MaxInflight, &["ten"], "\"ten\""),
             (Directive::MaxInflight, &["2000000"], "\"2000000\""),
             (Directive::MaxInflight, &["5", "scaled"], "\"scaled\""),
+            (Directive::HashKey, &[""], "empty"),
+            (Directive::HashKey, &["%{BROKEN"], "bad expression"),
+            (Directive::HashBalanceFactor, &["0.5"], "\"0.5\""),
+            (Directive::HashBalanceFactor, &["abc"], "\"abc\""),
+            (Directive::LatencyDecay, &["1ms"], "\"1ms\""),
         ];
         for (directive, args, expected) in bad {
-            let err = directive.apply(&mut BalancerSettings::default(), args).unwrap_err();
+            let compiler = |_: &str| Err("bad expression".to_string());
+            let err = directive.apply(&mut BalancerSettings::default(), args, compiler).unwrap_err();
             assert!(err.starts_with(directive.name()), "{err}");
             assert!(err.contains(expected), "{err}");
         }
@@ -308,10 +427,10 @@ mod tests {
     #[test]
     fn virtual_hosts_inherit_and_override() {
         let mut base = ServerSettings::default();
-        base.apply("balancer://App", Directive::SlowStart, &["10s"]).unwrap();
-        base.apply("balancer://app", Directive::MaxInflight, &["5"]).unwrap();
+        base.apply("balancer://App", Directive::SlowStart, &["10s"], no_compiler).unwrap();
+        base.apply("balancer://app", Directive::MaxInflight, &["5"], no_compiler).unwrap();
         let mut own = ServerSettings::default();
-        own.apply("balancer://app", Directive::SlowStart, &["20s"]).unwrap();
+        own.apply("balancer://app", Directive::SlowStart, &["20s"], no_compiler).unwrap();
         let merged = ServerSettings::merge(&base, &own);
         let app = merged.balancer("BALANCER://APP");
         assert_eq!(app.slow_start, Some(Duration::from_secs(20)));
@@ -322,8 +441,8 @@ mod tests {
     #[test]
     fn settings_for_a_balancer_that_does_not_exist_are_an_error() {
         let mut main = ServerSettings::default();
-        main.apply("balancer://app", Directive::SlowStart, &["10s"]).unwrap();
-        main.apply("balancer://typo", Directive::MaxInflight, &["5"]).unwrap();
+        main.apply("balancer://app", Directive::SlowStart, &["10s"], no_compiler).unwrap();
+        main.apply("balancer://typo", Directive::MaxInflight, &["5"], no_compiler).unwrap();
         let errors = main.check(&["balancer://APP".to_string()]);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with("LBMaxInflight in <Proxy \"balancer://typo\">"), "{errors:?}");

@@ -4,11 +4,14 @@
 //! retry, health checks); a method only ranks the candidates it is given. Everything here is
 //! plain Rust, with no httpd calls, so it is tested and benchmarked without a server.
 
+pub mod byhash;
 pub mod byinflight;
+pub mod bylatency;
 pub mod byweight;
 pub mod slow_start;
 
 use crate::shm::BalancerSlot;
+use byhash::Table;
 use byweight::Schedule;
 use std::ffi::CStr;
 use std::fmt;
@@ -20,10 +23,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub enum Method {
     ByWeight,
     ByInflight,
+    ByLatency,
+    ByHash,
 }
 
 impl Method {
-    pub const ALL: [Method; 2] = [Method::ByWeight, Method::ByInflight];
+    pub const ALL: [Method; 4] = [Method::ByWeight, Method::ByInflight, Method::ByLatency, Method::ByHash];
 
     /// The provider name. httpd keeps it in a 16-byte field and balancer-manager refuses names
     /// of 15 characters or more.
@@ -31,6 +36,8 @@ impl Method {
         match self {
             Method::ByWeight => c"byweight",
             Method::ByInflight => c"byinflight",
+            Method::ByLatency => c"bylatency",
+            Method::ByHash => c"byhash",
         }
     }
 
@@ -66,19 +73,24 @@ pub struct Candidate {
 }
 
 /// What a method chose, and why (for `LogLevel lbmethod_rs:debug`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Choice {
     /// Position in the candidate list.
     pub position: usize,
     pub reason: Reason,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Reason {
     /// `byweight`: the shared ticket and the step of the smooth cycle it landed on.
     Ticket { ticket: u64, step: usize, cycle: usize },
     /// `byinflight`: the chosen member's in-flight count and weight (its key is their ratio).
     LeastInflight { inflight: u64, weight: u32 },
+    /// `bylatency`: the costs of the two members drawn (the chosen one first), and the
+    /// chosen one's latency estimate in microseconds.
+    Latency { cost: f64, other_cost: f64, latency_us: f64 },
+    /// `byhash`: steps along the key's walk, and whether a loaded member was passed by.
+    Hash { steps: usize, diverted: bool },
 }
 
 impl fmt::Display for Reason {
@@ -90,6 +102,17 @@ impl fmt::Display for Reason {
             Reason::LeastInflight { inflight, weight } => {
                 write!(f, "least (inflight+1)/weight: ({inflight}+1)/{weight}")
             }
+            Reason::Latency { cost, other_cost, latency_us } => write!(
+                f,
+                "cost {cost:.1} beats {other_cost:.1} (latency {:.2} ms x (inflight+1) / weight)",
+                latency_us / 1000.0
+            ),
+            Reason::Hash { steps: 0, .. } => write!(f, "the key's own member"),
+            Reason::Hash { steps, diverted } => write!(
+                f,
+                "{steps} step(s) along the key's walk{}",
+                if *diverted { ", past a member at the load bound" } else { "" }
+            ),
         }
     }
 }
@@ -100,21 +123,58 @@ impl fmt::Display for Reason {
 pub struct LocalBalancer {
     /// `byweight`: the cycle for the current candidate weights.
     schedule: Mutex<Option<Arc<Schedule>>>,
+    /// `byhash`: the table for the current members and weights.
+    table: Mutex<Option<Arc<Table>>>,
 }
 
 impl LocalBalancer {
     /// Chooses among `candidates` (sorted by worker index, non-empty); `None` when every
     /// candidate is full.
-    pub fn choose(&self, method: Method, shared: &BalancerSlot, candidates: &[Candidate]) -> Option<Choice> {
+    ///
+    /// `latencies` (microseconds, one per candidate, see [`bylatency::latencies`]) are read by
+    /// `bylatency` only. `byhash` places keys with [`LocalBalancer::hash_table`] and
+    /// [`byhash::place`]; given no key, it chooses as `byinflight` does.
+    pub fn choose(
+        &self,
+        method: Method,
+        shared: &BalancerSlot,
+        candidates: &[Candidate],
+        latencies: &[f64],
+    ) -> Option<Choice> {
         match method {
             Method::ByWeight => self.choose_byweight(shared, candidates),
-            Method::ByInflight => {
+            Method::ByInflight | Method::ByHash => {
                 let start = shared.rotation.fetch_add(1, Ordering::Relaxed) as usize;
                 let position = byinflight::choose(candidates, start % candidates.len().max(1))?;
                 let Candidate { inflight, weight, .. } = candidates[position];
                 Some(Choice { position, reason: Reason::LeastInflight { inflight, weight } })
             }
+            Method::ByLatency => {
+                let draw = shared.rotation.fetch_add(1, Ordering::Relaxed);
+                let random = (bylatency::mix(2 * draw), bylatency::mix(2 * draw + 1));
+                let (a, b) = bylatency::draw_two(candidates, random)?;
+                let position = bylatency::better(candidates, latencies, a, b);
+                let other = if position == a { b } else { a };
+                let cost =
+                    |i: usize| bylatency::cost(latencies[i], candidates[i].inflight, candidates[i].weight);
+                let reason = Reason::Latency {
+                    cost: cost(position),
+                    other_cost: cost(other),
+                    latency_us: latencies[position],
+                };
+                Some(Choice { position, reason })
+            }
         }
+    }
+
+    /// `byhash`: the table for `members` ((name key, weight) of every member of the balancer,
+    /// in worker index order), rebuilt only when they change.
+    pub fn hash_table(&self, members: &[(u64, u32)]) -> Arc<Table> {
+        let mut cached = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if cached.as_ref().is_none_or(|table| table.members() != members) {
+            *cached = Some(Arc::new(Table::build(members)));
+        }
+        Arc::clone(cached.as_ref().expect("filled above"))
     }
 
     /// The cycle covers every candidate, full or not, so that members reaching their cap do not
@@ -180,7 +240,7 @@ mod tests {
         let mut counts = [0; 3];
         for i in 0..600 {
             let local = if i % 3 == 0 { &p1 } else { &p2 };
-            counts[local.choose(Method::ByWeight, shared, &c).unwrap().position] += 1;
+            counts[local.choose(Method::ByWeight, shared, &c, &[]).unwrap().position] += 1;
         }
         assert_eq!(counts, [100, 200, 300]);
         unsafe { seg.unmap() };
@@ -195,11 +255,11 @@ mod tests {
         c[2].full = true;
         let mut counts = [0; 3];
         for _ in 0..300 {
-            counts[local.choose(Method::ByWeight, shared, &c).unwrap().position] += 1;
+            counts[local.choose(Method::ByWeight, shared, &c, &[]).unwrap().position] += 1;
         }
         assert_eq!(counts, [100, 200, 0]);
         c.iter_mut().for_each(|c| c.full = true);
-        assert_eq!(local.choose(Method::ByWeight, shared, &c), None);
+        assert_eq!(local.choose(Method::ByWeight, shared, &c, &[]), None);
         unsafe { seg.unmap() };
     }
 
@@ -210,7 +270,7 @@ mod tests {
         let local = LocalBalancer::default();
         let idle = candidates(&[100, 100, 100]);
         let picks: Vec<usize> =
-            (0..6).map(|_| local.choose(Method::ByInflight, shared, &idle).unwrap().position).collect();
+            (0..6).map(|_| local.choose(Method::ByInflight, shared, &idle, &[]).unwrap().position).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
         unsafe { seg.unmap() };
     }

@@ -5,6 +5,7 @@
 //! processes on a shared mapping). A slot is a whole number of cache lines so that two members'
 //! hot counters never share one.
 
+use crate::methods::bylatency;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 /// Types that may be placed in the shared segment: zero bytes are a valid value, there are no
@@ -40,6 +41,9 @@ pub struct BalancerSlot {
     pub rotation: AtomicU64,
     /// Requests refused because every usable member was at its `LBMaxInflight` cap.
     pub shed: AtomicU64,
+    /// `byhash`: requests that went past an eligible member of their key because it was at
+    /// the load bound (or its cap).
+    pub diverted: AtomicU64,
 }
 
 /// One balancer member (a `BalancerMember`), indexed by httpd's own worker slot index.
@@ -61,6 +65,12 @@ pub struct MemberSlot {
     pub down: AtomicU32,
     /// Slow start: when the member last became usable again (monotonic microseconds; 0: never).
     pub ramp_start_us: AtomicU64,
+    /// Latency estimate in microseconds (bits of an f64); 0 until the first sample.
+    pub latency_bits: AtomicU64,
+    /// When the estimate last changed (monotonic microseconds).
+    pub latency_at_us: AtomicU64,
+    /// Latency samples taken.
+    pub latency_samples: AtomicU64,
 }
 
 /// One httpd child process: the owner of a row of in-flight contributions.
@@ -77,20 +87,26 @@ unsafe impl ShmSafe for MemberSlot {}
 unsafe impl ShmSafe for ProcessSlot {}
 unsafe impl ShmSafe for AtomicI32 {}
 
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v02");
+/// Changes with every layout change, so that a new build never adopts an old build's segment
+/// across a graceful restart.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v03");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
 const _: () = assert!(size_of::<BalancerSlot>().is_multiple_of(64));
 const _: () = assert!(size_of::<MemberSlot>().is_multiple_of(64));
 const _: () = assert!(size_of::<ProcessSlot>().is_multiple_of(64));
 
-/// The totals that survive a graceful restart, read out of one member slot.
+/// What survives a graceful restart that needs a new segment (totals and the latency
+/// estimate), read out of one member slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemberTotals {
     pub peak_inflight: i64,
     pub selected: u64,
     pub completed: u64,
     pub failed: u64,
+    pub latency_bits: u64,
+    pub latency_at_us: u64,
+    pub latency_samples: u64,
 }
 
 impl MemberSlot {
@@ -100,6 +116,9 @@ impl MemberSlot {
             selected: self.selected.load(Ordering::Relaxed),
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            latency_bits: self.latency_bits.load(Ordering::Relaxed),
+            latency_at_us: self.latency_at_us.load(Ordering::Relaxed),
+            latency_samples: self.latency_samples.load(Ordering::Relaxed),
         }
     }
 
@@ -109,6 +128,9 @@ impl MemberSlot {
         self.selected.store(totals.selected, Ordering::Relaxed);
         self.completed.store(totals.completed, Ordering::Relaxed);
         self.failed.store(totals.failed, Ordering::Relaxed);
+        self.latency_bits.store(totals.latency_bits, Ordering::Relaxed);
+        self.latency_at_us.store(totals.latency_at_us, Ordering::Relaxed);
+        self.latency_samples.store(totals.latency_samples, Ordering::Relaxed);
     }
 
     /// Counts the start of one attempt on this member. `mine` is this process's own count for
@@ -177,5 +199,35 @@ impl MemberSlot {
     /// When the current slow-start ramp began (monotonic microseconds), if one ever did.
     pub fn ramp_start(&self) -> Option<u64> {
         Some(self.ramp_start_us.load(Ordering::Acquire)).filter(|&t| t != 0)
+    }
+
+    /// Takes one latency sample into the member's peak EWMA (see `methods::bylatency`). A
+    /// failed attempt counts as at least four times the current estimate, so that a member
+    /// that fails fast does not look fast.
+    pub fn record_latency(&self, sample_us: f64, failed: bool, now_us: u64, decay_us: u64) {
+        let sample_us = sample_us.max(1.0);
+        let previous_at = self.latency_at_us.swap(now_us, Ordering::AcqRel);
+        let elapsed = now_us.saturating_sub(previous_at);
+        let _ = self.latency_bits.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+            let current = (bits != 0).then(|| f64::from_bits(bits));
+            let sample = if failed { sample_us.max(4.0 * current.unwrap_or(0.0)) } else { sample_us };
+            Some(bylatency::updated(current, sample, elapsed, decay_us).to_bits())
+        });
+        self.latency_samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The latency estimate to rank the member on at `now_us`; an idle member's fades with
+    /// the time since its last sample. `None` before the first sample.
+    pub fn latency(&self, now_us: u64, decay_us: u64) -> Option<f64> {
+        let bits = self.latency_bits.load(Ordering::Acquire);
+        if bits == 0 {
+            return None;
+        }
+        let estimate = f64::from_bits(bits);
+        if self.inflight() > 0 {
+            return Some(estimate);
+        }
+        let idle = now_us.saturating_sub(self.latency_at_us.load(Ordering::Acquire));
+        Some(bylatency::faded(estimate, idle, decay_us))
     }
 }

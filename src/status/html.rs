@@ -44,22 +44,45 @@ fn balancer_table(out: &mut String, balancer: &BalancerStatus) {
         Some(n) => n.to_string(),
         None => "none".to_string(),
     };
-    let _ = writeln!(out, "<p>Slow start: {slow_start}. In-flight cap: {cap}. Shed: {}.</p>", balancer.shed);
+    let _ = write!(out, "<p>Slow start: {slow_start}. In-flight cap: {cap}. Shed: {}.", balancer.shed);
+    match balancer.method.as_str() {
+        "bylatency" => {
+            let _ = write!(out, " Latency decay: {} s.", balancer.latency_decay_seconds);
+        }
+        "byhash" => {
+            let key =
+                balancer.hash_key.as_deref().map_or("none (balanced as byinflight)".to_string(), escape);
+            let bound = balancer.hash_balance_factor.map_or("off".to_string(), |c| c.to_string());
+            let table = balancer.hash_table_size.map_or(String::new(), |n| format!(" Table: {n} slots."));
+            let _ = write!(
+                out,
+                " Key: {key}. Load bound factor: {bound}.{table} Diverted: {}.",
+                balancer.diverted
+            );
+        }
+        _ => {}
+    }
+    out.push_str("</p>\n");
     out.push_str(concat!(
         "<table>\n<tr><th class=\"l\">Member</th><th class=\"l\">Route</th>",
         "<th class=\"l\">Status</th><th class=\"l\">Flags</th><th>Load factor</th><th>Weight now</th>",
         "<th>Ramp</th><th>Set</th><th>Cap</th>",
         "<th>Selected</th><th>In flight</th><th>Peak</th><th>Completed</th><th>Failed</th>",
+        "<th>Latency (ms)</th><th>Score</th><th>Hash share</th>",
         "<th>httpd Elected</th><th>httpd Busy</th></tr>\n",
     ));
     for m in &balancer.members {
-        let ramp = m.slow_start_progress.map_or(String::new(), |p| format!("{:.0}%", p * 100.0));
-        let cap = m.max_inflight.map_or(String::new(), |c| c.to_string());
+        let ramp = optional(m.slow_start_progress.map(|p| format!("{:.0}%", p * 100.0)));
+        let cap = optional(m.max_inflight);
+        let latency = optional(m.latency_ms.map(|l| format!("{l:.2}")));
+        let score = optional(m.score.map(|s| format!("{s:.3}")));
+        let share = optional(m.hash_share.map(|s| format!("{:.1}%", s * 100.0)));
         let _ = writeln!(
             out,
             "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td>\
              <td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{ramp}</td><td>{}</td><td>{cap}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{latency}</td><td>{score}</td><td>{share}</td><td>{}</td><td>{}</td></tr>",
             escape(&m.name),
             escape(&m.route),
             escape(m.status),
@@ -77,6 +100,10 @@ fn balancer_table(out: &mut String, balancer: &BalancerStatus) {
         );
     }
     out.push_str("</table>\n");
+}
+
+fn optional(value: Option<impl ToString>) -> String {
+    value.map_or(String::new(), |v| v.to_string())
 }
 
 /// Escapes text for HTML element content and quoted attribute values.

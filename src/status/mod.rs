@@ -32,6 +32,14 @@ pub struct BalancerStatus {
     pub max_inflight_per_loadfactor: bool,
     /// Requests refused with 503 because every usable member was at its cap.
     pub shed: u64,
+    /// `byhash`: the `LBHashKey` expression, the load bound's factor (`null`: bound off), the
+    /// table's size in this process, and requests sent past a member at the bound.
+    pub hash_key: Option<String>,
+    pub hash_balance_factor: Option<f64>,
+    pub hash_table_size: Option<usize>,
+    pub diverted: u64,
+    /// `bylatency`: `LBLatencyDecay` in seconds.
+    pub latency_decay_seconds: f64,
     pub members: Vec<MemberStatus>,
 }
 
@@ -52,6 +60,15 @@ pub struct MemberStatus {
     pub slow_start_progress: Option<f64>,
     /// The member's in-flight cap (`LBMaxInflight`, scaled by loadfactor if asked), if any.
     pub max_inflight: Option<u64>,
+    /// The latency estimate (milliseconds, first byte) as `bylatency` reads it now: it fades
+    /// while the member is idle. `null` before the first sample.
+    pub latency_ms: Option<f64>,
+    pub latency_samples: u64,
+    /// What the balancer's method ranks the member on, lower is better: `byinflight`
+    /// (inflight+1)/weight, `bylatency` latency_ms x (inflight+1)/weight; `null` for the others.
+    pub score: Option<f64>,
+    /// `byhash`: the member's share of the hash table (0 to 1).
+    pub hash_share: Option<f64>,
     pub lbset: i32,
     /// Attempts this module gave the member, since the module was loaded (kept over graceful
     /// restarts).
@@ -168,6 +185,11 @@ pub(crate) mod tests {
                 max_inflight: Some(8),
                 max_inflight_per_loadfactor: false,
                 shed: 4,
+                hash_key: None,
+                hash_balance_factor: Some(1.25),
+                hash_table_size: None,
+                diverted: 0,
+                latency_decay_seconds: 10.0,
                 members: vec![
                     MemberStatus {
                         name: "http://127.0.0.1:8081".into(),
@@ -178,6 +200,10 @@ pub(crate) mod tests {
                         effective_weight: 0.75,
                         slow_start_progress: Some(0.5),
                         max_inflight: Some(8),
+                        latency_ms: Some(4.5),
+                        latency_samples: 10,
+                        score: Some(2.0),
+                        hash_share: None,
                         lbset: 0,
                         selected: 10,
                         inflight: 2,
@@ -196,6 +222,10 @@ pub(crate) mod tests {
                         effective_weight: 1.0,
                         slow_start_progress: None,
                         max_inflight: Some(8),
+                        latency_ms: None,
+                        latency_samples: 0,
+                        score: None,
+                        hash_share: None,
                         lbset: 1,
                         selected: 0,
                         inflight: 0,

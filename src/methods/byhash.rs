@@ -1,0 +1,352 @@
+//! `byhash`: consistent hashing with bounded load, on a key taken from each request.
+//!
+//! **The table is Maglev's** (Eisenbud et al., NSDI 2016), in the weighted form Envoy uses: a
+//! prime number `M` of slots (at least 65537, and over 100 per member), each member filling the
+//! slots of its own pseudo-random permutation in turns, a member of half the weight taking a
+//! turn half as often. A key goes to `table[hash(key) mod M]`. Why Maglev rather than a ring
+//! (ketama): a lookup is one division and one array read instead of a binary search; the shares
+//! come out within a fraction of a percent of the weights, where a ring needs hundreds of
+//! points per member to get within several percent; and the table is a pure function of the
+//! member names and weights, so every httpd process builds the same one.
+//!
+//! **The table holds every configured member**, usable or not, and is rebuilt only when the
+//! members or their loadfactors change. A key whose member cannot take it (unusable, not in
+//! the current lbset tier, at its cap, still ramping up, or over the load bound) walks on to
+//! the next member along the table, the same walk every time for the same key. So a member
+//! going down moves exactly its own keys, spread over the others, and when it returns they all
+//! come back.
+//!
+//! **Bounded load** (Mirrokni, Thorup, Zadimoghaddam, SODA 2018; HAProxy's
+//! `hash-balance-factor`): a member takes a key only while its in-flight count is below
+//! `ceil(c * (total in flight + 1) / usable members)`, `c` 1.25 by default; the check and the
+//! count are one atomic step. A hot key overflows to the next members of its walk instead of
+//! burying its home member.
+//!
+//! Tests check shares against weights, identical builds, the exact set of keys that move when
+//! a member goes, and the walk under the bound.
+
+/// Smallest table, as in the Maglev paper (a prime).
+const MIN_TABLE: u64 = 65_537;
+
+/// The lookup table for one set of members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// (name key, weight) of each member, in the order the table's slots refer to.
+    members: Vec<(u64, u32)>,
+    slots: Vec<u32>,
+}
+
+impl Table {
+    /// Builds the table for `members`: (stable name key, weight) each; weight 0 counts as 1.
+    pub fn build(members: &[(u64, u32)]) -> Table {
+        if members.is_empty() {
+            return Table { members: Vec::new(), slots: Vec::new() };
+        }
+        let size = table_size(members.len());
+        let mut slots = vec![u32::MAX; size as usize];
+        let weights: Vec<u64> = members.iter().map(|&(_, w)| u64::from(w.max(1))).collect();
+        let heaviest = weights.iter().copied().max().unwrap_or(1);
+        let offsets: Vec<u64> = members.iter().map(|&(key, _)| mix(key) % size).collect();
+        let skips: Vec<u64> = members.iter().map(|&(key, _)| mix(key ^ SKIP_SEED) % (size - 1) + 1).collect();
+        let mut next = vec![0u64; members.len()];
+        let mut targets = vec![0u64; members.len()];
+        let mut filled = 0u64;
+        let mut round = 0u64;
+        while filled < size {
+            round += 1;
+            for member in 0..members.len() {
+                if round * weights[member] < targets[member] {
+                    continue; // lighter members take fewer turns
+                }
+                targets[member] += heaviest;
+                loop {
+                    let slot = ((offsets[member] + next[member] * skips[member]) % size) as usize;
+                    next[member] += 1;
+                    if slots[slot] == u32::MAX {
+                        slots[slot] = member as u32;
+                        filled += 1;
+                        break;
+                    }
+                }
+                if filled == size {
+                    break;
+                }
+            }
+        }
+        Table { members: members.to_vec(), slots }
+    }
+
+    /// The members the table was built for.
+    pub fn members(&self) -> &[(u64, u32)] {
+        &self.members
+    }
+
+    pub fn size(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Slots held by each member.
+    pub fn shares(&self) -> Vec<usize> {
+        let mut shares = vec![0; self.members.len()];
+        for &member in &self.slots {
+            shares[member as usize] += 1;
+        }
+        shares
+    }
+
+    /// The members key `key_hash` tries, in order: its own first (the member of its slot), then
+    /// each other member once, in the order they appear along a stride through the table that
+    /// depends on the key. The stride makes the members after the first a fresh weighted draw
+    /// for each key, so the keys of a member that is down spread over the others by weight.
+    pub fn walk(&self, key_hash: u64) -> impl Iterator<Item = usize> + '_ {
+        let size = self.slots.len() as u64;
+        let start = if size == 0 { 0 } else { key_hash % size };
+        // Any stride from 1 to size - 1 visits every slot: the size is prime.
+        let stride = if size < 2 { 1 } else { mix(key_hash ^ WALK_SEED) % (size - 1) + 1 };
+        let mut seen = vec![false; self.members.len()];
+        let mut left = self.members.len();
+        (0..size).map(move |step| self.slots[((start + step * stride) % size) as usize] as usize).filter(
+            move |&member| {
+                if left == 0 || seen[member] {
+                    return false;
+                }
+                seen[member] = true;
+                left -= 1;
+                true
+            },
+        )
+    }
+}
+
+/// How a member may take the key being placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Not for this key now (unusable, another tier, or kept back by its slow-start ramp).
+    Pass,
+    /// Eligible, as long as it has fewer than `limit` attempts in flight (the load bound, or
+    /// its cap if lower): the caller's `reserve` checks and counts in one atomic step.
+    UpTo(u64),
+}
+
+/// What a key got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Position of the member in [`Table::members`].
+    pub member: usize,
+    /// Steps of the walk it took (0: the key's own member).
+    pub steps: usize,
+    /// An eligible member earlier on the walk was too loaded (the bound or its cap).
+    pub diverted: bool,
+}
+
+/// Places the key: walks its members, asking `admit` about each and `reserve` to take a place
+/// under the limit. `None` when no member would take it.
+pub fn place(
+    table: &Table,
+    key_hash: u64,
+    mut admit: impl FnMut(usize) -> Admission,
+    mut reserve: impl FnMut(usize, u64) -> bool,
+) -> Option<Placement> {
+    let mut diverted = false;
+    for (steps, member) in table.walk(key_hash).enumerate() {
+        match admit(member) {
+            Admission::Pass => {}
+            Admission::UpTo(limit) => {
+                if reserve(member, limit) {
+                    return Some(Placement { member, steps, diverted });
+                }
+                diverted = true;
+            }
+        }
+    }
+    None
+}
+
+/// The load bound: the most attempts in flight a member may have before keys pass it by,
+/// `ceil(factor * (total + 1) / members)`.
+pub fn load_bound(factor: f64, total_inflight: u64, members: usize) -> u64 {
+    ((factor * (total_inflight + 1) as f64) / members.max(1) as f64).ceil().max(1.0) as u64
+}
+
+/// The hash of a request's key (FNV-1a, then mixed so that nearby keys spread out).
+pub fn key_hash(key: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in key {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(hash)
+}
+
+/// True if a member on its slow-start ramp, at `fraction` (0..=1) of its weight, takes this
+/// key yet: the same keys come back first every time, and all of them once the ramp is done.
+pub fn ramp_admits(key_hash: u64, fraction: f64) -> bool {
+    (mix(key_hash ^ RAMP_SEED) % 1000) as f64 <= fraction * 1000.0
+}
+
+const SKIP_SEED: u64 = 0x5bd1_e995_1b87_3593;
+const WALK_SEED: u64 = 0x9fb2_1c65_1e98_df25;
+const RAMP_SEED: u64 = 0x2545_f491_4f6c_dd1d;
+
+fn mix(value: u64) -> u64 {
+    super::bylatency::mix(value)
+}
+
+/// The smallest prime at least `max(MIN_TABLE, 100 * members)` (next prime above it).
+fn table_size(members: usize) -> u64 {
+    let mut candidate = MIN_TABLE.max(101 * members as u64);
+    while !is_prime(candidate) {
+        candidate += 1;
+    }
+    candidate
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::name_key;
+
+    fn members(weights: &[u32]) -> Vec<(u64, u32)> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| (name_key(format!("http://10.0.0.{i}:8080").as_bytes()), w))
+            .collect()
+    }
+
+    fn home(table: &Table, key: u64) -> usize {
+        table.walk(key).next().unwrap()
+    }
+
+    #[test]
+    fn shares_follow_the_weights_within_one_percent() {
+        for weights in [&[100, 100, 100, 100][..], &[100, 200, 300], &[100, 150, 1000, 250, 100]] {
+            let table = Table::build(&members(weights));
+            let total: u32 = weights.iter().sum();
+            for (share, &weight) in table.shares().iter().zip(weights) {
+                let got = *share as f64 / table.size() as f64;
+                let want = f64::from(weight) / f64::from(total);
+                assert!((got - want).abs() < 0.01, "{weights:?}: {got:.4} vs {want:.4}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_is_prime_sized_and_identical_on_every_build() {
+        let a = Table::build(&members(&[100, 300, 200]));
+        let b = Table::build(&members(&[100, 300, 200]));
+        assert_eq!(a, b);
+        assert!(is_prime(a.size() as u64) && a.size() >= 65_537);
+        assert!(Table::build(&members(&[100; 1000])).size() >= 100_000);
+    }
+
+    #[test]
+    fn a_member_going_down_moves_only_its_own_keys_and_they_come_back() {
+        let table = Table::build(&members(&[100; 5]));
+        let keys: Vec<u64> = (0..50_000u64).map(|k| key_hash(&k.to_le_bytes())).collect();
+        let before: Vec<usize> = keys.iter().map(|&k| home(&table, k)).collect();
+        let down = 2;
+        let during: Vec<usize> = keys
+            .iter()
+            .map(|&k| {
+                place(
+                    &table,
+                    k,
+                    |m| if m == down { Admission::Pass } else { Admission::UpTo(u64::MAX) },
+                    |_, _| true,
+                )
+                .unwrap()
+                .member
+            })
+            .collect();
+        let moved = before.iter().zip(&during).filter(|(b, d)| b != d).count();
+        let owned = before.iter().filter(|&&m| m == down).count();
+        assert_eq!(moved, owned, "exactly the down member's keys move");
+        assert!((owned as f64 / keys.len() as f64 - 0.2).abs() < 0.01, "about 1/N of the keys");
+        // They spread over the other members rather than piling onto one.
+        for other in (0..5).filter(|&m| m != down) {
+            let got = before.iter().zip(&during).filter(|(b, d)| **b == down && **d == other).count();
+            assert!((got as f64 / owned as f64 - 0.25).abs() < 0.03, "member {other} got {got} of {owned}");
+        }
+        let after: Vec<usize> = keys.iter().map(|&k| home(&table, k)).collect();
+        assert_eq!(after, before, "when it returns, its keys come back");
+    }
+
+    #[test]
+    fn a_weight_change_rebuild_moves_few_keys() {
+        let before = Table::build(&members(&[100, 100, 100, 100]));
+        let after = Table::build(&members(&[100, 100, 100, 200]));
+        let keys: Vec<u64> = (0..20_000u64).map(|k| key_hash(&k.to_le_bytes())).collect();
+        let moved = keys.iter().filter(|&&k| home(&before, k) != home(&after, k)).count();
+        // Member 3 goes from 1/4 to 2/5 of the keys: at least 15% must move; Maglev moves
+        // little more than that.
+        assert!((moved as f64 / keys.len() as f64) < 0.22, "{moved}");
+    }
+
+    #[test]
+    fn the_walk_visits_every_member_once_the_same_way_each_time() {
+        let table = Table::build(&members(&[100, 200, 100, 300]));
+        for key in 0..1000u64 {
+            let walk: Vec<usize> = table.walk(key_hash(&key.to_le_bytes())).collect();
+            let mut sorted = walk.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1, 2, 3]);
+            assert_eq!(walk, table.walk(key_hash(&key.to_le_bytes())).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_hot_key_overflows_past_the_bound_deterministically() {
+        let table = Table::build(&members(&[100; 4]));
+        let key = key_hash(b"hot");
+        let walk: Vec<usize> = table.walk(key).collect();
+        let mut inflight = [0u64; 4];
+        let mut placements = Vec::new();
+        for _ in 0..12 {
+            let total: u64 = inflight.iter().sum();
+            let bound = load_bound(1.25, total, 4);
+            let placed = place(
+                &table,
+                key,
+                |_| Admission::UpTo(bound),
+                |m, limit| {
+                    if inflight[m] < limit {
+                        inflight[m] += 1;
+                        true
+                    } else {
+                        false
+                    }
+                },
+            )
+            .unwrap();
+            placements.push(placed);
+        }
+        assert_eq!(placements[0], Placement { member: walk[0], steps: 0, diverted: false });
+        assert!(placements.iter().any(|p| p.diverted), "the hot key spilled over");
+        let bound_at_end = load_bound(1.25, 11, 4);
+        assert!(inflight.iter().all(|&n| n <= bound_at_end), "{inflight:?} within {bound_at_end}");
+        // It spills in walk order: the key's own member is fullest.
+        assert!(
+            inflight[walk[0]] >= inflight[walk[1]] && inflight[walk[1]] >= inflight[walk[3]],
+            "{inflight:?}"
+        );
+    }
+
+    #[test]
+    fn bounds_and_ramps() {
+        assert_eq!(load_bound(1.25, 0, 4), 1);
+        assert_eq!(load_bound(1.25, 12, 4), 5);
+        assert_eq!(load_bound(2.0, 7, 2), 8);
+        let keys: Vec<u64> = (0..10_000u64).map(|k| key_hash(&k.to_le_bytes())).collect();
+        let admitted =
+            |f: f64| keys.iter().filter(|&&k| ramp_admits(k, f)).count() as f64 / keys.len() as f64;
+        assert!(admitted(0.1) > 0.08 && admitted(0.1) < 0.12);
+        assert_eq!(admitted(1.0), 1.0);
+        // Keys admitted early stay admitted as the ramp grows.
+        assert!(keys.iter().all(|&k| !ramp_admits(k, 0.3) || ramp_admits(k, 0.6)));
+    }
+}
