@@ -12,7 +12,11 @@ fn with_balancer(inside: &str, outside: &str) -> String {
 
 #[test]
 fn good_settings_pass() {
-    let body = with_balancer("    LBSlowStart 30s\n    LBMaxInflight 8 per-loadfactor", "");
+    let body = with_balancer(
+        "    LBSlowStart 30s\n    LBMaxInflight 8 per-loadfactor\n    LBHashKey \"%{REMOTE_ADDR}\"\n    \
+         LBHashBalanceFactor 1.5\n    LBLatencyDecay 5s",
+        "",
+    );
     let (ok, output) = config_test(&ApacheConfig::new(&body));
     assert!(ok, "{output}");
     assert!(output.contains("Syntax OK"), "{output}");
@@ -47,6 +51,15 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
         ("    LBMaxInflight 99999999", "", &["LBMaxInflight", "\"99999999\""]),
         ("    LBMaxInflight 5 scaled", "", &["LBMaxInflight", "\"scaled\"", "per-loadfactor"]),
         ("    LBMaxInflight", "", &["LBMaxInflight", "usage"]),
+        ("    LBHashKey \"%{REMOTE_ADDR\"", "", &["LBHashKey", "\"%{REMOTE_ADDR\""]),
+        ("    LBHashKey \"%{tolower:}\"", "", &["LBHashKey", "\"%{tolower:}\""]),
+        ("    LBHashKey \"\"", "", &["LBHashKey", "usage"]),
+        ("    LBHashKey a b", "", &["LBHashKey", "usage"]),
+        ("    LBHashBalanceFactor 0.5", "", &["LBHashBalanceFactor", "\"0.5\""]),
+        ("    LBHashBalanceFactor many", "", &["LBHashBalanceFactor", "\"many\"", "off"]),
+        ("    LBLatencyDecay 5ms", "", &["LBLatencyDecay", "\"5ms\"", "10ms"]),
+        ("    LBLatencyDecay soon", "", &["LBLatencyDecay", "\"soon\""]),
+        ("", "LBHashKey \"%{REMOTE_ADDR}\"", &["LBHashKey is only valid inside"]),
         (
             "",
             "<Proxy \"balancer://ghost\">\n    LBMaxInflight 5\n</Proxy>",

@@ -17,8 +17,8 @@
 //! come back.
 //!
 //! **Bounded load** (Mirrokni, Thorup, Zadimoghaddam, SODA 2018; HAProxy's
-//! `hash-balance-factor`): a member takes a key only while its in-flight count is below
-//! `ceil(c * (total in flight + 1) / usable members)`, `c` 1.25 by default; the check and the
+//! `hash-balance-factor`): a member is passed by while its in-flight count exceeds
+//! `ceil(c * average in flight over the usable members)`, `c` 1.25 by default; the check and the
 //! count are one atomic step. A hot key overflows to the next members of its walk instead of
 //! burying its home member.
 //!
@@ -162,10 +162,13 @@ pub fn place(
     None
 }
 
-/// The load bound: the most attempts in flight a member may have before keys pass it by,
-/// `ceil(factor * (total + 1) / members)`.
+/// The load bound as a limit for [`Admission::UpTo`]: a member with more than
+/// `ceil(factor * average)` attempts in flight is passed by, so it takes the key while it has
+/// fewer than that plus one. With nothing else in flight a member always takes its own keys,
+/// even when the attempt it just finished is still being released.
 pub fn load_bound(factor: f64, total_inflight: u64, members: usize) -> u64 {
-    ((factor * (total_inflight + 1) as f64) / members.max(1) as f64).ceil().max(1.0) as u64
+    let average = total_inflight as f64 / members.max(1) as f64;
+    (factor * average).ceil() as u64 + 1
 }
 
 /// The hash of a request's key (FNV-1a, then mixed so that nearby keys spread out).
@@ -339,6 +342,7 @@ mod tests {
     #[test]
     fn bounds_and_ramps() {
         assert_eq!(load_bound(1.25, 0, 4), 1);
+        assert_eq!(load_bound(1.25, 1, 4), 2, "one stale attempt does not move a key");
         assert_eq!(load_bound(1.25, 12, 4), 5);
         assert_eq!(load_bound(2.0, 7, 2), 8);
         let keys: Vec<u64> = (0..10_000u64).map(|k| key_hash(&k.to_le_bytes())).collect();
