@@ -19,6 +19,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The methods this module registers with mod_proxy_balancer (`ProxySet lbmethod=<name>`).
+// The variants carry the names administrators type after `lbmethod=`, prefix included.
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     ByWeight,
