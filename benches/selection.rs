@@ -1,11 +1,13 @@
-//! What one `byweight` pick costs, and what rebuilding its schedule costs, for 2 to 1024
-//! members.
+//! What one `byweight` pick costs, and what rebuilding its schedule costs, and what one
+//! `byinflight` pick costs, for 2 to 1024 members.
 //!
-//! `pick` runs the per-request path the finder runs: `LocalBalancer::choose` against a balancer
-//! slot in a real shared segment (the ticket is an atomic in an `mmap`ed page, as in httpd),
-//! with the schedule already built, so each iteration is one steady-state pick. `rebuild` is
-//! `Schedule::build` alone: what a process pays once when a member leaves or comes back or a
-//! loadfactor changes.
+//! `byweight/pick` runs the per-request path the finder runs: `LocalBalancer::choose` against a
+//! balancer slot in a real shared segment (the ticket is an atomic in an `mmap`ed page, as in
+//! httpd), with the schedule already built, so each iteration is one steady-state pick.
+//! `byweight/rebuild` is `Schedule::build` alone: what a process pays once when a member leaves
+//! or comes back or a loadfactor changes. `byinflight/pick` is `LocalBalancer::choose` for
+//! `byinflight` on the same kind of slot (the scan's starting point is a shared atomic there),
+//! over candidates with varied in-flight counts and weights: one scan of every candidate.
 //!
 //! Run with `cargo bench --bench selection`; docs/benchmark.md explains the output.
 
@@ -59,9 +61,40 @@ fn pick(c: &mut Criterion) {
         let candidates = candidates(members);
         let local = LocalBalancer::default();
         // The first pick builds the schedule; every measured pick finds it cached.
-        local.choose(Method::ByWeight, shared, &candidates).expect("a choice");
+        local.choose(Method::ByWeight, shared, &candidates, &[]).expect("a choice");
         group.bench_with_input(BenchmarkId::from_parameter(members), &candidates, |b, candidates| {
-            b.iter(|| local.choose(Method::ByWeight, shared, black_box(candidates)))
+            b.iter(|| local.choose(Method::ByWeight, shared, black_box(candidates), &[]))
+        });
+        // SAFETY: nothing of this segment is used after this point.
+        unsafe { segment.unmap() };
+    }
+    group.finish();
+}
+
+/// The same loadfactors as [`candidates`], with in-flight counts from 0 to 12 spread over the
+/// members, as the finder reads them from the shared counters under load; no member is full.
+fn busy_candidates(members: usize) -> Vec<Candidate> {
+    candidates(members)
+        .into_iter()
+        .enumerate()
+        .map(|(i, candidate)| Candidate { inflight: (i as u64 * 7) % 13, ..candidate })
+        .collect()
+}
+
+fn pick_byinflight(c: &mut Criterion) {
+    let mut group = c.benchmark_group("byinflight/pick");
+    group.throughput(Throughput::Elements(1));
+    for members in SIZES {
+        let capacity = Capacity { balancers: 1, members: members as u32, processes: 1 };
+        let segment = Segment::create(capacity).expect("map a shared segment");
+        let slot = segment
+            .claim_balancer(shm::name_key(b"balancer://bench"), members as u32)
+            .expect("a free balancer slot");
+        let shared = segment.balancer(slot).expect("the slot just claimed");
+        let candidates = busy_candidates(members);
+        let local = LocalBalancer::default();
+        group.bench_with_input(BenchmarkId::from_parameter(members), &candidates, |b, candidates| {
+            b.iter(|| local.choose(Method::ByInflight, shared, black_box(candidates), &[]))
         });
         // SAFETY: nothing of this segment is used after this point.
         unsafe { segment.unmap() };
@@ -80,5 +113,5 @@ fn rebuild(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, rebuild);
+criterion_group!(benches, pick, rebuild, pick_byinflight);
 criterion_main!(benches);
