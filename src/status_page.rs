@@ -7,6 +7,7 @@ use crate::finder;
 use crate::httpd::guard::catch;
 use crate::httpd::proxy;
 use crate::httpd::request;
+use crate::methods::bylatency::{self, Estimate};
 use crate::methods::{Method, slow_start};
 use crate::module::{self, Runtime};
 use crate::shm::monotonic_us;
@@ -99,19 +100,30 @@ unsafe fn balancer_status(
             }
             _ => None,
         };
+        // bylatency ranks a member without samples on the average of the others' estimates.
+        let estimates: Vec<Estimate> = workers
+            .iter()
+            .map(|&worker| {
+                let index = proxy::worker_state(worker).index as usize;
+                let member = slot.as_ref().and_then(|b| segment.member_of(b.shared, index));
+                Estimate { latency_us: member.and_then(|m| m.latency(now, decay)) }
+            })
+            .collect();
+        let ranked_latencies = bylatency::latencies(&estimates);
         let members = workers
             .into_iter()
-            .map(|worker| {
+            .zip(estimates.iter().zip(ranked_latencies))
+            .map(|(worker, (estimate, ranked_latency_us))| {
                 let state = proxy::worker_state(worker);
                 let member = slot.as_ref().and_then(|b| segment.member_of(b.shared, state.index as usize));
                 let totals = member.map(|m| m.totals()).unwrap_or_default();
                 let weight = slow_start::member_weight(state.lbfactor, member, settings.slow_start, now);
                 let inflight = member.map_or(0, |m| m.inflight());
-                let latency_us = member.and_then(|m| m.latency(now, decay));
-                let per_weight = (inflight + 1) as f64 / (f64::from(weight.max(1)) / 100.0);
                 let score = match method {
-                    Some(Method::ByInflight) => Some(per_weight),
-                    Some(Method::ByLatency) => latency_us.map(|l| l / 1000.0 * per_weight),
+                    Some(Method::ByInflight) => {
+                        Some((inflight + 1) as f64 / (f64::from(weight.max(1)) / 100.0))
+                    }
+                    Some(Method::ByLatency) => Some(bylatency::score(ranked_latency_us, inflight, weight)),
                     _ => None,
                 };
                 MemberStatus {
@@ -124,7 +136,8 @@ unsafe fn balancer_status(
                     slow_start_progress: member
                         .and_then(|m| slow_start::member_progress(m, settings.slow_start, now)),
                     max_inflight: settings.max_inflight.map(|cap| cap.for_member(state.lbfactor)),
-                    latency_ms: latency_us.map(|l| l / 1000.0),
+                    // Microsecond resolution: an idle member's estimate fades towards 0.
+                    latency_ms: estimate.latency_us.map(|l| l.round() / 1000.0),
                     latency_samples: totals.latency_samples,
                     score,
                     hash_share: table.as_ref().and_then(|(_, shares)| {

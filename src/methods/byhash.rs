@@ -7,7 +7,8 @@
 //! (ketama): a lookup is one division and one array read instead of a binary search; the shares
 //! come out within a fraction of a percent of the weights, where a ring needs hundreds of
 //! points per member to get within several percent; and the table is a pure function of the
-//! member names and weights, so every httpd process builds the same one.
+//! member names, weights and configuration order (the order only decides which member wins a
+//! slot two of them reach in the same turn), so every httpd process builds the same one.
 //!
 //! **The table holds every configured member**, usable or not, and is rebuilt only when the
 //! members or their loadfactors change. A key whose member cannot take it (unusable, not in

@@ -17,12 +17,13 @@
 use super::Candidate;
 use std::cmp::Ordering;
 
-/// The position of the candidate to pick, scanning from `start`; `None` if all are full.
+/// The position of the candidate to pick, scanning from `start` (modulo the number of
+/// candidates); `None` if all are full.
 pub fn choose(candidates: &[Candidate], start: usize) -> Option<usize> {
-    let count = candidates.len();
+    let start = start % candidates.len().max(1);
     let mut best: Option<usize> = None;
-    for offset in 0..count {
-        let position = (start + offset) % count;
+    // From `start` to the end, then from the beginning: no division per candidate.
+    for position in (start..candidates.len()).chain(0..start) {
         let candidate = &candidates[position];
         if candidate.full {
             continue;

@@ -54,6 +54,12 @@ pub fn cost(latency_us: f64, inflight: u64, weight: u32) -> f64 {
     latency_us * (inflight + 1) as f64 / f64::from(weight.max(1))
 }
 
+/// [`cost`] in the unit the status page and the debug log show it, milliseconds x (inflight +
+/// 1) / loadfactor: a weight is a loadfactor in hundredths.
+pub fn score(latency_us: f64, inflight: u64, weight: u32) -> f64 {
+    cost(latency_us, inflight, weight) / 10.0
+}
+
 /// Latencies to rank `candidates` on: each one's estimate, or for a member with none yet the
 /// average of the others (1 µs if nobody has one: then in-flight and weight decide).
 pub fn latencies(estimates: &[Estimate]) -> Vec<f64> {
@@ -65,27 +71,28 @@ pub fn latencies(estimates: &[Estimate]) -> Vec<f64> {
 /// Two distinct non-full candidates drawn with probability proportional to weight, using the
 /// two random numbers given. `None` if no candidate is free; one candidate twice if only one is.
 pub fn draw_two(candidates: &[Candidate], random: (u64, u64)) -> Option<(usize, usize)> {
-    let free: Vec<usize> = (0..candidates.len()).filter(|&i| !candidates[i].full).collect();
-    let weight = |i: usize| u64::from(candidates[i].weight.max(1));
-    let first = weighted(&free, random.0, weight)?;
-    let rest: Vec<usize> = free.iter().copied().filter(|&i| i != first).collect();
-    let second = weighted(&rest, random.1, weight).unwrap_or(first);
+    let weight = |i: usize| if candidates[i].full { 0 } else { u64::from(candidates[i].weight.max(1)) };
+    let total: u64 = (0..candidates.len()).map(weight).sum();
+    let first = weighted(candidates.len(), total, random.0, weight)?;
+    let without_first = |i: usize| if i == first { 0 } else { weight(i) };
+    let second = weighted(candidates.len(), total - weight(first), random.1, without_first).unwrap_or(first);
     Some((first, second))
 }
 
-fn weighted(among: &[usize], random: u64, weight: impl Fn(usize) -> u64) -> Option<usize> {
-    let total: u64 = among.iter().map(|&i| weight(i)).sum();
+/// One of positions `0..count` drawn with probability `weight(i) / total` (`total` is the sum
+/// of the weights); `None` when every weight is 0.
+fn weighted(count: usize, total: u64, random: u64, weight: impl Fn(usize) -> u64) -> Option<usize> {
     if total == 0 {
         return None;
     }
     let mut point = random % total;
-    for &i in among {
+    for i in 0..count {
         if point < weight(i) {
             return Some(i);
         }
         point -= weight(i);
     }
-    among.last().copied()
+    None
 }
 
 /// Picks between `a` and `b`: the lower cost wins, `a` on a tie.

@@ -88,9 +88,9 @@ pub enum Reason {
     Ticket { ticket: u64, step: usize, cycle: usize },
     /// `byinflight`: the chosen member's in-flight count and weight (its key is their ratio).
     LeastInflight { inflight: u64, weight: u32 },
-    /// `bylatency`: the costs of the two members drawn (the chosen one first), and the
-    /// chosen one's latency estimate in microseconds.
-    Latency { cost: f64, other_cost: f64, latency_us: f64 },
+    /// `bylatency`: the scores ([`bylatency::score`]) of the two members drawn, the chosen
+    /// one first, and the chosen one's latency estimate in microseconds.
+    Latency { score: f64, other_score: f64, latency_us: f64 },
     /// `byhash`: steps along the key's walk, and whether a loaded member was passed by.
     Hash { steps: usize, diverted: bool },
 }
@@ -104,9 +104,9 @@ impl fmt::Display for Reason {
             Reason::LeastInflight { inflight, weight } => {
                 write!(f, "least (inflight+1)/weight: ({inflight}+1)/{weight}")
             }
-            Reason::Latency { cost, other_cost, latency_us } => write!(
+            Reason::Latency { score, other_score, latency_us } => write!(
                 f,
-                "cost {cost:.1} beats {other_cost:.1} (latency {:.2} ms x (inflight+1) / weight)",
+                "score {score:.3} beats {other_score:.3} (latency {:.2} ms x (inflight+1) / loadfactor)",
                 latency_us / 1000.0
             ),
             Reason::Hash { steps: 0, .. } => write!(f, "the key's own member"),
@@ -147,7 +147,7 @@ impl LocalBalancer {
             Method::ByWeight => self.choose_byweight(shared, candidates),
             Method::ByInflight | Method::ByHash => {
                 let start = shared.rotation.fetch_add(1, Ordering::Relaxed) as usize;
-                let position = byinflight::choose(candidates, start % candidates.len().max(1))?;
+                let position = byinflight::choose(candidates, start)?;
                 let Candidate { inflight, weight, .. } = candidates[position];
                 Some(Choice { position, reason: Reason::LeastInflight { inflight, weight } })
             }
@@ -157,11 +157,11 @@ impl LocalBalancer {
                 let (a, b) = bylatency::draw_two(candidates, random)?;
                 let position = bylatency::better(candidates, latencies, a, b);
                 let other = if position == a { b } else { a };
-                let cost =
-                    |i: usize| bylatency::cost(latencies[i], candidates[i].inflight, candidates[i].weight);
+                let score =
+                    |i: usize| bylatency::score(latencies[i], candidates[i].inflight, candidates[i].weight);
                 let reason = Reason::Latency {
-                    cost: cost(position),
-                    other_cost: cost(other),
+                    score: score(position),
+                    other_score: score(other),
                     latency_us: latencies[position],
                 };
                 Some(Choice { position, reason })
