@@ -8,6 +8,10 @@
 //! or comes back or a loadfactor changes. `byinflight/pick` is `LocalBalancer::choose` for
 //! `byinflight` on the same kind of slot (the scan's starting point is a shared atomic there),
 //! over candidates with varied in-flight counts and weights: one scan of every candidate.
+//! `bylatency/pick` is the same call for `bylatency`, with a latency per candidate: two
+//! weighted draws and one comparison. `byhash/place` hashes a key and places it with the cached
+//! table (every member admits it). `byhash/build` is `Table::build` alone: what a process pays
+//! once when the members or their loadfactors change.
 //!
 //! Run with `cargo bench --bench selection`; docs/benchmark.md explains the output.
 
@@ -27,6 +31,7 @@ mod methods;
 mod shm;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use methods::byhash::{self, Admission, Table};
 use methods::byweight::Schedule;
 use methods::{Candidate, LocalBalancer, Method};
 use shm::{Capacity, Segment};
@@ -113,5 +118,76 @@ fn rebuild(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, rebuild, pick_byinflight);
+fn pick_bylatency(c: &mut Criterion) {
+    let mut group = c.benchmark_group("bylatency/pick");
+    group.throughput(Throughput::Elements(1));
+    for members in SIZES {
+        let capacity = Capacity { balancers: 1, members: members as u32, processes: 1 };
+        let segment = Segment::create(capacity).expect("map a shared segment");
+        let slot = segment
+            .claim_balancer(shm::name_key(b"balancer://bench"), members as u32)
+            .expect("a free balancer slot");
+        let shared = segment.balancer(slot).expect("the slot just claimed");
+        let candidates = busy_candidates(members);
+        // Latencies from 2 to 40 ms, in microseconds, spread over the members.
+        let latencies: Vec<f64> = (0..members).map(|i| 2_000.0 + (i * 5 % 39) as f64 * 1_000.0).collect();
+        let local = LocalBalancer::default();
+        group.bench_with_input(BenchmarkId::from_parameter(members), &candidates, |b, candidates| {
+            b.iter(|| local.choose(Method::ByLatency, shared, black_box(candidates), black_box(&latencies)))
+        });
+        // SAFETY: nothing of this segment is used after this point.
+        unsafe { segment.unmap() };
+    }
+    group.finish();
+}
+
+/// (name key, weight) of each member, as the finder passes them to `hash_table`.
+fn hash_members(members: usize) -> Vec<(u64, u32)> {
+    candidates(members)
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (shm::name_key(format!("http://10.0.{}.{}:8080", i / 256, i % 256).as_bytes()), c.weight)
+        })
+        .collect()
+}
+
+fn place_byhash(c: &mut Criterion) {
+    let mut group = c.benchmark_group("byhash/place");
+    group.throughput(Throughput::Elements(1));
+    for members in SIZES {
+        let local = LocalBalancer::default();
+        let members = hash_members(members);
+        local.hash_table(&members);
+        let mut user = 0u64;
+        group.bench_with_input(BenchmarkId::from_parameter(members.len()), &members, |b, members| {
+            b.iter(|| {
+                user += 1;
+                let key = format!("user-{user}");
+                let table = local.hash_table(black_box(members));
+                byhash::place(
+                    &table,
+                    byhash::key_hash(key.as_bytes()),
+                    |_| Admission::UpTo(u64::MAX),
+                    |_, _| true,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn build_byhash(c: &mut Criterion) {
+    let mut group = c.benchmark_group("byhash/build");
+    group.sample_size(10);
+    for members in SIZES {
+        let members = hash_members(members);
+        group.bench_with_input(BenchmarkId::from_parameter(members.len()), &members, |b, members| {
+            b.iter(|| Table::build(black_box(members)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, rebuild, pick_byinflight, pick_bylatency, place_byhash, build_byhash);
 criterion_main!(benches);

@@ -1,14 +1,17 @@
 //! Test and benchmark harness for mod_lbmethod_rs: the real Debian `apache2` with the real
-//! module, real HTTP backends on loopback, and a bounded load generator. Every server started
-//! here is stopped by its guard's `Drop`, also when a test fails.
+//! module, real HTTP backends on loopback, a bounded load generator, and HAProxy and nginx to
+//! compare with when they are installed. Every server started here is stopped by its guard's
+//! `Drop`, also when a test fails.
 
 pub mod apache;
 pub mod backend;
 pub mod client;
+pub mod peers;
 
 pub use apache::{Apache, ApacheConfig, LoadOrder, Mpm, balancer_manager_set, config_test};
 pub use backend::{Backend, BackendSpec, BackendStats};
 pub use client::{Load, LoadReport, Response};
+pub use peers::{HaproxyConfig, NginxConfig, PeerProxy};
 
 use std::time::{Duration, Instant};
 
