@@ -24,16 +24,25 @@ pub unsafe fn check_settings(main: *const ffi::server_rec) -> Vec<String> {
         // SAFETY: walking the live server list; balancers are mod_proxy's for that server.
         unsafe {
             let conf = proxy.server_conf(s);
-            let known: Vec<String> = if conf.is_null() {
+            let balancers = if conf.is_null() {
                 Vec::new()
             } else {
                 proxy::elements::<ffi::proxy_balancer>((*conf).balancers)
-                    .into_iter()
-                    .map(|b| proxy::balancer_name(b))
-                    .collect()
             };
-            if let Some(settings) = server_settings(s) {
+            let known: Vec<String> = balancers.iter().map(|&b| proxy::balancer_name(b)).collect();
+            let settings = server_settings(s);
+            if let Some(settings) = settings {
                 errors.extend((*settings).check(&known));
+            }
+            // byhash without a key would silently be byinflight: say so now, not at run time.
+            for (&balancer, name) in balancers.iter().zip(&known) {
+                let has_key = settings.is_some_and(|settings| (*settings).balancer(name).hash_key.is_some());
+                if proxy::balancer_method(balancer) == "byhash" && !has_key {
+                    errors.push(format!(
+                        "ProxySet lbmethod=byhash in <Proxy \"{name}\">: LBHashKey is missing; \
+                         add the expression to hash, e.g. LBHashKey \"%{{REMOTE_ADDR}}\""
+                    ));
+                }
             }
             s = (*s).next;
         }

@@ -55,6 +55,11 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
         ("    LBHashKey \"%{tolower:}\"", "", &["LBHashKey", "\"%{tolower:}\""]),
         ("    LBHashKey \"\"", "", &["LBHashKey", "usage"]),
         ("    LBHashKey a b", "", &["LBHashKey", "usage"]),
+        (
+            "    ProxySet lbmethod=byhash",
+            "",
+            &["lbmethod=byhash", "\"balancer://app\"", "LBHashKey is missing"],
+        ),
         ("    LBHashBalanceFactor 0.5", "", &["LBHashBalanceFactor", "\"0.5\""]),
         ("    LBHashBalanceFactor many", "", &["LBHashBalanceFactor", "\"many\"", "off"]),
         ("    LBLatencyDecay 5ms", "", &["LBLatencyDecay", "\"5ms\"", "10ms"]),

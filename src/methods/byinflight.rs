@@ -21,15 +21,22 @@ use std::cmp::Ordering;
 /// candidates); `None` if all are full.
 pub fn choose(candidates: &[Candidate], start: usize) -> Option<usize> {
     let start = start % candidates.len().max(1);
-    let mut best: Option<usize> = None;
-    // From `start` to the end, then from the beginning: no division per candidate.
-    for position in (start..candidates.len()).chain(0..start) {
-        let candidate = &candidates[position];
-        if candidate.full {
-            continue;
-        }
-        if best.is_none_or(|b| compare(candidate, &candidates[b]) == Ordering::Less) {
-            best = Some(position);
+    let (before, after) = candidates.split_at(start);
+    // From `start` to the end, then from the beginning; ties keep the first seen.
+    let best = least(None, start, after);
+    least(best, 0, before).map(|(position, _)| position)
+}
+
+/// The least loaded of `best` and the non-full candidates of `part` (which starts at position
+/// `offset`), `best` on a tie.
+fn least<'a>(
+    mut best: Option<(usize, &'a Candidate)>,
+    offset: usize,
+    part: &'a [Candidate],
+) -> Option<(usize, &'a Candidate)> {
+    for (i, candidate) in part.iter().enumerate() {
+        if !candidate.full && best.is_none_or(|(_, b)| compare(candidate, b) == Ordering::Less) {
+            best = Some((offset + i, candidate));
         }
     }
     best
