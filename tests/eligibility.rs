@@ -1,6 +1,7 @@
 //! Every mod_proxy_balancer rule holds under `byweight`: lbset tiers, hot standbys (+H), hot
 //! spares (+R), drain (+N), disabled (+D), members in error and their retry timer, health-check
-//! failures, sticky sessions, maxattempts failover, and 503 when no member is usable.
+//! failures, sticky sessions, maxattempts failover, 503 when no member is usable, and members
+//! added at run time in balancer-manager (`growth=`).
 //! Real apache2, real backends.
 
 use lbrs_harness::{
@@ -187,4 +188,24 @@ fn failover_hides_a_member_that_is_down_from_the_start() {
     assert_eq!(report.count_backend("c"), 0);
     let c = apache.member_status("balancer://app", &b[2].url()).unwrap();
     assert!(c["failed"].as_u64().unwrap_or(0) >= 1, "the failed attempt is counted: {c}");
+}
+
+#[test]
+fn a_member_added_in_balancer_manager_is_balanced_and_counted() {
+    let b = backends(&["a", "b", "new"]);
+    let body = balancer_block("app", "/", &[(&b[0], ""), (&b[1], "")], "lbmethod=byweight growth=2");
+    let apache = Apache::start(ApacheConfig::new(&body).processes(2)).unwrap();
+    sequential(&apache, 20);
+    // balancer-manager adds members disabled; enable it next, as an admin would.
+    balancer_manager_set(&apache, "app", "", &[("b_wyes", "1"), ("b_nwrkr", &b[2].url())]).unwrap();
+    balancer_manager_set(&apache, "app", &b[2].url(), &[("w_status_D", "0")]).unwrap();
+    // Every child syncs the new member before its next pick.
+    let report = Load::new("/", 4, 600).run(apache.addr());
+    assert_eq!(report.count_status(200), 600, "{:?}", report.per_status());
+    assert_eq!(report.count_backend("new"), 200, "exactly a third: {:?}", report.per_backend());
+    let member = apache.member_status("balancer://app", &b[2].url()).unwrap();
+    assert_eq!(member["selected"], 200, "{member}");
+    assert!(wait_for(Duration::from_secs(5), || {
+        apache.member_status("balancer://app", &b[2].url()).unwrap()["inflight"] == 0
+    }));
 }
