@@ -1,5 +1,5 @@
-//! What one `byweight` pick costs, and what rebuilding its schedule costs, and what one
-//! `byinflight` pick costs, for 2 to 1024 members.
+//! What one pick of each method costs, and what the per-process rebuilds cost (`byweight`'s
+//! schedule, `byhash`'s table), for 2 to 1024 members.
 //!
 //! `byweight/pick` runs the per-request path the finder runs: `LocalBalancer::choose` against a
 //! balancer slot in a real shared segment (the ticket is an atomic in an `mmap`ed page, as in
@@ -53,8 +53,15 @@ fn candidates(members: usize) -> Vec<Candidate> {
         .collect()
 }
 
-fn pick(c: &mut Criterion) {
-    let mut group = c.benchmark_group("byweight/pick");
+/// One pick of `method` per iteration over `candidates(members)`, with `latencies(members)`,
+/// against a balancer slot in a real shared segment.
+fn bench_pick(
+    c: &mut Criterion,
+    method: Method,
+    candidates: fn(usize) -> Vec<Candidate>,
+    latencies: fn(usize) -> Vec<f64>,
+) {
+    let mut group = c.benchmark_group(format!("{}/pick", method.name()));
     group.throughput(Throughput::Elements(1));
     for members in SIZES {
         let capacity = Capacity { balancers: 1, members: members as u32, processes: 1 };
@@ -64,11 +71,13 @@ fn pick(c: &mut Criterion) {
             .expect("a free balancer slot");
         let shared = segment.balancer(slot).expect("the slot just claimed");
         let candidates = candidates(members);
+        let latencies = latencies(members);
         let local = LocalBalancer::default();
-        // The first pick builds the schedule; every measured pick finds it cached.
-        local.choose(Method::ByWeight, shared, &candidates, &[]).expect("a choice");
+        // The first pick builds what the method caches (byweight's schedule); every measured
+        // pick finds it built.
+        local.choose(method, shared, &candidates, &latencies).expect("a choice");
         group.bench_with_input(BenchmarkId::from_parameter(members), &candidates, |b, candidates| {
-            b.iter(|| local.choose(Method::ByWeight, shared, black_box(candidates), &[]))
+            b.iter(|| local.choose(method, shared, black_box(candidates), black_box(&latencies)))
         });
         // SAFETY: nothing of this segment is used after this point.
         unsafe { segment.unmap() };
@@ -86,25 +95,20 @@ fn busy_candidates(members: usize) -> Vec<Candidate> {
         .collect()
 }
 
-fn pick_byinflight(c: &mut Criterion) {
-    let mut group = c.benchmark_group("byinflight/pick");
-    group.throughput(Throughput::Elements(1));
-    for members in SIZES {
-        let capacity = Capacity { balancers: 1, members: members as u32, processes: 1 };
-        let segment = Segment::create(capacity).expect("map a shared segment");
-        let slot = segment
-            .claim_balancer(shm::name_key(b"balancer://bench"), members as u32)
-            .expect("a free balancer slot");
-        let shared = segment.balancer(slot).expect("the slot just claimed");
-        let candidates = busy_candidates(members);
-        let local = LocalBalancer::default();
-        group.bench_with_input(BenchmarkId::from_parameter(members), &candidates, |b, candidates| {
-            b.iter(|| local.choose(Method::ByInflight, shared, black_box(candidates), &[]))
-        });
-        // SAFETY: nothing of this segment is used after this point.
-        unsafe { segment.unmap() };
-    }
-    group.finish();
+/// No latencies: the methods other than bylatency read none.
+fn no_latencies(_members: usize) -> Vec<f64> {
+    Vec::new()
+}
+
+/// Latencies from 2 to 40 ms, in microseconds, spread over the members.
+fn spread_latencies(members: usize) -> Vec<f64> {
+    (0..members).map(|i| 2_000.0 + (i * 5 % 39) as f64 * 1_000.0).collect()
+}
+
+fn pick(c: &mut Criterion) {
+    bench_pick(c, Method::ByWeight, candidates, no_latencies);
+    bench_pick(c, Method::ByInflight, busy_candidates, no_latencies);
+    bench_pick(c, Method::ByLatency, busy_candidates, spread_latencies);
 }
 
 fn rebuild(c: &mut Criterion) {
@@ -114,29 +118,6 @@ fn rebuild(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(members), &weights, |b, weights| {
             b.iter(|| Schedule::build(black_box(weights)))
         });
-    }
-    group.finish();
-}
-
-fn pick_bylatency(c: &mut Criterion) {
-    let mut group = c.benchmark_group("bylatency/pick");
-    group.throughput(Throughput::Elements(1));
-    for members in SIZES {
-        let capacity = Capacity { balancers: 1, members: members as u32, processes: 1 };
-        let segment = Segment::create(capacity).expect("map a shared segment");
-        let slot = segment
-            .claim_balancer(shm::name_key(b"balancer://bench"), members as u32)
-            .expect("a free balancer slot");
-        let shared = segment.balancer(slot).expect("the slot just claimed");
-        let candidates = busy_candidates(members);
-        // Latencies from 2 to 40 ms, in microseconds, spread over the members.
-        let latencies: Vec<f64> = (0..members).map(|i| 2_000.0 + (i * 5 % 39) as f64 * 1_000.0).collect();
-        let local = LocalBalancer::default();
-        group.bench_with_input(BenchmarkId::from_parameter(members), &candidates, |b, candidates| {
-            b.iter(|| local.choose(Method::ByLatency, shared, black_box(candidates), black_box(&latencies)))
-        });
-        // SAFETY: nothing of this segment is used after this point.
-        unsafe { segment.unmap() };
     }
     group.finish();
 }
@@ -189,5 +170,5 @@ fn build_byhash(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, rebuild, pick_byinflight, pick_bylatency, place_byhash, build_byhash);
+criterion_group!(benches, pick, rebuild, place_byhash, build_byhash);
 criterion_main!(benches);

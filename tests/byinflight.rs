@@ -2,27 +2,15 @@
 //! capacity-limited backends (worker slots and a service time, like real app servers).
 
 use lbrs_harness::{
-    Apache, ApacheConfig, Backend, BackendSpec, Load, LoadReport, Mpm, balancer_block, wait_for,
+    Apache, ApacheConfig, Backend, BackendSpec, Load, LoadReport, Mpm, app_server, balancer_block, ms,
+    one_slow_of_four, wait_for,
 };
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn app_server(name: &str, slots: usize, millis: u64) -> Backend {
-    Backend::start(BackendSpec::new(name).slots(slots).delay(Duration::from_millis(millis))).unwrap()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 #[test]
 fn a_ten_times_slower_member_gets_a_small_share_and_p99_stays_low() {
-    let b = [
-        app_server("fast1", 4, 4),
-        app_server("fast2", 4, 4),
-        app_server("fast3", 4, 4),
-        app_server("slow", 4, 40),
-    ];
+    let b = one_slow_of_four();
     let members: Vec<(&Backend, &str)> = b.iter().map(|b| (b, "")).collect();
     let mut body = balancer_block("rr", "/rr", &members, "lbmethod=byrequests");
     body.push_str(&balancer_block("lc", "/lc", &members, "lbmethod=byinflight"));

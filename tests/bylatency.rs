@@ -1,16 +1,10 @@
 //! `bylatency` through real apache2 and capacity-limited backends.
 
-use lbrs_harness::{Apache, ApacheConfig, Backend, BackendSpec, Load, LoadReport, balancer_block};
+use lbrs_harness::{
+    Apache, ApacheConfig, Backend, Load, LoadReport, app_server, balancer_block, ms, one_slow_of_four,
+};
 use std::thread;
 use std::time::Duration;
-
-fn app_server(name: &str, slots: usize, millis: u64) -> Backend {
-    Backend::start(BackendSpec::new(name).slots(slots).delay(Duration::from_millis(millis))).unwrap()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// Answers from `name` in each window of `window` over the load.
 fn per_window(report: &LoadReport, name: &str, window: Duration) -> Vec<(u64, u64)> {
@@ -30,12 +24,7 @@ fn per_window(report: &LoadReport, name: &str, window: Duration) -> Vec<(u64, u6
 
 #[test]
 fn a_ten_times_slower_member_is_avoided_but_still_probed() {
-    let b = [
-        app_server("fast1", 4, 4),
-        app_server("fast2", 4, 4),
-        app_server("fast3", 4, 4),
-        app_server("slow", 4, 40),
-    ];
+    let b = one_slow_of_four();
     let members: Vec<(&Backend, &str)> = b.iter().map(|b| (b, "")).collect();
     let mut body = balancer_block("rr", "/rr", &members, "lbmethod=byrequests");
     body.push_str(&balancer_block("lc", "/lc", &members, "lbmethod=byinflight"));

@@ -402,30 +402,11 @@ impl Apache {
         children
     }
 
-    /// Stops apache2 (SIGTERM, then SIGKILL to the whole group after 10 s) and reaps it.
+    /// Stops apache2 and every child it forked, and reaps it.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = child.id() as i32;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    // SAFETY: the group is the one apache2 was started in (process_group(0)).
-                    unsafe { libc::killpg(pid, libc::SIGKILL) };
-                    let _ = child.wait();
-                    break;
-                }
-            }
+        if let Some(child) = self.child.take() {
+            stop_group(child);
         }
-        // Children that outlived the parent would keep ports and shared memory.
-        // SAFETY: as above.
-        unsafe { libc::killpg(pid, libc::SIGKILL) };
     }
 }
 
@@ -508,7 +489,32 @@ fn url_encode(text: &str) -> String {
 
 /// A fresh directory under the system temp dir, world-readable so apache2's children can
 /// reach it after dropping root.
-fn scratch_dir() -> io::Result<PathBuf> {
+/// Stops a server started as the leader of its own process group (`process_group(0)`):
+/// SIGTERM (the graceful-enough stop of apache2, haproxy and nginx), SIGKILL to the whole group
+/// after 10 s, and reaps it. Children that outlived their parent are killed with the group: they
+/// would keep ports and shared memory.
+pub(crate) fn stop_group(mut child: Child) {
+    let pid = child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                // SAFETY: the group is the one the child leads.
+                unsafe { libc::killpg(pid, libc::SIGKILL) };
+                let _ = child.wait();
+                break;
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::killpg(pid, libc::SIGKILL) };
+}
+
+pub(crate) fn scratch_dir() -> io::Result<PathBuf> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "lbrs-{}-{}",

@@ -29,6 +29,29 @@ pub fn wait_for(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Starts an application-server-like backend: `slots` requests served at once (0: no limit),
+/// each taking `millis`; more wait in its queue.
+pub fn app_server(name: &str, slots: usize, millis: u64) -> Backend {
+    Backend::start(BackendSpec::new(name).slots(slots).delay(Duration::from_millis(millis)))
+        .expect("start backend")
+}
+
+/// The slow-member pool of the method comparisons: `fast1` to `fast3` serve a request in 4 ms,
+/// `slow` in 40 ms, each 4 at a time.
+pub fn one_slow_of_four() -> [Backend; 4] {
+    [
+        app_server("fast1", 4, 4),
+        app_server("fast2", 4, 4),
+        app_server("fast3", 4, 4),
+        app_server("slow", 4, 40),
+    ]
+}
+
+/// A duration in milliseconds, for reports.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// Starts one backend per name (no slot limit, no delay).
 pub fn backends(names: &[&str]) -> Vec<Backend> {
     names.iter().map(|name| Backend::start(BackendSpec::new(name)).expect("start backend")).collect()

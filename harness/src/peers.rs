@@ -4,14 +4,12 @@
 //! every worker it forked) and reaps it. Neither is required: [`haproxy_binary`] and
 //! [`nginx_binary`] say whether one is installed, so callers can skip it.
 
-use crate::apache::free_port;
+use crate::apache::{free_port, scratch_dir, stop_group};
 use std::fs;
-use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -260,30 +258,11 @@ impl PeerProxy {
         }
     }
 
-    /// Stops it (SIGTERM, the fast shutdown of both; SIGKILL to the whole group after 10 s)
-    /// and reaps it; workers still alive after their parent are killed with the group.
+    /// Stops it and every worker it forked, and reaps it.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = child.id() as i32;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    // SAFETY: the group is the one the proxy was started in (process_group(0)).
-                    unsafe { libc::killpg(pid, libc::SIGKILL) };
-                    let _ = child.wait();
-                    break;
-                }
-            }
+        if let Some(child) = self.child.take() {
+            stop_group(child);
         }
-        // SAFETY: as above.
-        unsafe { libc::killpg(pid, libc::SIGKILL) };
     }
 }
 
@@ -301,18 +280,7 @@ impl Drop for PeerProxy {
 
 /// A fresh directory (world-readable, for nginx's unprivileged workers) and a free port.
 fn prepare() -> Result<(PathBuf, u16), String> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "lbrs-peer-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let made = (|| -> io::Result<()> {
-        fs::create_dir_all(&dir)?;
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
-    })();
-    made.map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let dir = scratch_dir().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
     let port = free_port().map_err(|e| format!("no free port: {e}"))?;
     Ok((dir, port))
 }

@@ -34,7 +34,7 @@ use lbrs_harness::client::{self, percentile};
 use lbrs_harness::peers::{haproxy_binary, nginx_binary, version_line};
 use lbrs_harness::{
     Apache, ApacheConfig, Backend, BackendSpec, HaproxyConfig, Load, LoadReport, Mpm, NginxConfig, PeerProxy,
-    balancer_block, wait_for,
+    balancer_block, ms, wait_for,
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -236,10 +236,6 @@ fn run_load(load: &Load, addr: SocketAddr, pid: Option<u32>) -> Result<LoadRepor
     RUNNING_SERVER.store(0, Ordering::SeqCst);
     check_interrupted()?;
     Ok(report)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 // ---------------------------------------------------------------------------------------------
