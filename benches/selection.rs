@@ -1,26 +1,28 @@
 //! What one pick of each method costs, and what the per-process rebuilds cost (`byweight`'s
-//! schedule, `byhash`'s table), for 2 to 1024 members.
+//! cycle, `byhash`'s table), for 2 to 1024 members.
 //!
-//! `byweight/pick` runs the per-request path the finder runs: `LocalBalancer::choose` against a
-//! balancer slot in a real shared segment (the ticket is an atomic in an `mmap`ed page, as in
-//! httpd), with the schedule already built, so each iteration is one steady-state pick.
-//! `byweight/rebuild` is `Schedule::build` alone: what a process pays once when a member leaves
-//! or comes back or a loadfactor changes. `byinflight/pick` is `LocalBalancer::choose` for
-//! `byinflight` on the same kind of slot (the scan's starting point is a shared atomic there),
-//! over candidates with varied in-flight counts and weights: one scan of every candidate.
-//! `bylatency/pick` is the same call for `bylatency`, with a latency per candidate: two
-//! weighted draws and one comparison. `byhash/place` hashes a key and places it with the cached
-//! table (every member admits it). `byhash/build` is `Table::build` alone: what a process pays
-//! once when the members or their loadfactors change.
+//! `<method>/pick` runs [`Method::choose`] as the finder does, against a balancer slot in a
+//! real shared segment (the ticket and the rotation are atomics in an `mmap`ed page, as in
+//! httpd), with the per-process tables already built, over candidates with varied loadfactors
+//! (and, for `byinflight` and `bylatency`, in-flight counts and latency estimates): one
+//! steady-state pick. The reservation always succeeds and counts nothing, so the figure is the
+//! method's own cost. `byhash/pick` hashes a fresh key each time. `byweight/pick-most-down`
+//! offers only 2 of the members (the others down), so most tickets land on members that cannot
+//! take the request: the pick's worst case. `byweight/rebuild` and `byhash/build` are the
+//! table builds alone: what a process pays once when a loadfactor changes or a member is added.
 //!
 //! Run with `cargo bench --bench selection`; docs/benchmark.md explains the output.
 
 // The crate is a cdylib whose httpd glue needs httpd's symbols, so a bench binary cannot link
 // it. The plain-Rust modules are compiled into this bench instead; they refer to each other as
-// `crate::methods` and `crate::shm`, which these two declarations at the crate root provide.
-// Much of what they offer (status counters, carry-over, names) is unused here. And
-// `cargo clippy --all-targets` checks benches with `--cfg test` but without libtest, so their
-// unit-test modules compile with the `#[test]` functions stripped, leaving imports unused.
+// `crate::methods`, `crate::shm` and `crate::config`, which these declarations at the crate
+// root provide. Much of what they offer is unused here. And `cargo clippy --all-targets`
+// checks benches with `--cfg test` but without libtest, so their unit-test modules compile
+// with the `#[test]` functions stripped, leaving imports unused.
+#[allow(dead_code)]
+#[cfg_attr(test, allow(unused_imports))]
+#[path = "../src/config/mod.rs"]
+mod config;
 #[allow(dead_code)]
 #[cfg_attr(test, allow(unused_imports))]
 #[path = "../src/methods/mod.rs"]
@@ -30,54 +32,102 @@ mod methods;
 #[path = "../src/shm/mod.rs"]
 mod shm;
 
+use config::BalancerSettings;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use methods::byhash::{self, Admission, Table};
+use methods::byhash::Table;
 use methods::byweight::Schedule;
-use methods::{Candidate, LocalBalancer, Method};
+use methods::{Candidate, LocalState, METHODS, Member, Pick, Registered, Reserve, bylatency};
 use shm::{Capacity, Segment};
 use std::hint::black_box;
 
-const SIZES: [usize; 4] = [2, 16, 256, 1024];
+const SIZES: [usize; 5] = [2, 16, 256, 1000, 1024];
 
 /// Loadfactors 1, 2, 3, 5 and 10 (lbfactor 100..=1000) repeating: a few distinct weights, as a
-/// real pool of mixed machine sizes has.
-fn candidates(members: usize) -> Vec<Candidate> {
+/// real pool of mixed machine sizes has. `distinct` gives every member its own loadfactor
+/// instead (the worst case for `byweight`'s cycle).
+fn candidates(members: usize, distinct: bool, segment: &Segment, slot: usize) -> Vec<Candidate> {
     const LBFACTORS: [u32; 5] = [100, 200, 300, 500, 1000];
+    let shared = segment.balancer(slot).expect("the slot just claimed");
     (0..members)
-        .map(|i| Candidate {
-            worker_index: i as u32,
-            weight: LBFACTORS[i % LBFACTORS.len()],
-            inflight: 0,
-            full: false,
+        .map(|i| {
+            let lbfactor = if distinct { 100 + i as u32 * 9 } else { LBFACTORS[i % LBFACTORS.len()] };
+            Candidate {
+                worker_index: i as u32,
+                member: segment.member_index(shared, i).map(|m| m as u32),
+                lbfactor,
+                weight: lbfactor,
+                inflight: (i as u32 * 7) % 13,
+                limit: methods::NO_LIMIT,
+                full: false,
+            }
         })
         .collect()
 }
 
-/// One pick of `method` per iteration over `candidates(members)`, with `latencies(members)`,
-/// against a balancer slot in a real shared segment.
-fn bench_pick(
+/// A reservation that always succeeds and counts nothing: the methods' own cost alone.
+struct Free;
+
+impl Reserve for Free {
+    fn reserve(&mut self, _: &Candidate, _: u64) -> bool {
+        true
+    }
+}
+
+/// A segment with one balancer of `members` member slots, latency estimates from 2 to 40 ms
+/// and in-flight counts from 0 to 12 spread over them.
+fn segment(members: usize) -> (Segment, usize) {
+    let capacity = Capacity { balancers: 1, members: members as u32, processes: 1 };
+    let segment = Segment::create(capacity).expect("map a shared segment");
+    let slot =
+        segment.claim_balancer(shm::name_key(b"balancer://bench"), members as u32).expect("a free slot");
+    for i in 0..members {
+        let member = segment.member(i).expect("in range");
+        bylatency::record(member, 2_000.0 + (i * 5 % 39) as f64 * 1_000.0, false, 1, 10_000_000);
+        for _ in 0..(i as u64 * 7) % 13 {
+            member.begin_attempt(None);
+        }
+    }
+    (segment, slot)
+}
+
+fn members_of(candidates: &[Candidate]) -> impl Iterator<Item = Member> + '_ {
+    candidates.iter().map(|c| Member {
+        worker_index: c.worker_index,
+        key: shm::name_key(
+            format!("http://10.0.{}.{}:8080", c.worker_index / 256, c.worker_index % 256).as_bytes(),
+        ),
+        lbfactor: c.lbfactor,
+    })
+}
+
+/// One pick of `registered` per iteration, `offered` of the members offered.
+fn bench_method(
     c: &mut Criterion,
-    method: Method,
-    candidates: fn(usize) -> Vec<Candidate>,
-    latencies: fn(usize) -> Vec<f64>,
+    group: &str,
+    registered: &Registered,
+    offered: fn(&[Candidate]) -> Vec<Candidate>,
 ) {
-    let mut group = c.benchmark_group(format!("{}/pick", method.name()));
+    let mut group = c.benchmark_group(group);
     group.throughput(Throughput::Elements(1));
+    let settings = BalancerSettings::default();
     for members in SIZES {
-        let capacity = Capacity { balancers: 1, members: members as u32, processes: 1 };
-        let segment = Segment::create(capacity).expect("map a shared segment");
-        let slot = segment
-            .claim_balancer(shm::name_key(b"balancer://bench"), members as u32)
-            .expect("a free balancer slot");
+        let (segment, slot) = segment(members);
         let shared = segment.balancer(slot).expect("the slot just claimed");
-        let candidates = candidates(members);
-        let latencies = latencies(members);
-        let local = LocalBalancer::default();
-        // The first pick builds what the method caches (byweight's schedule); every measured
-        // pick finds it built.
-        local.choose(method, shared, &candidates, &latencies).expect("a choice");
-        group.bench_with_input(BenchmarkId::from_parameter(members), &candidates, |b, candidates| {
-            b.iter(|| local.choose(method, shared, black_box(candidates), black_box(&latencies)))
+        let all = candidates(members, members == 1000, &segment, slot);
+        let mut local = LocalState::default();
+        local.sync_members(all.len(), |list| list.extend(members_of(&all)));
+        local.candidates_mut().extend_from_slice(&offered(&all));
+        let mut user = 0u64;
+        let mut key = [0u8; 16];
+        group.bench_function(BenchmarkId::from_parameter(members), |b| {
+            b.iter(|| {
+                user += 1;
+                key[..8].copy_from_slice(&user.to_le_bytes());
+                let mut free = Free;
+                let mut pick =
+                    Pick::new(shared, &settings, &segment, 1_000_000, Some(&key), &mut local, &mut free);
+                black_box(registered.method.choose(&mut pick))
+            })
         });
         // SAFETY: nothing of this segment is used after this point.
         unsafe { segment.unmap() };
@@ -85,75 +135,83 @@ fn bench_pick(
     group.finish();
 }
 
-/// The same loadfactors as [`candidates`], with in-flight counts from 0 to 12 spread over the
-/// members, as the finder reads them from the shared counters under load; no member is full.
-fn busy_candidates(members: usize) -> Vec<Candidate> {
-    candidates(members)
-        .into_iter()
-        .enumerate()
-        .map(|(i, candidate)| Candidate { inflight: (i as u64 * 7) % 13, ..candidate })
-        .collect()
-}
-
-/// No latencies: the methods other than bylatency read none.
-fn no_latencies(_members: usize) -> Vec<f64> {
-    Vec::new()
-}
-
-/// Latencies from 2 to 40 ms, in microseconds, spread over the members.
-fn spread_latencies(members: usize) -> Vec<f64> {
-    (0..members).map(|i| 2_000.0 + (i * 5 % 39) as f64 * 1_000.0).collect()
+/// The finder's per-request work after httpd's eligibility walk, for every method.
+fn finder(c: &mut Criterion) {
+    let settings = BalancerSettings::default();
+    for registered in &METHODS {
+        let mut group = c.benchmark_group(format!("{}/finder", registered.name()));
+        group.throughput(Throughput::Elements(1));
+        for members in SIZES {
+            let (segment, slot) = segment(members);
+            let shared = segment.balancer(slot).expect("the slot just claimed");
+            let all = candidates(members, members == 1000, &segment, slot);
+            let process = segment.claim_process(std::process::id());
+            let mut local = LocalState::default();
+            local.sync_members(all.len(), |list| list.extend(members_of(&all)));
+            let mut user = 0u64;
+            let mut key = [0u8; 16];
+            group.bench_function(BenchmarkId::from_parameter(members), |b| {
+                b.iter(|| {
+                    user += 1;
+                    key[..8].copy_from_slice(&user.to_le_bytes());
+                    local.sync_members(all.len(), |_| unreachable!("no member added"));
+                    let candidates = local.candidates_mut();
+                    for offered in &all {
+                        let member = offered.member.and_then(|m| segment.member(m as usize));
+                        let inflight = member.map_or(0, |m| m.inflight()) as u32;
+                        let weight = methods::slow_start::member_weight(
+                            offered.lbfactor,
+                            member,
+                            settings.slow_start,
+                            1,
+                        );
+                        candidates.push(Candidate { inflight, weight, ..*offered });
+                    }
+                    let mut counts = methods::SharedCounts { segment: &segment, process };
+                    let mut pick = Pick::new(
+                        shared,
+                        &settings,
+                        &segment,
+                        1_000_000,
+                        Some(&key),
+                        &mut local,
+                        &mut counts,
+                    );
+                    let choice = registered.method.choose(&mut pick);
+                    let picked = choice.map(|c| pick.candidates()[c.position]);
+                    if let Some((member, mine)) = picked.and_then(|c| counts.counters(&c)) {
+                        member.end_attempt(false, mine);
+                    }
+                    black_box(choice)
+                })
+            });
+            // SAFETY: nothing of this segment is used after this point.
+            unsafe { segment.unmap() };
+        }
+        group.finish();
+    }
 }
 
 fn pick(c: &mut Criterion) {
-    bench_pick(c, Method::ByWeight, candidates, no_latencies);
-    bench_pick(c, Method::ByInflight, busy_candidates, no_latencies);
-    bench_pick(c, Method::ByLatency, busy_candidates, spread_latencies);
+    for registered in &METHODS {
+        bench_method(c, &format!("{}/pick", registered.name()), registered, |all| all.to_vec());
+    }
+    let byweight = methods::by_name(b"byweight").expect("registered");
+    bench_method(c, "byweight/pick-most-down", byweight, |all| vec![all[0], all[all.len() - 1]]);
 }
 
 fn rebuild(c: &mut Criterion) {
     let mut group = c.benchmark_group("byweight/rebuild");
+    group.sample_size(10);
     for members in SIZES {
-        let weights: Vec<u32> = candidates(members).iter().map(|c| c.weight).collect();
+        let (segment, slot) = segment(members);
+        let weights: Vec<u32> =
+            candidates(members, members == 1000, &segment, slot).iter().map(|c| c.lbfactor).collect();
         group.bench_with_input(BenchmarkId::from_parameter(members), &weights, |b, weights| {
             b.iter(|| Schedule::build(black_box(weights)))
         });
-    }
-    group.finish();
-}
-
-/// (name key, weight) of each member, as the finder passes them to `hash_table`.
-fn hash_members(members: usize) -> Vec<(u64, u32)> {
-    candidates(members)
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            (shm::name_key(format!("http://10.0.{}.{}:8080", i / 256, i % 256).as_bytes()), c.weight)
-        })
-        .collect()
-}
-
-fn place_byhash(c: &mut Criterion) {
-    let mut group = c.benchmark_group("byhash/place");
-    group.throughput(Throughput::Elements(1));
-    for members in SIZES {
-        let local = LocalBalancer::default();
-        let members = hash_members(members);
-        local.hash_table(&members);
-        let mut user = 0u64;
-        group.bench_with_input(BenchmarkId::from_parameter(members.len()), &members, |b, members| {
-            b.iter(|| {
-                user += 1;
-                let key = format!("user-{user}");
-                let table = local.hash_table(black_box(members));
-                byhash::place(
-                    &table,
-                    byhash::key_hash(key.as_bytes()),
-                    |_| Admission::UpTo(u64::MAX),
-                    |_, _| true,
-                )
-            })
-        });
+        // SAFETY: nothing of this segment is used after this point.
+        unsafe { segment.unmap() };
     }
     group.finish();
 }
@@ -162,13 +220,18 @@ fn build_byhash(c: &mut Criterion) {
     let mut group = c.benchmark_group("byhash/build");
     group.sample_size(10);
     for members in SIZES {
-        let members = hash_members(members);
-        group.bench_with_input(BenchmarkId::from_parameter(members.len()), &members, |b, members| {
-            b.iter(|| Table::build(black_box(members)))
+        let (segment, slot) = segment(members);
+        let weighted: Vec<(u64, u32)> = members_of(&candidates(members, members == 1000, &segment, slot))
+            .map(|m| (m.key, m.lbfactor))
+            .collect();
+        group.bench_with_input(BenchmarkId::from_parameter(members), &weighted, |b, weighted| {
+            b.iter(|| Table::build(black_box(weighted)))
         });
+        // SAFETY: nothing of this segment is used after this point.
+        unsafe { segment.unmap() };
     }
     group.finish();
 }
 
-criterion_group!(benches, pick, rebuild, place_byhash, build_byhash);
+criterion_group!(benches, pick, finder, rebuild, build_byhash);
 criterion_main!(benches);

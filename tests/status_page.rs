@@ -1,7 +1,8 @@
 //! The status page (`SetHandler lbmethod-rs-status`) through real apache2: HTML and JSON from
 //! the same counters, escaping, methods and formats.
 
-use lbrs_harness::{Apache, ApacheConfig, Load, backends, balancer_block, client};
+use lbrs_harness::{Apache, ApacheConfig, Load, backends, balancer_block, client, wait_for};
+use std::time::Duration;
 
 #[test]
 fn html_and_json_show_the_same_counters() {
@@ -15,6 +16,12 @@ fn html_and_json_show_the_same_counters() {
     body.push_str(&balancer_block("builtin", "/builtin", &[(&b[0], ""), (&b[1], "")], "lbmethod=byrequests"));
     let apache = Apache::start(ApacheConfig::new(&body)).unwrap();
     Load::new("/", 2, 10).run(apache.addr());
+    // An attempt is released when its request's pool goes, just after the client has the
+    // response: wait for the last one.
+    let settled = wait_for(Duration::from_secs(5), || {
+        apache.member_status("balancer://app", &b[0].url()).is_ok_and(|m| m["completed"] == 10)
+    });
+    assert!(settled, "{:?}", apache.member_status("balancer://app", &b[0].url()));
 
     let json = apache.status().unwrap();
     let app = json["balancers"].as_array().unwrap().iter().find(|b| b["name"] == "balancer://app").unwrap();

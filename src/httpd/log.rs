@@ -24,7 +24,7 @@ pub fn request_enabled(r: *const ffi::request_rec, level: Level) -> bool {
         return true;
     }
     // SAFETY: r is the live request httpd passed to the current callback.
-    let configured = unsafe { ffi::ap_get_request_module_loglevel(r, crate::module::index()) };
+    let configured = unsafe { ffi::ap_get_request_module_loglevel(r, super::module_index()) };
     configured >= level as c_int
 }
 
@@ -34,7 +34,7 @@ pub fn server_enabled(s: *const ffi::server_rec, level: Level) -> bool {
         return true;
     }
     // SAFETY: s is a live server_rec of the current generation.
-    let configured = unsafe { ffi::ap_get_server_module_loglevel(s, crate::module::index()) };
+    let configured = unsafe { ffi::ap_get_server_module_loglevel(s, super::module_index()) };
     configured >= level as c_int
 }
 
@@ -46,7 +46,7 @@ pub fn request(r: *const ffi::request_rec, level: Level, file: &str, line: u32, 
         ffi::ap_log_rerror_(
             file.as_ptr(),
             line as c_int,
-            crate::module::index(),
+            super::module_index(),
             level as c_int,
             0,
             r,
@@ -64,7 +64,7 @@ pub fn server(s: *const ffi::server_rec, level: Level, file: &str, line: u32, me
         ffi::ap_log_error_(
             file.as_ptr(),
             line as c_int,
-            crate::module::index(),
+            super::module_index(),
             level as c_int,
             0,
             s,

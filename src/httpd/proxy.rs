@@ -6,8 +6,9 @@
 //! every process with plain stores. They are read field by field through raw pointers at the
 //! point of use (never through a Rust reference) and the values are treated as hints.
 
+use super::c_str;
 use crate::ffi;
-use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 use std::ptr::{addr_of, read_volatile};
 
 /// `proxy_balancer_get_best_worker`: walks lbset tiers, hot spares, standbys, drain and
@@ -61,6 +62,21 @@ impl ProxyApi {
         }
     }
 
+    /// The balancers of server `s` alone (what `<Proxy balancer://...>` defined or inherited).
+    ///
+    /// # Safety
+    /// `s` must be a live server_rec of this generation.
+    pub unsafe fn server_balancers(
+        &self,
+        s: *const ffi::server_rec,
+    ) -> impl Iterator<Item = *mut ffi::proxy_balancer> {
+        // SAFETY: per this function's contract; the conf's balancers are proxy_balancer structs.
+        unsafe {
+            let conf = self.server_conf(s);
+            elements::<ffi::proxy_balancer>(if conf.is_null() { std::ptr::null() } else { (*conf).balancers })
+        }
+    }
+
     /// Every balancer of every server, with the server it belongs to. A balancer inherited by
     /// several virtual hosts is one balancer per virtual host (each has its own shared state).
     ///
@@ -72,38 +88,47 @@ impl ProxyApi {
     ) -> Vec<(*const ffi::server_rec, *mut ffi::proxy_balancer)> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let mut s = main;
-        while !s.is_null() {
-            // SAFETY: walking httpd's server list; each conf is mod_proxy's for that server.
-            unsafe {
-                let conf = self.server_conf(s);
-                if !conf.is_null() {
-                    for balancer in elements::<ffi::proxy_balancer>((*conf).balancers) {
-                        if seen.insert(balancer_id(balancer)) {
-                            out.push((s, balancer));
-                        }
-                    }
+        // SAFETY: walking httpd's live server list.
+        for s in unsafe { servers(main) } {
+            // SAFETY: as above.
+            for balancer in unsafe { self.server_balancers(s) } {
+                // SAFETY: a live balancer of this server.
+                if seen.insert(unsafe { balancer_id(balancer) }) {
+                    out.push((s, balancer));
                 }
-                s = (*s).next;
             }
         }
         out
     }
 }
 
+/// The main server and every virtual host, in configuration order.
+///
+/// # Safety
+/// `main` must be null or a live server_rec; the list must stay live while iterating.
+pub unsafe fn servers(main: *const ffi::server_rec) -> impl Iterator<Item = *const ffi::server_rec> {
+    // SAFETY: per the caller, each `next` is null or a live server_rec.
+    std::iter::successors((!main.is_null()).then_some(main), |&s| {
+        let next = unsafe { (*s).next } as *const ffi::server_rec;
+        (!next.is_null()).then_some(next)
+    })
+}
+
 /// Pointers to the elements of an APR array (no references: httpd may be using them).
 ///
 /// # Safety
-/// `a` must be null or a live array whose elements are `T`.
-pub unsafe fn elements<T>(a: *const ffi::apr_array_header_t) -> Vec<*mut T> {
+/// `a` must be null or a live array whose elements are `T`, unchanged while iterating.
+pub unsafe fn elements<T>(a: *const ffi::apr_array_header_t) -> impl Iterator<Item = *mut T> {
     // SAFETY: per the caller; nelts elements of T start at elts.
-    unsafe {
+    let (first, count) = unsafe {
         if a.is_null() || (*a).nelts <= 0 || (*a).elts.is_null() {
-            return Vec::new();
+            (std::ptr::null_mut(), 0)
+        } else {
+            ((*a).elts as *mut T, (*a).nelts as usize)
         }
-        let first = (*a).elts as *mut T;
-        (0..(*a).nelts as usize).map(|i| first.add(i)).collect()
-    }
+    };
+    // SAFETY: i < count, inside the array.
+    (0..count).map(move |i| unsafe { first.add(i) })
 }
 
 /// A balancer's identity within a generation: the address of its shared record, unique per
@@ -120,9 +145,9 @@ pub unsafe fn balancer_id(balancer: *const ffi::proxy_balancer) -> usize {
 ///
 /// # Safety
 /// `balancer` must be live.
-pub unsafe fn balancer_key_name(balancer: *const ffi::proxy_balancer) -> Vec<u8> {
+pub unsafe fn balancer_key_name(balancer: *const ffi::proxy_balancer) -> Name {
     // SAFETY: sname is a NUL-terminated array in the live shared record.
-    unsafe { fixed_bytes(addr_of!((*(*balancer).s).sname)) }
+    unsafe { Name::read(addr_of!((*(*balancer).s).sname)) }
 }
 
 /// `balancer://name`.
@@ -131,28 +156,41 @@ pub unsafe fn balancer_key_name(balancer: *const ffi::proxy_balancer) -> Vec<u8>
 /// `balancer` must be live.
 pub unsafe fn balancer_name(balancer: *const ffi::proxy_balancer) -> String {
     // SAFETY: as above, for name.
-    unsafe { fixed_string(addr_of!((*(*balancer).s).name)) }
+    unsafe { Name::read(addr_of!((*(*balancer).s).name)) }.to_string()
 }
 
 /// The balancer's current method name, as every process sees it (`lbpname`).
 ///
 /// # Safety
 /// `balancer` must be live.
-pub unsafe fn balancer_method(balancer: *const ffi::proxy_balancer) -> String {
+pub unsafe fn balancer_method(balancer: *const ffi::proxy_balancer) -> Name {
     // SAFETY: as above, for lbpname.
-    unsafe { fixed_string(addr_of!((*(*balancer).s).lbpname)) }
+    unsafe { Name::read(addr_of!((*(*balancer).s).lbpname)) }
 }
 
 /// The balancer's members (configured and added at run time), in configuration order.
 ///
 /// # Safety
 /// `balancer` must be live, and its thread lock held if other threads may add members.
-pub unsafe fn workers(balancer: *const ffi::proxy_balancer) -> Vec<*mut ffi::proxy_worker> {
+pub unsafe fn workers(balancer: *const ffi::proxy_balancer) -> impl Iterator<Item = *mut ffi::proxy_worker> {
     // SAFETY: balancer->workers is an array of proxy_worker pointers.
-    unsafe { elements::<*mut ffi::proxy_worker>((*balancer).workers).into_iter().map(|slot| *slot).collect() }
+    unsafe { elements::<*mut ffi::proxy_worker>((*balancer).workers) }.map(|slot| unsafe { *slot })
 }
 
-/// One read of the scheduling fields of a worker's shared record.
+/// How many members the balancer has in this process (grows when balancer-manager adds one).
+///
+/// # Safety
+/// `balancer` must be live.
+pub unsafe fn worker_count(balancer: *const ffi::proxy_balancer) -> usize {
+    // SAFETY: reading the array header of a live balancer.
+    unsafe {
+        let workers = (*balancer).workers;
+        if workers.is_null() { 0 } else { (*workers).nelts.max(0) as usize }
+    }
+}
+
+/// One read of the scheduling fields of a worker's shared record, and what its status bits
+/// (mod_proxy.h's `PROXY_WORKER_*`) mean.
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerState {
     /// Slot index, the same in every process.
@@ -163,6 +201,75 @@ pub struct WorkerState {
     pub lbset: i32,
     pub elected: u64,
     pub busy: u64,
+}
+
+const fn bit(flag: i32) -> u32 {
+    flag as u32
+}
+
+/// Each status bit with the word the status page and the metrics use for it.
+const FLAG_NAMES: [(u32, &str); 9] = [
+    (bit(ffi::PROXY_WORKER_IGNORE_ERRORS), "ignore-errors"),
+    (bit(ffi::PROXY_WORKER_DRAIN), "drain"),
+    (bit(ffi::PROXY_WORKER_IN_SHUTDOWN), "shutdown"),
+    (bit(ffi::PROXY_WORKER_DISABLED), "disabled"),
+    (bit(ffi::PROXY_WORKER_STOPPED), "stopped"),
+    (bit(ffi::PROXY_WORKER_IN_ERROR), "error"),
+    (bit(ffi::PROXY_WORKER_HOT_STANDBY), "hot-standby"),
+    (bit(ffi::PROXY_WORKER_HC_FAIL), "hcheck-failed"),
+    (bit(ffi::PROXY_WORKER_HOT_SPARE), "hot-spare"),
+];
+
+impl WorkerState {
+    fn has(&self, flag: i32) -> bool {
+        self.status & bit(flag) != 0
+    }
+
+    /// `PROXY_WORKER_IS_USABLE`: initialized, and not shut down, disabled, stopped, in error or
+    /// failing its health check.
+    pub fn usable(&self) -> bool {
+        self.has(ffi::PROXY_WORKER_INITIALIZED) && self.status & bit(ffi::PROXY_WORKER_NOT_USABLE_BITMAP) == 0
+    }
+
+    /// In error (a failed connection or `failonstatus`), until its `retry` time has passed.
+    pub fn in_error(&self) -> bool {
+        self.has(ffi::PROXY_WORKER_IN_ERROR)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.has(ffi::PROXY_WORKER_DRAIN)
+    }
+
+    /// httpd would offer the member for new requests: usable and not draining.
+    pub fn selectable(&self) -> bool {
+        self.usable() && !self.draining()
+    }
+
+    /// One word: `ok`, `draining`, or the most serious reason the member cannot take requests.
+    pub fn status_word(&self) -> &'static str {
+        if self.has(ffi::PROXY_WORKER_STOPPED) {
+            "stopped"
+        } else if self.has(ffi::PROXY_WORKER_DISABLED) {
+            "disabled"
+        } else if self.has(ffi::PROXY_WORKER_IN_SHUTDOWN) {
+            "shutdown"
+        } else if self.has(ffi::PROXY_WORKER_IN_ERROR) {
+            "error"
+        } else if self.has(ffi::PROXY_WORKER_HC_FAIL) {
+            "hcheck-failed"
+        } else if !self.has(ffi::PROXY_WORKER_INITIALIZED) {
+            "initializing"
+        } else if self.draining() {
+            "draining"
+        } else {
+            "ok"
+        }
+    }
+
+    /// Every status flag set, by name.
+    pub fn flag_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        FLAG_NAMES.iter().filter(|(flag, _)| self.status & flag != 0).map(|&(_, name)| name)
+    }
 }
 
 /// Reads `worker->s`'s scheduling fields.
@@ -185,13 +292,22 @@ pub unsafe fn worker_state(worker: *const ffi::proxy_worker) -> WorkerState {
     }
 }
 
+/// The worker's slot index alone (it never changes within a generation).
+///
+/// # Safety
+/// `worker` must be live.
+pub unsafe fn worker_index(worker: *const ffi::proxy_worker) -> u32 {
+    // SAFETY: a plain field of the live shared record.
+    unsafe { read_volatile(addr_of!((*(*worker).s).index)) }.max(0) as u32
+}
+
 /// The member URL (`name_ex`, the full name httpd 2.4.59+ keeps).
 ///
 /// # Safety
 /// `worker` must be live.
 pub unsafe fn worker_name(worker: *const ffi::proxy_worker) -> String {
-    // SAFETY: name_ex is a NUL-terminated array in the live shared record.
-    unsafe { fixed_string(addr_of!((*(*worker).s).name_ex)) }
+    // SAFETY: as for worker_key_name.
+    unsafe { worker_key_name(worker) }.to_string()
 }
 
 /// The member's route (`route=`).
@@ -199,59 +315,69 @@ pub unsafe fn worker_name(worker: *const ffi::proxy_worker) -> String {
 /// # Safety
 /// `worker` must be live.
 pub unsafe fn worker_route(worker: *const ffi::proxy_worker) -> String {
-    // SAFETY: as above, for route.
-    unsafe { fixed_string(addr_of!((*(*worker).s).route)) }
+    // SAFETY: route is a NUL-terminated array in the live shared record.
+    unsafe { Name::read(addr_of!((*(*worker).s).route)) }.to_string()
 }
 
 /// The member's name as bytes, the key of its slot.
 ///
 /// # Safety
 /// `worker` must be live.
-pub unsafe fn worker_key_name(worker: *const ffi::proxy_worker) -> Vec<u8> {
-    // SAFETY: as above.
-    unsafe { fixed_bytes(addr_of!((*(*worker).s).name_ex)) }
+pub unsafe fn worker_key_name(worker: *const ffi::proxy_worker) -> Name {
+    // SAFETY: name_ex is a NUL-terminated array in the live shared record.
+    unsafe { Name::read(addr_of!((*(*worker).s).name_ex)) }
 }
 
-/// Bytes of a fixed-size C char array up to its first NUL (or its end), read without forming a
-/// reference to memory other processes write.
-///
-/// # Safety
-/// `array` must point to a live array.
-unsafe fn fixed_bytes<const N: usize>(array: *const [c_char; N]) -> Vec<u8> {
-    let first = array.cast::<c_char>();
-    let mut out = Vec::with_capacity(32);
-    for i in 0..N {
-        // SAFETY: i < N, inside the live array.
-        let byte = unsafe { read_volatile(first.add(i)) } as u8;
-        if byte == 0 {
-            break;
+/// The longest name field read (`PROXY_WORKER_EXT_NAME_SIZE`).
+const NAME_CAPACITY: usize = 384;
+
+/// A copy, on the stack, of a fixed-size name field of a shared record: no heap allocation.
+#[derive(Clone, Copy)]
+pub struct Name {
+    bytes: [u8; NAME_CAPACITY],
+    len: usize,
+}
+
+impl Name {
+    /// Bytes of a fixed-size C char array up to its first NUL (or its end), read without forming
+    /// a reference to memory other processes write.
+    ///
+    /// # Safety
+    /// `array` must point to a live array.
+    unsafe fn read<const N: usize>(array: *const [c_char; N]) -> Name {
+        let first = array.cast::<c_char>();
+        let mut name = Name { bytes: [0; NAME_CAPACITY], len: 0 };
+        while name.len < N.min(NAME_CAPACITY) {
+            // SAFETY: len < N, inside the live array.
+            let byte = unsafe { read_volatile(first.add(name.len)) } as u8;
+            if byte == 0 {
+                break;
+            }
+            name.bytes[name.len] = byte;
+            name.len += 1;
         }
-        out.push(byte);
+        name
     }
-    out
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
-/// # Safety
-/// As for [`fixed_bytes`].
-unsafe fn fixed_string<const N: usize>(array: *const [c_char; N]) -> String {
-    // SAFETY: per the caller.
-    String::from_utf8_lossy(&unsafe { fixed_bytes(array) }).into_owned()
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
-/// A C string from httpd as text (empty when null).
-///
-/// # Safety
-/// `ptr` must be null or a live NUL-terminated string.
-pub unsafe fn c_str(ptr: *const c_char) -> String {
-    if ptr.is_null() {
-        return String::new();
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
     }
-    // SAFETY: per the caller.
-    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
 }
 
 /// Runs `body` with the balancer's per-process thread lock held (the lock httpd takes while it
-/// adds members at run time), or without it where httpd has none.
+/// adds members at run time, and around the finder), or without it where httpd has none.
 ///
 /// # Safety
 /// `balancer` must be live and the lock not already held by this thread.

@@ -11,7 +11,7 @@ use std::ffi::{CString, c_void};
 pub unsafe fn handler(r: *const ffi::request_rec) -> Option<String> {
     // SAFETY: handler is null or a C string owned by the request.
     let handler = unsafe { (*r).handler };
-    (!handler.is_null()).then(|| unsafe { super::proxy::c_str(handler) })
+    (!handler.is_null()).then(|| unsafe { super::c_str(handler) })
 }
 
 /// `r->method_number`.
@@ -39,7 +39,7 @@ pub unsafe fn header_only(r: *const ffi::request_rec) -> bool {
 pub unsafe fn args(r: *const ffi::request_rec) -> Option<String> {
     // SAFETY: args is null or a C string owned by the request.
     let args = unsafe { (*r).args };
-    (!args.is_null()).then(|| unsafe { super::proxy::c_str(args) })
+    (!args.is_null()).then(|| unsafe { super::c_str(args) })
 }
 
 /// Marks GET (and so HEAD) as the methods allowed, for a 405 answer.
@@ -99,13 +99,13 @@ pub unsafe fn send(r: *mut ffi::request_rec, content_type: &str, body: &[u8]) {
     }
 }
 
-/// This module's entry in `r->request_config`.
+/// This module's entry in `r->request_config` (null until set).
 ///
 /// # Safety
 /// `r` must be live.
 pub unsafe fn module_state(r: *const ffi::request_rec) -> *mut c_void {
-    // SAFETY: request_config is an array of pointers indexed by module index.
-    unsafe { *((*r).request_config as *mut *mut c_void).add(crate::module::index() as usize) }
+    // SAFETY: request_config is the request's live configuration vector.
+    unsafe { super::module_config((*r).request_config) }
 }
 
 /// Replaces this module's entry in `r->request_config`.
@@ -114,5 +114,5 @@ pub unsafe fn module_state(r: *const ffi::request_rec) -> *mut c_void {
 /// `r` must be live; `state` must live as long as the request pool.
 pub unsafe fn set_module_state(r: *mut ffi::request_rec, state: *mut c_void) {
     // SAFETY: as above.
-    unsafe { *((*r).request_config as *mut *mut c_void).add(crate::module::index() as usize) = state };
+    unsafe { super::set_module_config((*r).request_config, state) };
 }

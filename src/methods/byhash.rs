@@ -23,8 +23,102 @@
 //! count are one atomic step. A hot key overflows to the next members of its walk instead of
 //! burying its home member.
 //!
+//! A request without a key (`LBHashKey` unset or empty for it), or whose key no member can take
+//! (all at their caps, or all turning it away on their ramps), is balanced as `byinflight`.
+//!
 //! Tests check shares against weights, identical builds, the exact set of keys that move when
 //! a member goes, and the walk under the bound.
+
+use super::{
+    Candidate, Choice, LocalState, Member, Method, Offered, Pick, Reason, Reserve, byinflight, mix,
+    reserve_candidate,
+};
+use std::sync::atomic::Ordering;
+
+/// The method.
+pub struct ByHash;
+
+impl Method for ByHash {
+    fn uses_hash_key(&self) -> bool {
+        true
+    }
+
+    fn choose(&self, pick: &mut Pick<'_>) -> Option<Choice> {
+        let Some(key) = pick.key else { return byinflight::choose_and_reserve(pick) };
+        let hash = key_hash(key);
+        pick.map_members();
+        let candidates = pick.candidates();
+        let total: u64 = candidates.iter().map(|c| u64::from(c.inflight)).sum();
+        let bound =
+            pick.settings.balance_factor().map_or(u64::MAX, |c| load_bound(c, total, candidates.len()));
+        let placed = {
+            let Pick { local, reserve, .. } = &mut *pick;
+            let LocalState { members, generation, candidates, offered, table, .. } = &mut **local;
+            let (table, seen) = table.current(*generation, members);
+            let mut takers = Takers { candidates, offered, reserve: &mut **reserve, hash, bound };
+            place(table, hash, seen, &mut takers).and_then(|p| Some((offered.position(p.member)?, p)))
+        };
+        let Some((position, placement)) = placed else { return byinflight::choose_and_reserve(pick) };
+        if placement.diverted {
+            pick.shared.events.diverted.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Choice {
+            position,
+            reason: Reason::Hash { steps: placement.steps, diverted: placement.diverted },
+        })
+    }
+}
+
+/// The members of the balancer as one key's walk meets them.
+struct Takers<'a> {
+    candidates: &'a mut [Candidate],
+    /// Where each member is among the candidates.
+    offered: &'a Offered,
+    reserve: &'a mut dyn Reserve,
+    hash: u64,
+    bound: u64,
+}
+
+impl Holders for Takers<'_> {
+    fn admission(&self, member: usize) -> Admission {
+        let Some(position) = self.offered.position(member) else {
+            return Admission::Pass; // unusable, or in another lbset tier
+        };
+        let candidate = &self.candidates[position];
+        let fraction = f64::from(candidate.weight) / f64::from(candidate.lbfactor.max(1));
+        if fraction < 1.0 && !ramp_admits(self.hash, fraction) {
+            return Admission::Pass; // on its slow-start ramp, and not yet taking this key
+        }
+        Admission::UpTo(self.bound)
+    }
+
+    fn reserve(&mut self, member: usize, limit: u64) -> bool {
+        match self.offered.position(member) {
+            Some(position) => reserve_candidate(self.reserve, &mut self.candidates[position], limit),
+            None => false,
+        }
+    }
+}
+
+/// The table for the current member list, rebuilt when the list's generation changes, and the
+/// walk's scratch.
+#[derive(Default)]
+pub struct Cached {
+    built_for: u64,
+    table: Option<Table>,
+    seen: Vec<bool>,
+}
+
+impl Cached {
+    pub(super) fn current(&mut self, generation: u64, members: &[Member]) -> (&Table, &mut Vec<bool>) {
+        if self.built_for != generation || self.table.is_none() {
+            let weighted: Vec<(u64, u32)> = members.iter().map(|m| (m.key, m.lbfactor)).collect();
+            self.table = Some(Table::build(&weighted));
+            self.built_for = generation;
+        }
+        (self.table.get_or_insert_with(|| Table::build(&[])), &mut self.seen)
+    }
+}
 
 /// Smallest table, as in the Maglev paper (a prime).
 const MIN_TABLE: u64 = 65_537;
@@ -32,8 +126,9 @@ const MIN_TABLE: u64 = 65_537;
 /// The lookup table for one set of members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
-    /// (name key, weight) of each member, in the order the table's slots refer to.
-    members: Vec<(u64, u32)>,
+    /// How many members the table was built for.
+    members: usize,
+    /// The member (position in the list the table was built from) of each slot.
     slots: Vec<u32>,
 }
 
@@ -41,7 +136,7 @@ impl Table {
     /// Builds the table for `members`: (stable name key, weight) each; weight 0 counts as 1.
     pub fn build(members: &[(u64, u32)]) -> Table {
         if members.is_empty() {
-            return Table { members: Vec::new(), slots: Vec::new() };
+            return Table { members: 0, slots: Vec::new() };
         }
         let size = table_size(members.len());
         let mut slots = vec![u32::MAX; size as usize];
@@ -74,12 +169,7 @@ impl Table {
                 }
             }
         }
-        Table { members: members.to_vec(), slots }
-    }
-
-    /// The members the table was built for.
-    pub fn members(&self) -> &[(u64, u32)] {
-        &self.members
+        Table { members: members.len(), slots }
     }
 
     pub fn size(&self) -> usize {
@@ -88,35 +178,49 @@ impl Table {
 
     /// Slots held by each member.
     pub fn shares(&self) -> Vec<usize> {
-        let mut shares = vec![0; self.members.len()];
+        let mut shares = vec![0; self.members];
         for &member in &self.slots {
             shares[member as usize] += 1;
         }
         shares
     }
 
-    /// The members key `key_hash` tries, in order: its own first (the member of its slot), then
-    /// each other member once, in the order they appear along a stride through the table that
+    /// The members key `key_hash` tries, in order, each once: its own first (the member of its
+    /// slot), then the others in the order they appear along a stride through the table that
     /// depends on the key. The stride makes the members after the first a fresh weighted draw
     /// for each key, so the keys of a member that is down spread over the others by weight.
-    pub fn walk(&self, key_hash: u64) -> impl Iterator<Item = usize> + '_ {
+    /// `seen` is scratch space; the walk ends as soon as every member has been met.
+    pub fn walk<'a>(&'a self, key_hash: u64, seen: &'a mut Vec<bool>) -> impl Iterator<Item = usize> + 'a {
         let size = self.slots.len() as u64;
         let start = if size == 0 { 0 } else { key_hash % size };
         // Any stride from 1 to size - 1 visits every slot: the size is prime.
         let stride = if size < 2 { 1 } else { mix(key_hash ^ WALK_SEED) % (size - 1) + 1 };
-        let mut seen = vec![false; self.members.len()];
-        let mut left = self.members.len();
-        (0..size).map(move |step| self.slots[((start + step * stride) % size) as usize] as usize).filter(
-            move |&member| {
-                if left == 0 || seen[member] {
-                    return false;
+        seen.clear();
+        seen.resize(self.members, false);
+        let mut left = self.members;
+        let mut step = 0u64;
+        std::iter::from_fn(move || {
+            while left > 0 && step < size {
+                let member = self.slots[((start + step * stride) % size) as usize] as usize;
+                step += 1;
+                if !seen[member] {
+                    seen[member] = true;
+                    left -= 1;
+                    return Some(member);
                 }
-                seen[member] = true;
-                left -= 1;
-                true
-            },
-        )
+            }
+            None
+        })
     }
+}
+
+/// What a key's walk asks of the members it meets.
+pub trait Holders {
+    /// Whether member `member` (its position in the table's member list) may take the key.
+    fn admission(&self, member: usize) -> Admission;
+    /// Takes a place on `member` if it has fewer than `limit` attempts in flight (the check
+    /// and the count are one atomic step); false when it has not.
+    fn reserve(&mut self, member: usize, limit: u64) -> bool;
 }
 
 /// How a member may take the key being placed.
@@ -140,20 +244,20 @@ pub struct Placement {
     pub diverted: bool,
 }
 
-/// Places the key: walks its members, asking `admit` about each and `reserve` to take a place
-/// under the limit. `None` when no member would take it.
+/// Places the key: walks its members, asking each whether it may take the key and reserving a
+/// place on the first that may and has room. `None` when no member would take it.
 pub fn place(
     table: &Table,
     key_hash: u64,
-    mut admit: impl FnMut(usize) -> Admission,
-    mut reserve: impl FnMut(usize, u64) -> bool,
+    seen: &mut Vec<bool>,
+    holders: &mut dyn Holders,
 ) -> Option<Placement> {
     let mut diverted = false;
-    for (steps, member) in table.walk(key_hash).enumerate() {
-        match admit(member) {
+    for (steps, member) in table.walk(key_hash, seen).enumerate() {
+        match holders.admission(member) {
             Admission::Pass => {}
             Admission::UpTo(limit) => {
-                if reserve(member, limit) {
+                if holders.reserve(member, limit) {
                     return Some(Placement { member, steps, diverted });
                 }
                 diverted = true;
@@ -192,10 +296,6 @@ const SKIP_SEED: u64 = 0x5bd1_e995_1b87_3593;
 const WALK_SEED: u64 = 0x9fb2_1c65_1e98_df25;
 const RAMP_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
-fn mix(value: u64) -> u64 {
-    super::bylatency::mix(value)
-}
-
 /// The smallest prime at least `max(MIN_TABLE, 100 * members)` (next prime above it).
 fn table_size(members: usize) -> u64 {
     let mut candidate = MIN_TABLE.max(101 * members as u64);
@@ -223,7 +323,32 @@ mod tests {
     }
 
     fn home(table: &Table, key: u64) -> usize {
-        table.walk(key).next().unwrap()
+        table.walk(key, &mut Vec::new()).next().unwrap()
+    }
+
+    fn walk(table: &Table, key: u64) -> Vec<usize> {
+        table.walk(key, &mut Vec::new()).collect()
+    }
+
+    /// Holders made of two closures.
+    struct Fns<A, R>(A, R);
+
+    impl<A: Fn(usize) -> Admission, R: FnMut(usize, u64) -> bool> Holders for Fns<A, R> {
+        fn admission(&self, member: usize) -> Admission {
+            (self.0)(member)
+        }
+        fn reserve(&mut self, member: usize, limit: u64) -> bool {
+            (self.1)(member, limit)
+        }
+    }
+
+    fn place_with(
+        table: &Table,
+        key: u64,
+        admission: impl Fn(usize) -> Admission,
+        reserve: impl FnMut(usize, u64) -> bool,
+    ) -> Option<Placement> {
+        place(table, key, &mut Vec::new(), &mut Fns(admission, reserve))
     }
 
     #[test]
@@ -257,7 +382,7 @@ mod tests {
         let during: Vec<usize> = keys
             .iter()
             .map(|&k| {
-                place(
+                place_with(
                     &table,
                     k,
                     |m| if m == down { Admission::Pass } else { Admission::UpTo(u64::MAX) },
@@ -295,11 +420,11 @@ mod tests {
     fn the_walk_visits_every_member_once_the_same_way_each_time() {
         let table = Table::build(&members(&[100, 200, 100, 300]));
         for key in 0..1000u64 {
-            let walk: Vec<usize> = table.walk(key_hash(&key.to_le_bytes())).collect();
+            let walk = super::tests::walk(&table, key_hash(&key.to_le_bytes()));
             let mut sorted = walk.clone();
             sorted.sort_unstable();
             assert_eq!(sorted, vec![0, 1, 2, 3]);
-            assert_eq!(walk, table.walk(key_hash(&key.to_le_bytes())).collect::<Vec<_>>());
+            assert_eq!(walk, super::tests::walk(&table, key_hash(&key.to_le_bytes())));
         }
     }
 
@@ -307,13 +432,13 @@ mod tests {
     fn a_hot_key_overflows_past_the_bound_deterministically() {
         let table = Table::build(&members(&[100; 4]));
         let key = key_hash(b"hot");
-        let walk: Vec<usize> = table.walk(key).collect();
+        let walk = walk(&table, key);
         let mut inflight = [0u64; 4];
         let mut placements = Vec::new();
         for _ in 0..12 {
             let total: u64 = inflight.iter().sum();
             let bound = load_bound(1.25, total, 4);
-            let placed = place(
+            let placed = place_with(
                 &table,
                 key,
                 |_| Admission::UpTo(bound),

@@ -12,10 +12,42 @@
 //! and uses loadfactor only to break ties, this gives a member of weight 2 twice the
 //! concurrency of a member of weight 1, and counts that cannot drift.
 //!
+//! A member found at its cap when the reservation is tried is passed over and the scan runs
+//! again without it.
+//!
 //! Tests check the ordering rule, the weights, turn-taking and that full members are skipped.
 
-use super::Candidate;
+use super::{Candidate, Choice, Method, Pick, Reason, Scored};
 use std::cmp::Ordering;
+use std::sync::atomic;
+
+/// The method.
+pub struct ByInflight;
+
+impl Method for ByInflight {
+    fn choose(&self, pick: &mut Pick<'_>) -> Option<Choice> {
+        choose_and_reserve(pick)
+    }
+
+    /// `(inflight + 1) / loadfactor`.
+    fn scores(&self, members: &[Scored]) -> Vec<Option<f64>> {
+        members.iter().map(|m| Some((m.inflight + 1) as f64 / (f64::from(m.weight.max(1)) / 100.0))).collect()
+    }
+}
+
+/// The least loaded candidate that has room, reserved; `None` when every one is full. Also
+/// `byhash`'s choice for requests it cannot place by key.
+pub fn choose_and_reserve(pick: &mut Pick<'_>) -> Option<Choice> {
+    let start = pick.shared.turns.rotation.fetch_add(1, atomic::Ordering::Relaxed) as usize;
+    for _ in 0..pick.candidates().len() {
+        let position = choose(pick.candidates(), start)?;
+        if pick.reserve(position) {
+            let Candidate { inflight, weight, .. } = pick.candidates()[position];
+            return Some(Choice { position, reason: Reason::LeastInflight { inflight, weight } });
+        }
+    }
+    None
+}
 
 /// The position of the candidate to pick, scanning from `start` (modulo the number of
 /// candidates); `None` if all are full.
@@ -44,8 +76,8 @@ fn least<'a>(
 
 /// Orders two candidates by `(inflight + 1) / weight`, without division.
 pub fn compare(a: &Candidate, b: &Candidate) -> Ordering {
-    let left = u128::from(a.inflight + 1) * u128::from(b.weight.max(1));
-    let right = u128::from(b.inflight + 1) * u128::from(a.weight.max(1));
+    let left = (u64::from(a.inflight) + 1) * u64::from(b.weight.max(1));
+    let right = (u64::from(b.inflight) + 1) * u64::from(a.weight.max(1));
     left.cmp(&right)
 }
 
@@ -53,8 +85,50 @@ pub fn compare(a: &Candidate, b: &Candidate) -> Ordering {
 mod tests {
     use super::*;
 
-    fn c(inflight: u64, weight: u32) -> Candidate {
-        Candidate { worker_index: 0, weight, inflight, full: false }
+    use crate::config::BalancerSettings;
+    use crate::methods::LocalState;
+    use crate::methods::testing::{Counts, balancer, candidates, pick_once};
+
+    fn c(inflight: u32, weight: u32) -> Candidate {
+        Candidate { inflight, weight, lbfactor: weight, ..candidates(&[weight])[0] }
+    }
+
+    #[test]
+    fn equal_members_take_turns_through_the_shared_rotation() {
+        let (segment, slot) = balancer(3);
+        let (mut p1, mut p2) = (LocalState::default(), LocalState::default());
+        let settings = BalancerSettings::default();
+        let idle = candidates(&[100, 100, 100]);
+        let picks: Vec<usize> = (0..6)
+            .map(|i| {
+                let local = if i % 2 == 0 { &mut p1 } else { &mut p2 };
+                let mut reserve = Counts::default();
+                pick_once(&ByInflight, &segment, slot, &settings, local, &idle, None, &mut reserve)
+                    .unwrap()
+                    .position
+            })
+            .collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        unsafe { segment.unmap() };
+    }
+
+    #[test]
+    fn a_member_found_full_at_reservation_is_passed_over() {
+        let (segment, slot) = balancer(2);
+        let mut local = LocalState::default();
+        let settings = BalancerSettings::default();
+        let mut two = candidates(&[100, 100]);
+        two[0].limit = 1;
+        // Another process filled member 0 meanwhile: the counts say so, the candidate does not.
+        let mut reserve = Counts(vec![1, 0]);
+        let choice = pick_once(&ByInflight, &segment, slot, &settings, &mut local, &two, None, &mut reserve);
+        assert_eq!(choice.unwrap().position, 1);
+        two[1].limit = 0;
+        assert_eq!(
+            pick_once(&ByInflight, &segment, slot, &settings, &mut local, &two, None, &mut reserve),
+            None
+        );
+        unsafe { segment.unmap() };
     }
 
     #[test]
@@ -96,6 +170,6 @@ mod tests {
 
     #[test]
     fn huge_counts_do_not_overflow() {
-        assert_eq!(compare(&c(u64::MAX - 1, 10_000), &c(u64::MAX - 1, 1)), Ordering::Less);
+        assert_eq!(compare(&c(u32::MAX, 10_000), &c(u32::MAX, 1)), Ordering::Less);
     }
 }

@@ -1,8 +1,8 @@
 //! `bylatency`: power of two distinct choices on a peak-EWMA latency cost (Finagle's
 //! "P2C + peak EWMA", the method behind Linkerd's and Envoy's latency-aware balancing).
 //!
-//! Each member has a latency estimate shared by every process (see
-//! [`crate::shm::MemberSlot::record_latency`]): a sample above the estimate replaces it at once
+//! Each member has a latency estimate shared by every process (kept in its member slot, updated
+//! by [`record`] as each attempt ends): a sample above the estimate replaces it at once
 //! (peak sensitivity: a member that turns slow is avoided from its first slow answer), a lower
 //! one pulls it down as an exponentially weighted moving average over an uneven time series,
 //! `w = exp(-dt / decay)`, `estimate = sample * (1 - w) + estimate * w`. While a member has
@@ -15,16 +15,104 @@
 //! sample yet is given the average estimate of the others, neither zero (it would flood) nor
 //! infinity (it would starve).
 //!
+//! A failed attempt counts as at least four times the current estimate, so that a member that
+//! fails fast does not look fast.
+//!
 //! Tests check the EWMA rules (peak, decay over uneven gaps, idle decay), that the two draws
 //! are never the same member, that draws follow the weights, and that the lower cost wins.
 
-use super::Candidate;
+use super::{Candidate, Choice, Method, Pick, Reason, Scored, mix};
+use crate::shm::MemberSlot;
+use std::sync::atomic::Ordering;
 
-/// One member's shared estimate, as read at pick time.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Estimate {
-    /// Latency in microseconds; `None` until the first sample.
-    pub latency_us: Option<f64>,
+/// The method.
+pub struct ByLatency;
+
+impl Method for ByLatency {
+    fn choose(&self, pick: &mut Pick<'_>) -> Option<Choice> {
+        let decay = pick.settings.latency_decay().as_micros() as u64;
+        for _ in 0..pick.candidates().len() {
+            let draw = pick.shared.turns.rotation.fetch_add(1, Ordering::Relaxed);
+            let (a, b) = draw_two(pick.candidates(), (mix(2 * draw), mix(2 * draw + 1)))?;
+            let latency = |i: usize| ranked_latency(pick, i, decay);
+            let (latency_a, latency_b) = (latency(a), latency(b));
+            let candidates = pick.candidates();
+            let cost_of = |i: usize, l: f64| cost(l, candidates[i].inflight.into(), candidates[i].weight);
+            let (position, other, chosen_latency, other_latency) =
+                if cost_of(b, latency_b) < cost_of(a, latency_a) {
+                    (b, a, latency_b, latency_a)
+                } else {
+                    (a, b, latency_a, latency_b)
+                };
+            let score_of = |i: usize, l: f64| score(l, candidates[i].inflight.into(), candidates[i].weight);
+            let reason = Reason::Latency {
+                score: score_of(position, chosen_latency),
+                other_score: score_of(other, other_latency),
+                latency_us: chosen_latency,
+            };
+            if pick.reserve(position) {
+                return Some(Choice { position, reason });
+            }
+        }
+        None
+    }
+
+    /// `latency_ms x (inflight + 1) / loadfactor`, members without samples on the average.
+    fn scores(&self, members: &[Scored]) -> Vec<Option<f64>> {
+        let estimates: Vec<Option<f64>> = members.iter().map(|m| m.latency_us).collect();
+        let neutral = neutral_latency(&estimates);
+        members.iter().map(|m| Some(score(m.latency_us.unwrap_or(neutral), m.inflight, m.weight))).collect()
+    }
+}
+
+/// The latency candidate `position` is ranked on: its estimate, or for a member without one the
+/// average of the others' (see [`neutral_latency`]).
+fn ranked_latency(pick: &Pick<'_>, position: usize, decay_us: u64) -> f64 {
+    let estimate_of = |c: &Candidate| {
+        c.member
+            .and_then(|m| pick.segment.member(m as usize))
+            .and_then(|m| estimate(m, pick.now_us, decay_us))
+    };
+    match estimate_of(&pick.candidates()[position]) {
+        Some(latency) => latency,
+        None => {
+            let mut sum = 0.0;
+            let mut known = 0usize;
+            for latency in pick.candidates().iter().filter_map(estimate_of) {
+                sum += latency;
+                known += 1;
+            }
+            if known == 0 { 1.0 } else { sum / known as f64 }
+        }
+    }
+}
+
+/// Takes one latency sample into the member's peak EWMA, as its attempt ends.
+pub fn record(member: &MemberSlot, sample_us: f64, failed: bool, now_us: u64, decay_us: u64) {
+    let sample_us = sample_us.max(1.0);
+    let previous_at = member.latency_at_us.swap(now_us, Ordering::AcqRel);
+    let elapsed = now_us.saturating_sub(previous_at);
+    let _ = member.latency_bits.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+        let current = (bits != 0).then(|| f64::from_bits(bits));
+        let sample = if failed { sample_us.max(4.0 * current.unwrap_or(0.0)) } else { sample_us };
+        Some(updated(current, sample, elapsed, decay_us).to_bits())
+    });
+    member.latency_samples.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The member's estimate to rank it on at `now_us`; an idle member's fades with the time since
+/// its last sample. `None` before the first sample.
+pub fn estimate(member: &MemberSlot, now_us: u64, decay_us: u64) -> Option<f64> {
+    let bits = member.latency_bits.load(Ordering::Acquire);
+    if bits == 0 {
+        return None;
+    }
+    let estimate = f64::from_bits(bits);
+    if member.inflight() > 0 {
+        return Some(estimate);
+    }
+    let idle = now_us.saturating_sub(member.latency_at_us.load(Ordering::Acquire));
+    Some(faded(estimate, idle, decay_us))
 }
 
 /// The new estimate after a sample of `sample_us`, `elapsed_us` after the last update.
@@ -60,12 +148,12 @@ pub fn score(latency_us: f64, inflight: u64, weight: u32) -> f64 {
     cost(latency_us, inflight, weight) / 10.0
 }
 
-/// Latencies to rank `candidates` on: each one's estimate, or for a member with none yet the
-/// average of the others (1 µs if nobody has one: then in-flight and weight decide).
-pub fn latencies(estimates: &[Estimate]) -> Vec<f64> {
-    let known: Vec<f64> = estimates.iter().filter_map(|e| e.latency_us).collect();
-    let neutral = if known.is_empty() { 1.0 } else { known.iter().sum::<f64>() / known.len() as f64 };
-    estimates.iter().map(|e| e.latency_us.unwrap_or(neutral).max(f64::MIN_POSITIVE)).collect()
+/// What a member without a sample yet is ranked on: the average of the others' estimates
+/// (1 µs if nobody has one: then in-flight and weight decide), neither zero (it would flood)
+/// nor infinity (it would starve).
+pub fn neutral_latency(estimates: &[Option<f64>]) -> f64 {
+    let known: Vec<f64> = estimates.iter().filter_map(|&e| e).collect();
+    if known.is_empty() { 1.0 } else { known.iter().sum::<f64>() / known.len() as f64 }
 }
 
 /// Two distinct non-full candidates drawn with probability proportional to weight, using the
@@ -95,29 +183,18 @@ fn weighted(count: usize, total: u64, random: u64, weight: impl Fn(usize) -> u64
     None
 }
 
-/// Picks between `a` and `b`: the lower cost wins, `a` on a tie.
-pub fn better(candidates: &[Candidate], latencies: &[f64], a: usize, b: usize) -> usize {
-    let cost_of = |i: usize| cost(latencies[i], candidates[i].inflight, candidates[i].weight);
-    if cost_of(b) < cost_of(a) { b } else { a }
-}
-
-/// A well-mixed 64-bit number from a counter (splitmix64), so that every pick, in whatever
-/// process, draws from one shared sequence without any per-thread state.
-pub fn mix(counter: u64) -> u64 {
-    let mut z = counter.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const DECAY: u64 = 10_000_000; // 10 s
 
-    fn c(weight: u32, inflight: u64) -> Candidate {
-        Candidate { worker_index: 0, weight, inflight, full: false }
+    use crate::config::BalancerSettings;
+    use crate::methods::LocalState;
+    use crate::methods::testing::{Counts, balancer, candidates, pick_once};
+
+    fn c(weight: u32, inflight: u32) -> Candidate {
+        Candidate { inflight, ..candidates(&[weight])[0] }
     }
 
     #[test]
@@ -170,14 +247,47 @@ mod tests {
 
     #[test]
     fn members_without_samples_get_the_average_not_zero_or_infinity() {
-        let latencies = latencies(&[
-            Estimate { latency_us: Some(10_000.0) },
-            Estimate { latency_us: None },
-            Estimate { latency_us: Some(30_000.0) },
-        ]);
-        assert_eq!(latencies, vec![10_000.0, 20_000.0, 30_000.0]);
-        let none = super::latencies(&[Estimate { latency_us: None }; 3]);
-        assert!(none.iter().all(|&l| l == 1.0));
+        assert_eq!(neutral_latency(&[Some(10_000.0), None, Some(30_000.0)]), 20_000.0);
+        assert_eq!(neutral_latency(&[None; 3]), 1.0);
+    }
+
+    #[test]
+    fn the_estimate_lives_in_the_member_slot_and_fades_while_idle() {
+        let (segment, _) = balancer(1);
+        let member = segment.member(0).unwrap();
+        assert_eq!(estimate(member, 0, DECAY), None);
+        record(member, 40_000.0, false, 1_000_000, DECAY);
+        assert_eq!(estimate(member, 1_000_000, DECAY), Some(40_000.0));
+        assert!(estimate(member, 1_000_000 + DECAY, DECAY).unwrap() < 40_000.0 / 2.0, "idle: fades");
+        member.begin_attempt(None);
+        assert_eq!(estimate(member, 1_000_000 + DECAY, DECAY), Some(40_000.0), "busy: holds");
+        member.end_attempt(false, None);
+        // A fast failure does not make the member look fast.
+        record(member, 10.0, true, 1_000_001, DECAY);
+        assert!(estimate(member, 1_000_001, DECAY).unwrap() >= 160_000.0);
+        unsafe { segment.unmap() };
+    }
+
+    #[test]
+    fn the_lower_cost_of_two_wins() {
+        // Two members, both always drawn: the faster (by its recorded estimate) wins.
+        let (segment, slot) = balancer(2);
+        let shared = segment.balancer(slot).unwrap();
+        let mut two = candidates(&[100, 100]);
+        for (i, latency) in [(0usize, 10_000.0), (1, 2_000.0)] {
+            let index = segment.member_index(shared, i).unwrap();
+            two[i].member = Some(index as u32);
+            record(segment.member(index).unwrap(), latency, false, 1_000_000, DECAY);
+        }
+        let mut local = LocalState::default();
+        let settings = BalancerSettings::default();
+        for _ in 0..20 {
+            let mut reserve = Counts::default();
+            let choice =
+                pick_once(&ByLatency, &segment, slot, &settings, &mut local, &two, None, &mut reserve);
+            assert_eq!(choice.unwrap().position, 1);
+        }
+        unsafe { segment.unmap() };
     }
 
     #[test]
@@ -204,16 +314,5 @@ mod tests {
         }
         let share = f64::from(firsts[1]) / 40_000.0;
         assert!((share - 0.75).abs() < 0.01, "{share}");
-    }
-
-    #[test]
-    fn the_lower_cost_wins() {
-        let candidates = [c(100, 0), c(100, 3), c(400, 3)];
-        let latencies = [10_000.0, 5_000.0, 5_000.0];
-        // 10000*1/100 = 100 vs 5000*4/100 = 200: the slower but idle member wins.
-        assert_eq!(better(&candidates, &latencies, 0, 1), 0);
-        // 5000*4/400 = 50 beats 100: weight counts.
-        assert_eq!(better(&candidates, &latencies, 0, 2), 2);
-        assert_eq!(better(&candidates, &latencies, 1, 1), 1);
     }
 }

@@ -9,40 +9,117 @@
 //! ```
 //!
 //! Apache keeps `current` in shared memory but updates it under a per-process lock only, so under
-//! prefork (all concurrency between processes) the shares drift. Here the sequence is computed
-//! once per process from the weights (a pure function, identical in every process) and a single
-//! shared atomic ticket says which step of it the next request takes. Every full cycle of
-//! tickets gives each member exactly its weight's share, whatever the number of processes and
-//! threads, and a pick costs one atomic increment.
+//! prefork (all concurrency between processes) the shares drift. Here the cycle is computed
+//! once per process from every member's loadfactor (a pure function, identical in every
+//! process) and a single shared atomic ticket says which step of it the next request takes.
+//!
+//! A ticket that lands on a member that cannot take the request (not offered by httpd: in
+//! error, drained, in another lbset tier; at its `LBMaxInflight` cap; or, on its slow-start
+//! ramp, turned away for this ticket in proportion to how far the ramp still has to go) is
+//! spent, and the pick takes the next ticket. Every full cycle of tickets so gives each member
+//! that can take requests exactly its weight's share, whatever the number of processes and
+//! threads, and the cycle never changes when members come and go: it is rebuilt only when a
+//! loadfactor changes or a member is added. A pick costs one atomic increment per ticket. After
+//! [`TRIES`] tickets that all land on members that cannot take the request (almost every
+//! member down), a draw by weight over the candidates decides, so a pick never costs more than
+//! that plus one pass over the candidates.
 //!
 //! Building the cycle is O(cycle length x distinct weights): members with equal weights move
 //! as a group, round robin inside the group, so a thousand equal members cost as little as one.
 //!
-//! Tests check the sequence above, exact shares over a cycle, and that cycles of different
-//! candidate sets (members leaving and coming back, weights changing) stay exact.
+//! Tests check the sequence above, exact shares over a cycle from any ticket, members leaving
+//! and coming back, members at their cap, ramps, and several processes sharing one ticket.
+
+use super::{Choice, LocalState, Member, Method, Pick, Reason, mix};
+use std::sync::atomic::Ordering;
+
+/// Tickets a pick takes before it draws by weight instead.
+pub const TRIES: u32 = 64;
+
+/// The method.
+pub struct ByWeight;
+
+impl Method for ByWeight {
+    fn choose(&self, pick: &mut Pick<'_>) -> Option<Choice> {
+        pick.map_members();
+        let mut ticket = 0;
+        for skipped in 0..TRIES {
+            ticket = pick.shared.turns.ticket.fetch_add(1, Ordering::Relaxed);
+            let local: &mut LocalState = pick.local;
+            let schedule = local.schedule.current(local.generation, &local.members);
+            let (member, step) = schedule.pick(ticket)?;
+            let cycle = schedule.len();
+            let Some(position) = local.offered.position(member) else { continue };
+            if takes(&local.candidates[position], ticket) && pick.reserve(position) {
+                return Some(Choice { position, reason: Reason::Ticket { ticket, step, cycle, skipped } });
+            }
+        }
+        let position = drawn(pick, ticket)?;
+        Some(Choice { position, reason: Reason::Drawn { ticket } })
+    }
+}
+
+/// Whether the candidate takes the request that holds `ticket`: not known to be full, and, on a
+/// slow-start ramp at `weight / lbfactor` of its loadfactor, for that share of its tickets.
+fn takes(candidate: &super::Candidate, ticket: u64) -> bool {
+    !candidate.full
+        && (candidate.weight >= candidate.lbfactor
+            || mix(ticket) % u64::from(candidate.lbfactor.max(1)) < u64::from(candidate.weight))
+}
+
+/// After [`TRIES`] tickets: a candidate drawn by weight with `ticket`, or the next one after it
+/// that has room. `None` when every candidate is full.
+fn drawn(pick: &mut Pick<'_>, ticket: u64) -> Option<usize> {
+    let candidates = pick.candidates();
+    let weight = |i: usize| if candidates[i].full { 0 } else { u64::from(candidates[i].weight.max(1)) };
+    let total: u64 = (0..candidates.len()).map(weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = mix(ticket) % total;
+    let mut start = 0;
+    while point >= weight(start) {
+        point -= weight(start);
+        start += 1;
+    }
+    let count = candidates.len();
+    (0..count)
+        .map(|i| (start + i) % count)
+        .find(|&position| !pick.candidates()[position].full && pick.reserve(position))
+}
+
+/// The cycle for the current member list, rebuilt when the list's generation changes.
+#[derive(Default)]
+pub struct Cached {
+    built_for: u64,
+    schedule: Option<Schedule>,
+}
+
+impl Cached {
+    fn current(&mut self, generation: u64, members: &[Member]) -> &Schedule {
+        if self.built_for != generation || self.schedule.is_none() {
+            let weights: Vec<u32> = members.iter().map(|m| m.lbfactor).collect();
+            self.schedule = Some(Schedule::build(&weights));
+            self.built_for = generation;
+        }
+        self.schedule.get_or_insert_with(|| Schedule::build(&[]))
+    }
+}
 
 /// Longest cycle kept. Weights whose reduced sum exceeds it are scaled down proportionally, so
 /// each member's share stays within 1/65536 of its exact value.
 pub const MAX_CYCLE: u64 = 1 << 16;
 
-/// One cycle of the smooth weighted round robin: which candidate each step picks.
+/// One cycle of the smooth weighted round robin: which member each step picks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
-    weights: Vec<u32>,
     steps: Vec<u32>,
 }
 
 impl Schedule {
-    /// The cycle for these weights (candidate `i` has `weights[i]`; zero counts as one).
+    /// The cycle for these weights (member `i` has `weights[i]`; zero counts as one).
     pub fn build(weights: &[u32]) -> Schedule {
-        let reduced = reduce(weights);
-        let steps = smooth_cycle(&reduced);
-        Schedule { weights: weights.to_vec(), steps }
-    }
-
-    /// The weights this cycle was built for.
-    pub fn weights(&self) -> &[u32] {
-        &self.weights
+        Schedule { steps: smooth_cycle(&reduce(weights)) }
     }
 
     /// Number of steps in one cycle (the sum of the reduced weights).
@@ -50,7 +127,7 @@ impl Schedule {
         self.steps.len()
     }
 
-    /// The candidate that ticket `ticket` gets, with its step within the cycle.
+    /// The member that ticket `ticket` lands on, with its step within the cycle.
     pub fn pick(&self, ticket: u64) -> Option<(usize, usize)> {
         if self.steps.is_empty() {
             return None;
@@ -82,7 +159,7 @@ fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// Members of one weight: they are picked round robin among themselves, in candidate order.
+/// Members of one weight: they are picked round robin among themselves, in member order.
 struct Group {
     weight: i128,
     members: Vec<u32>,
@@ -131,6 +208,105 @@ fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BalancerSettings;
+    use crate::methods::testing::{Counts, balancer, candidates, pick_offered, pick_once};
+
+    /// `picks` picks over `c`, alternating between `processes` processes' own states, all on
+    /// one shared ticket; how many each candidate got.
+    fn shares(c: &[super::super::Candidate], processes: usize, picks: usize) -> Vec<u64> {
+        shares_offered(c, c, processes, picks)
+    }
+
+    /// As [`shares`], in a balancer of `members` of which only `offered` are offered.
+    fn shares_offered(
+        members: &[super::super::Candidate],
+        c: &[super::super::Candidate],
+        processes: usize,
+        picks: usize,
+    ) -> Vec<u64> {
+        let (segment, slot) = balancer(members.len() as u32);
+        let settings = BalancerSettings::default();
+        let mut locals: Vec<LocalState> = (0..processes).map(|_| LocalState::default()).collect();
+        let mut counts = vec![0; c.len()];
+        for i in 0..picks {
+            let local = &mut locals[i % processes];
+            let mut reserve = Counts::default();
+            let choice =
+                pick_offered(&ByWeight, &segment, slot, &settings, local, members, c, None, &mut reserve);
+            counts[choice.unwrap().position] += 1;
+        }
+        unsafe { segment.unmap() };
+        counts
+    }
+
+    #[test]
+    fn processes_sharing_a_ticket_share_one_exact_cycle() {
+        assert_eq!(shares(&candidates(&[100, 200, 300]), 3, 600), [100, 200, 300]);
+    }
+
+    #[test]
+    fn members_that_cannot_take_requests_spend_their_tickets() {
+        // The third member is not offered (the finder lists only what httpd offers): the other
+        // two keep exactly 1:2, and the smooth order among them.
+        let all = candidates(&[100, 200, 300]);
+        assert_eq!(shares_offered(&all, &all[..2], 2, 300), [100, 200]);
+        assert_eq!(shares_offered(&all, &[all[0], all[2]], 2, 400), [100, 300]);
+        // At its cap, the same.
+        let mut capped = all.clone();
+        capped[2].full = true;
+        assert_eq!(shares(&capped, 2, 300), [100, 200, 0]);
+    }
+
+    #[test]
+    fn a_ramping_member_takes_its_ramped_share() {
+        let mut c = candidates(&[100, 100]);
+        c[1].weight = 25; // a quarter of the way up its ramp
+        let got = shares(&c, 1, 10_000);
+        let share = got[1] as f64 / 10_000.0;
+        assert!((share - 0.2).abs() < 0.02, "{got:?}: 25 against 100 is a fifth");
+    }
+
+    #[test]
+    fn almost_everything_down_is_still_cheap_and_weighted() {
+        // 1000 members of distinct loadfactors, only two offered: most tickets land on members
+        // that are down, and the draw by weight decides.
+        let (segment, slot) = balancer(1000);
+        let settings = BalancerSettings::default();
+        let mut local = LocalState::default();
+        let all = candidates(&(0..1000).map(|i| 100 + i).collect::<Vec<u32>>());
+        local.sync_members(all.len(), |list| {
+            list.extend(all.iter().map(|c| super::super::Member {
+                worker_index: c.worker_index,
+                key: u64::from(c.worker_index) + 1,
+                lbfactor: c.lbfactor,
+            }))
+        });
+        let offered = [all[10], all[900]];
+        let mut counts = [0u32; 2];
+        for _ in 0..2000 {
+            let mut reserve = Counts::default();
+            local.candidates_mut().extend_from_slice(&offered);
+            let shared = segment.balancer(slot).unwrap();
+            let mut pick = Pick::new(shared, &settings, &segment, 0, None, &mut local, &mut reserve);
+            counts[ByWeight.choose(&mut pick).unwrap().position] += 1;
+        }
+        let share = f64::from(counts[1]) / 2000.0;
+        let want = 1000.0 / (110.0 + 1000.0);
+        assert!((share - want).abs() < 0.05, "{counts:?}");
+        unsafe { segment.unmap() };
+    }
+
+    #[test]
+    fn nothing_free_nothing_picked() {
+        let mut c = candidates(&[100, 200]);
+        c.iter_mut().for_each(|c| c.full = true);
+        let (segment, slot) = balancer(2);
+        let mut reserve = Counts::default();
+        let mut local = LocalState::default();
+        let settings = BalancerSettings::default();
+        assert_eq!(pick_once(&ByWeight, &segment, slot, &settings, &mut local, &c, None, &mut reserve), None);
+        unsafe { segment.unmap() };
+    }
 
     fn letters(weights: &[u32], n: usize) -> String {
         let schedule = Schedule::build(weights);

@@ -1,8 +1,14 @@
 //! The load-balancing methods: how one member is chosen among the ones httpd says are eligible.
 //!
 //! httpd decides eligibility (lbset tiers, hot spares and standbys, drain, disabled, error and
-//! retry, health checks); a method only ranks the candidates it is given. Everything here is
-//! plain Rust, with no httpd calls, so it is tested and benchmarked without a server.
+//! retry, health checks); the finder weighs each eligible member (live loadfactor, slow-start
+//! ramp, exact in-flight count, `LBMaxInflight` cap) into a [`Candidate`], and a method
+//! chooses one and reserves a place on it through [`Pick::reserve`]. Each method's whole rule
+//! is in its own file. Everything here is plain Rust, with no httpd calls, so it is tested and
+//! benchmarked without a server.
+//!
+//! To add a method: write its file (a type that implements [`Method`]), and add one line to
+//! [`METHODS`].
 
 pub mod byhash;
 pub mod byinflight;
@@ -10,68 +16,103 @@ pub mod bylatency;
 pub mod byweight;
 pub mod slow_start;
 
-use crate::shm::BalancerSlot;
-use byhash::Table;
-use byweight::Schedule;
+use crate::config::BalancerSettings;
+use crate::shm::{BalancerSlot, MemberSlot, Segment};
 use std::ffi::CStr;
 use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::AtomicI32;
 
-/// The methods this module registers with mod_proxy_balancer (`ProxySet lbmethod=<name>`).
-// The variants carry the names administrators type after `lbmethod=`, prefix included.
-#[allow(clippy::enum_variant_names)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    ByWeight,
-    ByInflight,
-    ByLatency,
-    ByHash,
+/// A method's rule.
+pub trait Method: Sync {
+    /// Chooses one of `pick`'s candidates and reserves a place on it ([`Pick::reserve`]);
+    /// `None` when none can take the request (every one is full).
+    fn choose(&self, pick: &mut Pick<'_>) -> Option<Choice>;
+
+    /// Whether the finder evaluates the balancer's `LBHashKey` for this method's picks.
+    fn uses_hash_key(&self) -> bool {
+        false
+    }
+
+    /// What the status page shows as each member's score (what the method ranks on, lower is
+    /// better), in `members`' order; `None` where the method ranks on nothing per member.
+    fn scores(&self, members: &[Scored]) -> Vec<Option<f64>> {
+        vec![None; members.len()]
+    }
 }
 
-impl Method {
-    pub const ALL: [Method; 4] = [Method::ByWeight, Method::ByInflight, Method::ByLatency, Method::ByHash];
-
+/// A method as httpd knows it: the name administrators write after `lbmethod=`.
+pub struct Registered {
     /// The provider name. httpd keeps it in a 16-byte field and balancer-manager refuses names
     /// of 15 characters or more.
-    pub const fn c_name(self) -> &'static CStr {
-        match self {
-            Method::ByWeight => c"byweight",
-            Method::ByInflight => c"byinflight",
-            Method::ByLatency => c"bylatency",
-            Method::ByHash => c"byhash",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        self.c_name().to_str().unwrap_or("")
-    }
-
-    pub fn from_name(name: &str) -> Option<Method> {
-        Method::ALL.into_iter().find(|m| m.name() == name)
-    }
+    pub name: &'static CStr,
+    pub method: &'static dyn Method,
 }
+
+/// Every method this module registers with mod_proxy_balancer.
+pub static METHODS: [Registered; 4] = [
+    Registered { name: c"byweight", method: &byweight::ByWeight },
+    Registered { name: c"byinflight", method: &byinflight::ByInflight },
+    Registered { name: c"bylatency", method: &bylatency::ByLatency },
+    Registered { name: c"byhash", method: &byhash::ByHash },
+];
 
 const _: () = {
     let mut i = 0;
-    while i < Method::ALL.len() {
-        assert!(Method::ALL[i].c_name().count_bytes() <= 14);
+    while i < METHODS.len() {
+        assert!(METHODS[i].name.count_bytes() <= 14);
         i += 1;
     }
 };
 
-/// One member the method may choose.
+impl Registered {
+    pub fn name(&self) -> &'static str {
+        self.name.to_str().unwrap_or_default()
+    }
+}
+
+/// The method registered under `name`.
+pub fn by_name(name: &[u8]) -> Option<&'static Registered> {
+    METHODS.iter().find(|m| m.name.to_bytes() == name)
+}
+
+/// One member the method may choose, as the finder weighed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Candidate {
     /// httpd's worker slot index (`worker->s->index`), the same in every process.
     pub worker_index: u32,
-    /// The weight the method uses: the live loadfactor x 100 (`lbfactor`), reduced while the
-    /// member is on its slow-start ramp.
+    /// Its member slot in the shared segment; `None` for a member beyond the slots httpd
+    /// declared (then it is balanced, not counted).
+    pub member: Option<u32>,
+    /// The live loadfactor x 100 (`lbfactor`), as balancer-manager may have changed it.
+    pub lbfactor: u32,
+    /// The weight the method uses: `lbfactor`, reduced while the member is on its slow-start
+    /// ramp.
     pub weight: u32,
-    /// Attempts in flight to the member now, across all processes.
-    pub inflight: u64,
-    /// At its `LBMaxInflight` cap: it may not take this request.
+    /// Attempts in flight to the member when the pick began, across all processes.
+    pub inflight: u32,
+    /// Its `LBMaxInflight` cap ([`NO_LIMIT`]: none).
+    pub limit: u32,
+    /// Found at its cap: it may not take this request.
     pub full: bool,
+}
+
+/// [`Candidate::limit`] of a member without a cap.
+pub const NO_LIMIT: u32 = u32::MAX;
+
+impl Candidate {
+    /// The cap as a limit for [`Reserve::reserve`] (`u64::MAX`: none).
+    pub fn cap(&self) -> u64 {
+        if self.limit == NO_LIMIT { u64::MAX } else { u64::from(self.limit) }
+    }
+}
+
+/// One member of the balancer, usable or not, as the per-process tables are built from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub worker_index: u32,
+    /// Stable hash of its name ([`crate::shm::name_key`]).
+    pub key: u64,
+    pub lbfactor: u32,
 }
 
 /// What a method chose, and why (for `LogLevel lbmethod_rs:debug`).
@@ -84,10 +125,14 @@ pub struct Choice {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Reason {
-    /// `byweight`: the shared ticket and the step of the smooth cycle it landed on.
-    Ticket { ticket: u64, step: usize, cycle: usize },
+    /// `byweight`: the shared ticket and the step of the smooth cycle it landed on; `skipped`
+    /// tickets landed on members that could not take the request.
+    Ticket { ticket: u64, step: usize, cycle: usize, skipped: u32 },
+    /// `byweight`: no ticket landed on a member that could take the request within its tries;
+    /// a weighted draw chose instead.
+    Drawn { ticket: u64 },
     /// `byinflight`: the chosen member's in-flight count and weight (its key is their ratio).
-    LeastInflight { inflight: u64, weight: u32 },
+    LeastInflight { inflight: u32, weight: u32 },
     /// `bylatency`: the scores ([`bylatency::score`]) of the two members drawn, the chosen
     /// one first, and the chosen one's latency estimate in microseconds.
     Latency { score: f64, other_score: f64, latency_us: f64 },
@@ -98,9 +143,14 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Ticket { ticket, step, cycle } => {
-                write!(f, "ticket {ticket} is step {} of the {cycle}-step smooth cycle", step + 1)
+            Reason::Ticket { ticket, step, cycle, skipped } => {
+                write!(f, "ticket {ticket} is step {} of the {cycle}-step smooth cycle", step + 1)?;
+                if *skipped > 0 {
+                    write!(f, " ({skipped} ticket(s) before it landed on members that could not take it)")?;
+                }
+                Ok(())
             }
+            Reason::Drawn { ticket } => write!(f, "drawn by weight with ticket {ticket}"),
             Reason::LeastInflight { inflight, weight } => {
                 write!(f, "least (inflight+1)/weight: ({inflight}+1)/{weight}")
             }
@@ -119,167 +169,342 @@ impl fmt::Display for Reason {
     }
 }
 
-/// Per-process state of one balancer that methods keep between picks. Built from shared state
-/// only, so every process holds the same thing.
-#[derive(Default)]
-pub struct LocalBalancer {
-    /// `byweight`: the cycle for the current candidate weights.
-    schedule: Mutex<Option<Arc<Schedule>>>,
-    /// `byhash`: the table for the current members and weights.
-    table: Mutex<Option<Arc<Table>>>,
+/// What the status page knows of a member, for [`Method::scores`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scored {
+    pub inflight: u64,
+    pub weight: u32,
+    /// `bylatency`'s estimate, `None` before the first sample.
+    pub latency_us: Option<f64>,
 }
 
-impl LocalBalancer {
-    /// Chooses among `candidates` (sorted by worker index, non-empty); `None` when every
-    /// candidate is full.
-    ///
-    /// `latencies` (microseconds, one per candidate, see [`bylatency::latencies`]) are read by
-    /// `bylatency` only. `byhash` places keys with [`LocalBalancer::hash_table`] and
-    /// [`byhash::place`]; given no key, it chooses as `byinflight` does.
-    pub fn choose(
-        &self,
-        method: Method,
-        shared: &BalancerSlot,
-        candidates: &[Candidate],
-        latencies: &[f64],
-    ) -> Option<Choice> {
-        match method {
-            Method::ByWeight => self.choose_byweight(shared, candidates),
-            Method::ByInflight | Method::ByHash => {
-                let start = shared.rotation.fetch_add(1, Ordering::Relaxed) as usize;
-                let position = byinflight::choose(candidates, start)?;
-                let Candidate { inflight, weight, .. } = candidates[position];
-                Some(Choice { position, reason: Reason::LeastInflight { inflight, weight } })
+/// Takes a place on a member: counts an attempt on it if it has fewer than `limit` in flight, in
+/// one atomic step; false when it is full. [`SharedCounts`] is the real one.
+pub trait Reserve {
+    fn reserve(&mut self, candidate: &Candidate, limit: u64) -> bool;
+}
+
+/// Reserves on the shared in-flight counters, with this process's own count of each member
+/// (its row in the process table), which lets the parent take back the attempts of a killed
+/// child.
+pub struct SharedCounts<'a> {
+    pub segment: &'a Segment,
+    /// This process's slot in the process table, if it has one.
+    pub process: Option<usize>,
+}
+
+impl SharedCounts<'_> {
+    /// The member slot and this process's count for it, for candidate `candidate`.
+    pub fn counters(&self, candidate: &Candidate) -> Option<(&MemberSlot, Option<&AtomicI32>)> {
+        let index = candidate.member? as usize;
+        let mine = self.process.and_then(|process| self.segment.contribution(process, index));
+        Some((self.segment.member(index)?, mine))
+    }
+}
+
+impl Reserve for SharedCounts<'_> {
+    fn reserve(&mut self, candidate: &Candidate, limit: u64) -> bool {
+        match self.counters(candidate) {
+            Some((member, mine)) if limit == u64::MAX => {
+                member.begin_attempt(mine);
+                true
             }
-            Method::ByLatency => {
-                let draw = shared.rotation.fetch_add(1, Ordering::Relaxed);
-                let random = (bylatency::mix(2 * draw), bylatency::mix(2 * draw + 1));
-                let (a, b) = bylatency::draw_two(candidates, random)?;
-                let position = bylatency::better(candidates, latencies, a, b);
-                let other = if position == a { b } else { a };
-                let score =
-                    |i: usize| bylatency::score(latencies[i], candidates[i].inflight, candidates[i].weight);
-                let reason = Reason::Latency {
-                    score: score(position),
-                    other_score: score(other),
-                    latency_us: latencies[position],
-                };
-                Some(Choice { position, reason })
-            }
+            Some((member, mine)) => member.try_begin_attempt(limit, mine),
+            None => true, // a member beyond the slots httpd declared: balanced, not counted
         }
+    }
+}
+
+/// Takes a place on `candidate` under `limit` and its cap; marks it full when its cap refused.
+fn reserve_candidate(reserve: &mut dyn Reserve, candidate: &mut Candidate, limit: u64) -> bool {
+    let reserved = reserve.reserve(candidate, limit.min(candidate.cap()));
+    if !reserved && limit >= candidate.cap() {
+        candidate.full = true;
+    }
+    reserved
+}
+
+/// This process's state for one balancer, kept between picks: the member list the tables are
+/// built from, the tables, and buffers reused by every pick so that a pick allocates nothing.
+/// Used under the balancer's lock (httpd's thread lock around the finder).
+#[derive(Default)]
+pub struct LocalState {
+    /// Every member of the balancer, usable or not, in worker index order.
+    members: Vec<Member>,
+    /// Counts changes of `members` (a member added, a loadfactor changed); the tables below
+    /// are rebuilt when theirs differs.
+    generation: u64,
+    /// The candidates of the pick under way, in worker index order.
+    candidates: Vec<Candidate>,
+    /// Where each of `members` is among the candidates of the pick under way.
+    offered: Offered,
+    schedule: byweight::Cached,
+    table: byhash::Cached,
+}
+
+/// Where each member of the balancer is among the candidates of the pick under way.
+#[derive(Default)]
+struct Offered {
+    /// Every member is a candidate, so member `i` is candidate `i`: the common case, no map.
+    all: bool,
+    /// Otherwise each member's candidate position, `NOT_OFFERED` for a member that is not one.
+    positions: Vec<u32>,
+}
+
+const NOT_OFFERED: u32 = u32::MAX;
+
+impl Offered {
+    /// The candidate position of member `member`, if it is a candidate.
+    fn position(&self, member: usize) -> Option<usize> {
+        if self.all {
+            return Some(member);
+        }
+        self.positions.get(member).filter(|&&p| p != NOT_OFFERED).map(|&p| p as usize)
+    }
+}
+
+impl LocalState {
+    /// Brings the member list up to date when the balancer's member count is not the one it
+    /// was built for (httpd only ever adds members within a generation): `fill` then lists
+    /// every member.
+    pub fn sync_members(&mut self, count: usize, fill: impl FnOnce(&mut Vec<Member>)) {
+        if count == self.members.len() && self.generation != 0 {
+            return;
+        }
+        self.members.clear();
+        fill(&mut self.members);
+        self.members.sort_unstable_by_key(|m| m.worker_index);
+        self.generation += 1;
     }
 
-    /// `byhash`: the table for `members` ((name key, weight) of every member of the balancer,
-    /// in worker index order), rebuilt only when they change.
-    pub fn hash_table(&self, members: &[(u64, u32)]) -> Arc<Table> {
-        let mut cached = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if cached.as_ref().is_none_or(|table| table.members() != members) {
-            *cached = Some(Arc::new(Table::build(members)));
-        }
-        Arc::clone(cached.as_ref().expect("filled above"))
+    /// The buffer for the next pick's candidates, emptied: push them in worker index order.
+    pub fn candidates_mut(&mut self) -> &mut Vec<Candidate> {
+        self.candidates.clear();
+        &mut self.candidates
     }
 
-    /// The cycle covers every candidate, full or not, so that members reaching their cap do not
-    /// force rebuilds; a ticket landing on a full member is passed over for the next one.
-    fn choose_byweight(&self, shared: &BalancerSlot, candidates: &[Candidate]) -> Option<Choice> {
-        let schedule = self.schedule_for(candidates);
-        for _ in 0..schedule.len() {
-            let ticket = shared.ticket.fetch_add(1, Ordering::Relaxed);
-            let (position, step) = schedule.pick(ticket)?;
-            if !candidates[position].full {
-                let reason = Reason::Ticket { ticket, step, cycle: schedule.len() };
-                return Some(Choice { position, reason });
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// `byhash`: the table's size and each member's share of it (in [`LocalState::members`]'
+    /// order), building the table if needed.
+    pub fn hash_shares(&mut self) -> (usize, Vec<f64>) {
+        let (table, _) = self.table.current(self.generation, &self.members);
+        let size = table.size().max(1) as f64;
+        (table.size(), table.shares().into_iter().map(|share| share as f64 / size).collect())
+    }
+}
+
+/// One pick in progress: what a method may read and the reservation it must make.
+pub struct Pick<'a> {
+    pub shared: &'a BalancerSlot,
+    pub settings: &'a BalancerSettings,
+    pub segment: &'a Segment,
+    /// Monotonic microseconds at the start of the pick.
+    pub now_us: u64,
+    /// `byhash`: the request's `LBHashKey` value (`None`: no key for this request).
+    pub key: Option<&'a [u8]>,
+    local: &'a mut LocalState,
+    reserve: &'a mut dyn Reserve,
+}
+
+impl<'a> Pick<'a> {
+    /// A pick over the candidates the finder put in `local` (see
+    /// [`LocalState::candidates_mut`]), in worker index order, so that every process lists the
+    /// same members in the same order.
+    pub fn new(
+        shared: &'a BalancerSlot,
+        settings: &'a BalancerSettings,
+        segment: &'a Segment,
+        now_us: u64,
+        key: Option<&'a [u8]>,
+        local: &'a mut LocalState,
+        reserve: &'a mut dyn Reserve,
+    ) -> Pick<'a> {
+        debug_assert!(
+            local.candidates.is_sorted_by_key(|c| c.worker_index),
+            "candidates in worker index order"
+        );
+        Pick { shared, settings, segment, now_us, key, local, reserve }
+    }
+
+    pub fn candidates(&self) -> &[Candidate] {
+        &self.local.candidates
+    }
+
+    /// Takes a place on candidate `position` under its cap; a candidate found full is marked
+    /// so, for the method to pass it over.
+    pub fn reserve(&mut self, position: usize) -> bool {
+        let limit = self.local.candidates[position].cap();
+        self.reserve_under(position, limit)
+    }
+
+    /// Takes a place on candidate `position` if it has fewer than `limit` in flight (`byhash`'s
+    /// load bound, or the cap if lower); a candidate found at its cap is marked full.
+    pub fn reserve_under(&mut self, position: usize, limit: u64) -> bool {
+        reserve_candidate(self.reserve, &mut self.local.candidates[position], limit)
+    }
+
+    /// Maps every member to its candidate position, for the methods whose tables cover every
+    /// member (`byweight`, `byhash`). A candidate whose loadfactor is not the one the member
+    /// list holds (balancer-manager changed it) updates the list and bumps its generation, so
+    /// the tables are rebuilt: weights are checked on the way, not by a pass of their own.
+    fn map_members(&mut self) {
+        let LocalState { members, generation, candidates, offered, .. } = &mut *self.local;
+        // Candidates are a subset of the members, both in worker index order: as many means
+        // the same list.
+        offered.all = candidates.len() == members.len();
+        if offered.all {
+            debug_assert!(
+                members.iter().zip(candidates.iter()).all(|(m, c)| m.worker_index == c.worker_index)
+            );
+            if !members.iter().zip(candidates.iter()).all(|(m, c)| m.lbfactor == c.lbfactor) {
+                members.iter_mut().zip(candidates.iter()).for_each(|(m, c)| m.lbfactor = c.lbfactor);
+                *generation += 1;
             }
+            return;
         }
-        None
+        let positions = &mut offered.positions;
+        positions.clear();
+        positions.resize(members.len(), NOT_OFFERED);
+        let mut next = 0;
+        for (position, candidate) in candidates.iter().enumerate() {
+            while next < members.len() && members[next].worker_index < candidate.worker_index {
+                next += 1;
+            }
+            let Some(member) = members.get_mut(next).filter(|m| m.worker_index == candidate.worker_index)
+            else {
+                continue; // not in the list (cannot happen under the lock): not in the tables
+            };
+            if member.lbfactor != candidate.lbfactor {
+                member.lbfactor = candidate.lbfactor;
+                *generation += 1;
+            }
+            positions[next] = position as u32;
+        }
     }
+}
 
-    /// The cycle for these candidates' weights, rebuilt only when the weights change (a member
-    /// leaves or returns, balancer-manager changes a loadfactor, a slow-start ramp steps up).
-    fn schedule_for(&self, candidates: &[Candidate]) -> Arc<Schedule> {
-        let mut cached = self.schedule.lock().unwrap_or_else(PoisonError::into_inner);
-        let same = cached.as_ref().is_some_and(|s| {
-            s.weights().len() == candidates.len()
-                && s.weights().iter().zip(candidates).all(|(&w, c)| w == c.weight)
-        });
-        if !same {
-            let weights: Vec<u32> = candidates.iter().map(|c| c.weight).collect();
-            *cached = Some(Arc::new(Schedule::build(&weights)));
-        }
-        Arc::clone(cached.as_ref().expect("filled above"))
-    }
+/// A well-mixed 64-bit number from a counter or a hash (splitmix64's finalizer): the methods'
+/// source of pseudo-random draws, the same in every process, with no per-thread state.
+pub fn mix(counter: u64) -> u64 {
+    let mut z = counter.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
 mod tests {
+    use super::testing::{Counts, balancer, candidates, pick_once};
     use super::*;
-    use crate::shm::{Capacity, Segment};
-
-    fn candidates(weights: &[u32]) -> Vec<Candidate> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| Candidate { worker_index: i as u32, weight, inflight: 0, full: false })
-            .collect()
-    }
 
     #[test]
-    fn names_round_trip() {
-        for m in Method::ALL {
-            assert_eq!(Method::from_name(m.name()), Some(m));
+    fn names_are_unique_and_found() {
+        for m in &METHODS {
+            assert!(std::ptr::eq(by_name(m.name.to_bytes()).unwrap(), m));
         }
-        assert_eq!(Method::from_name("byrequests"), None);
+        assert!(by_name(b"byrequests").is_none());
     }
 
     #[test]
-    fn processes_sharing_a_ticket_share_one_cycle() {
-        // Two "processes" (two LocalBalancers) and one shared slot: interleaved picks still add
-        // up to exact shares, because the cycle position comes from the shared ticket.
-        let seg = Segment::create(Capacity { balancers: 1, members: 3, processes: 1 }).unwrap();
-        let shared = seg.balancer(seg.claim_balancer(1, 3).unwrap()).unwrap();
-        let (p1, p2) = (LocalBalancer::default(), LocalBalancer::default());
-        let c = candidates(&[100, 200, 300]);
-        let mut counts = [0; 3];
-        for i in 0..600 {
-            let local = if i % 3 == 0 { &p1 } else { &p2 };
-            counts[local.choose(Method::ByWeight, shared, &c, &[]).unwrap().position] += 1;
+    fn shared_counts_reserve_under_the_limit_and_count_per_process() {
+        let (segment, slot) = balancer(2);
+        let shared = segment.balancer(slot).unwrap();
+        let process = segment.claim_process(4242);
+        let index = segment.member_index(shared, 1).unwrap() as u32;
+        let candidate = Candidate { member: Some(index), ..candidates(&[100, 100])[1] };
+        let mut counts = SharedCounts { segment: &segment, process };
+        assert!(counts.reserve(&candidate, 2));
+        assert!(counts.reserve(&candidate, 2));
+        assert!(!counts.reserve(&candidate, 2), "full at 2");
+        assert!(counts.reserve(&candidate, u64::MAX), "no cap");
+        let (member, mine) = counts.counters(&candidate).unwrap();
+        assert_eq!(member.inflight(), 3);
+        assert_eq!(mine.unwrap().load(std::sync::atomic::Ordering::Relaxed), 3);
+        unsafe { segment.unmap() };
+    }
+
+    #[test]
+    fn a_loadfactor_change_bumps_the_generation_on_the_way() {
+        let (segment, slot) = balancer(3);
+        let mut local = LocalState::default();
+        let settings = BalancerSettings::default();
+        let mut counts = Counts::default();
+        let c = candidates(&[100, 100, 100]);
+        pick_once(&byweight::ByWeight, &segment, slot, &settings, &mut local, &c, None, &mut counts);
+        let before = local.generation;
+        pick_once(&byweight::ByWeight, &segment, slot, &settings, &mut local, &c, None, &mut counts);
+        assert_eq!(local.generation, before, "nothing changed");
+        let mut changed = c.clone();
+        changed[1].lbfactor = 300;
+        changed[1].weight = 300;
+        pick_once(&byweight::ByWeight, &segment, slot, &settings, &mut local, &changed, None, &mut counts);
+        assert_eq!(local.generation, before + 1);
+        assert_eq!(local.members[1].lbfactor, 300);
+        unsafe { segment.unmap() };
+    }
+
+    #[test]
+    fn a_warm_pick_allocates_nothing() {
+        // What the finder does per request once the balancer's buffers have grown: refill the
+        // candidates, pick, reserve on the shared counters.
+        let (segment, slot) = balancer(16);
+        let shared = segment.balancer(slot).unwrap();
+        let settings = BalancerSettings {
+            max_inflight: Some(crate::config::Cap { limit: 1_000_000, per_loadfactor: false }),
+            ..Default::default()
+        };
+        let mut all =
+            candidates(&[100, 200, 300, 100, 500, 100, 100, 200, 100, 100, 300, 100, 100, 100, 100, 1000]);
+        for (i, c) in all.iter_mut().enumerate() {
+            c.member = Some(segment.member_index(shared, i).unwrap() as u32);
+            c.limit = 1_000_000;
+            c.inflight = i as u32 % 5;
         }
-        assert_eq!(counts, [100, 200, 300]);
-        unsafe { seg.unmap() };
-    }
-
-    #[test]
-    fn byweight_passes_over_full_members_and_gives_up_when_all_are() {
-        let seg = Segment::create(Capacity { balancers: 1, members: 3, processes: 1 }).unwrap();
-        let shared = seg.balancer(seg.claim_balancer(1, 3).unwrap()).unwrap();
-        let local = LocalBalancer::default();
-        let mut c = candidates(&[100, 200, 300]);
-        c[2].full = true;
-        let mut counts = [0; 3];
-        for _ in 0..300 {
-            counts[local.choose(Method::ByWeight, shared, &c, &[]).unwrap().position] += 1;
+        for latency in [3_000.0, 4_000.0] {
+            bylatency::record(segment.member(0).unwrap(), latency, false, 1, 10_000_000);
         }
-        assert_eq!(counts, [100, 200, 0]);
-        c.iter_mut().for_each(|c| c.full = true);
-        assert_eq!(local.choose(Method::ByWeight, shared, &c, &[]), None);
-        unsafe { seg.unmap() };
-    }
-
-    #[test]
-    fn byinflight_rotates_its_scan_through_the_shared_slot() {
-        let seg = Segment::create(Capacity { balancers: 1, members: 3, processes: 1 }).unwrap();
-        let shared = seg.balancer(seg.claim_balancer(1, 3).unwrap()).unwrap();
-        let local = LocalBalancer::default();
-        let idle = candidates(&[100, 100, 100]);
-        let picks: Vec<usize> =
-            (0..6).map(|_| local.choose(Method::ByInflight, shared, &idle, &[]).unwrap().position).collect();
-        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
-        unsafe { seg.unmap() };
+        let process = segment.claim_process(777);
+        for registered in &METHODS {
+            let mut local = LocalState::default();
+            let picks = |local: &mut LocalState, n: u64| {
+                for i in 0..n {
+                    let key = i.to_le_bytes();
+                    local.sync_members(all.len(), |list| {
+                        list.extend(all.iter().map(|c| Member {
+                            worker_index: c.worker_index,
+                            key: u64::from(c.worker_index) + 1,
+                            lbfactor: c.lbfactor,
+                        }))
+                    });
+                    local.candidates_mut().extend_from_slice(&all);
+                    let mut counts = SharedCounts { segment: &segment, process };
+                    let mut pick =
+                        Pick::new(shared, &settings, &segment, 1_000_000 + i, Some(&key), local, &mut counts);
+                    let choice = registered.method.choose(&mut pick);
+                    let candidate = choice.map(|c| pick.candidates()[c.position]);
+                    if let Some((member, mine)) = candidate.and_then(|c| counts.counters(&c)) {
+                        member.end_attempt(false, mine);
+                    }
+                    assert!(choice.is_some(), "{} found no member", registered.name());
+                }
+            };
+            picks(&mut local, 10); // grows the buffers, builds the tables
+            let before = crate::allocations::count();
+            picks(&mut local, 1000);
+            assert_eq!(crate::allocations::count() - before, 0, "{} allocated", registered.name());
+        }
+        unsafe { segment.unmap() };
     }
 
     #[test]
     fn reason_reads_well() {
-        let r = Reason::Ticket { ticket: 7, step: 1, cycle: 6 };
+        let r = Reason::Ticket { ticket: 7, step: 1, cycle: 6, skipped: 0 };
         assert_eq!(r.to_string(), "ticket 7 is step 2 of the 6-step smooth cycle");
     }
 }

@@ -5,7 +5,6 @@
 //! processes on a shared mapping). A slot is a whole number of cache lines so that two members'
 //! hot counters never share one.
 
-use crate::methods::bylatency;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 /// Types that may be placed in the shared segment: zero bytes are a valid value, there are no
@@ -27,7 +26,10 @@ pub struct Header {
     pub next_free_member: AtomicU32,
 }
 
-/// One balancer (one `<Proxy balancer://...>` in one virtual host).
+/// One balancer (one `<Proxy balancer://...>` in one virtual host). Three cache lines: what is
+/// set once when the slot is claimed and then only read, what every pick in every process
+/// writes, and counters of rare events; so that the picks' writes never evict what every pick
+/// reads.
 #[repr(C, align(64))]
 pub struct BalancerSlot {
     /// Hash of the balancer's httpd-wide unique name; 0 while the slot is free.
@@ -35,10 +37,22 @@ pub struct BalancerSlot {
     /// Where this balancer's member slots start and how many there are.
     pub member_base: AtomicU32,
     pub member_slots: AtomicU32,
+    pub turns: Turns,
+    pub events: BalancerEvents,
+}
+
+/// The counters every pick moves on.
+#[repr(C, align(64))]
+pub struct Turns {
     /// `byweight`: the next ticket. One shared counter makes the schedule exact across processes.
     pub ticket: AtomicU64,
-    /// Where the next tie-break starts, so that equal members take turns.
+    /// Where the next tie-break or draw starts, so that equal members take turns.
     pub rotation: AtomicU64,
+}
+
+/// Counts of what happens to a request only now and then.
+#[repr(C, align(64))]
+pub struct BalancerEvents {
     /// Requests refused because every usable member was at its `LBMaxInflight` cap.
     pub shed: AtomicU64,
     /// `byhash`: requests that went past an eligible member of their key because it was at
@@ -65,11 +79,11 @@ pub struct MemberSlot {
     pub down: AtomicU32,
     /// Slow start: when the member last became usable again (monotonic microseconds; 0: never).
     pub ramp_start_us: AtomicU64,
-    /// Latency estimate in microseconds (bits of an f64); 0 until the first sample.
+    /// `bylatency`'s estimate in microseconds (bits of an f64; 0: none yet), when it last
+    /// changed (monotonic microseconds), and how many samples it has taken. The rule that
+    /// updates them is `methods::bylatency`'s.
     pub latency_bits: AtomicU64,
-    /// When the estimate last changed (monotonic microseconds).
     pub latency_at_us: AtomicU64,
-    /// Latency samples taken.
     pub latency_samples: AtomicU64,
 }
 
@@ -83,16 +97,18 @@ pub struct ProcessSlot {
 // SAFETY: all are repr(C) structs of atomics; all-zero is a valid value for each.
 unsafe impl ShmSafe for Header {}
 unsafe impl ShmSafe for BalancerSlot {}
+unsafe impl ShmSafe for Turns {}
+unsafe impl ShmSafe for BalancerEvents {}
 unsafe impl ShmSafe for MemberSlot {}
 unsafe impl ShmSafe for ProcessSlot {}
 unsafe impl ShmSafe for AtomicI32 {}
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v03");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v04");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
-const _: () = assert!(size_of::<BalancerSlot>().is_multiple_of(64));
+const _: () = assert!(size_of::<BalancerSlot>() == 3 * 64);
 const _: () = assert!(size_of::<MemberSlot>().is_multiple_of(64));
 const _: () = assert!(size_of::<ProcessSlot>().is_multiple_of(64));
 
@@ -199,35 +215,5 @@ impl MemberSlot {
     /// When the current slow-start ramp began (monotonic microseconds), if one ever did.
     pub fn ramp_start(&self) -> Option<u64> {
         Some(self.ramp_start_us.load(Ordering::Acquire)).filter(|&t| t != 0)
-    }
-
-    /// Takes one latency sample into the member's peak EWMA (see `methods::bylatency`). A
-    /// failed attempt counts as at least four times the current estimate, so that a member
-    /// that fails fast does not look fast.
-    pub fn record_latency(&self, sample_us: f64, failed: bool, now_us: u64, decay_us: u64) {
-        let sample_us = sample_us.max(1.0);
-        let previous_at = self.latency_at_us.swap(now_us, Ordering::AcqRel);
-        let elapsed = now_us.saturating_sub(previous_at);
-        let _ = self.latency_bits.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
-            let current = (bits != 0).then(|| f64::from_bits(bits));
-            let sample = if failed { sample_us.max(4.0 * current.unwrap_or(0.0)) } else { sample_us };
-            Some(bylatency::updated(current, sample, elapsed, decay_us).to_bits())
-        });
-        self.latency_samples.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The latency estimate to rank the member on at `now_us`; an idle member's fades with
-    /// the time since its last sample. `None` before the first sample.
-    pub fn latency(&self, now_us: u64, decay_us: u64) -> Option<f64> {
-        let bits = self.latency_bits.load(Ordering::Acquire);
-        if bits == 0 {
-            return None;
-        }
-        let estimate = f64::from_bits(bits);
-        if self.inflight() > 0 {
-            return Some(estimate);
-        }
-        let idle = now_us.saturating_sub(self.latency_at_us.load(Ordering::Acquire));
-        Some(bylatency::faded(estimate, idle, decay_us))
     }
 }

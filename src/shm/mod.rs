@@ -1,12 +1,17 @@
 //! Shared memory: the state every httpd process of a generation reads and writes.
+//!
+//! - [`layout`]: the slots, plain `#[repr(C)]` structs of atomics;
+//! - [`segment`]: the mapping that holds them, and the process table that lets the parent take
+//!   back what a killed child had in flight;
+//! - [`restart`]: what a graceful restart keeps.
 
 mod layout;
+mod restart;
 mod segment;
 
 pub use layout::{BalancerSlot, MemberSlot};
+pub use restart::{BalancerPlan, carry_over, place, reuse};
 pub use segment::{Capacity, Segment, name_key};
-
-use std::sync::atomic::Ordering;
 
 /// Microseconds on the system's monotonic clock: the same clock in every process, so times
 /// stored in the segment (slow-start ramps) mean the same to all of them.
@@ -15,104 +20,6 @@ pub fn monotonic_us() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
-}
-
-/// What the configuration needs from the segment for one balancer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BalancerPlan {
-    /// [`name_key`] of the balancer's httpd-wide unique name.
-    pub key: u64,
-    /// Member slots: httpd's `max_workers` (configured members plus `growth=`).
-    pub members: u32,
-    /// (httpd worker index, [`name_key`] of the member name) for each configured member.
-    pub member_keys: Vec<(u32, u64)>,
-}
-
-/// Places `plan` in a segment that already holds it: the segment of the previous generation,
-/// after a graceful restart that changed no balancer. Reusing it keeps every counter exact
-/// across the restart, in-flight counts and the `byweight` ticket included, because the old
-/// generation's children keep writing the same slots. Returns the slots in plan order, or
-/// `None` (and changes nothing) if any balancer is new, resized or has a member in another
-/// member's slot, or if httpd may now run more processes than the segment has slots for.
-pub fn reuse(segment: &Segment, plan: &[BalancerPlan], processes: u32) -> Option<Vec<usize>> {
-    if segment.capacity().processes < processes {
-        return None;
-    }
-    let mut slots = Vec::with_capacity(plan.len());
-    for balancer in plan {
-        let slot = segment.find_balancer(balancer.key)?;
-        let shared = segment.balancer(slot)?;
-        if shared.member_slots.load(Ordering::Acquire) != balancer.members {
-            return None;
-        }
-        for &(index, key) in &balancer.member_keys {
-            let held = segment.member_of(shared, index as usize)?.key.load(Ordering::Relaxed);
-            if held != 0 && held != key {
-                return None;
-            }
-        }
-        slots.push(slot);
-    }
-    name_members(segment, plan, &slots);
-    Some(slots)
-}
-
-/// Places `plan` in a fresh segment: claims a slot per balancer. Returns the slots in plan
-/// order, or `None` if the segment is too small.
-pub fn place(segment: &Segment, plan: &[BalancerPlan]) -> Option<Vec<usize>> {
-    let slots = plan
-        .iter()
-        .map(|balancer| segment.claim_balancer(balancer.key, balancer.members))
-        .collect::<Option<Vec<usize>>>()?;
-    name_members(segment, plan, &slots);
-    Some(slots)
-}
-
-fn name_members(segment: &Segment, plan: &[BalancerPlan], slots: &[usize]) {
-    for (balancer, &slot) in plan.iter().zip(slots) {
-        let Some(shared) = segment.balancer(slot) else {
-            continue;
-        };
-        for &(index, key) in &balancer.member_keys {
-            if let Some(member) = segment.member_of(shared, index as usize) {
-                member.key.store(key, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// When the previous segment cannot be reused (balancers were added or resized), copies what
-/// should survive a graceful restart (totals and the `byweight` ticket) into the new segment,
-/// matching balancers and members by name key.
-///
-/// In-flight counts are not copied: the previous generation's children still hold those
-/// attempts and release them into the old segment.
-pub fn carry_over(old: &Segment, new: &Segment) {
-    for slot in 0..new.capacity().balancers as usize {
-        let Some(new_balancer) = new.balancer(slot) else {
-            continue;
-        };
-        let key = new_balancer.key.load(Ordering::Acquire);
-        let Some(old_balancer) = old.find_balancer(key).and_then(|s| old.balancer(s)) else {
-            continue;
-        };
-        new_balancer.ticket.store(old_balancer.ticket.load(Ordering::Relaxed), Ordering::Relaxed);
-        let old_members: Vec<&MemberSlot> = (0..old_balancer.member_slots.load(Ordering::Acquire))
-            .filter_map(|i| old.member_of(old_balancer, i as usize))
-            .collect();
-        for i in 0..new_balancer.member_slots.load(Ordering::Acquire) as usize {
-            let Some(member) = new.member_of(new_balancer, i) else {
-                continue;
-            };
-            let member_key = member.key.load(Ordering::Relaxed);
-            if member_key == 0 {
-                continue;
-            }
-            if let Some(previous) = old_members.iter().find(|m| m.key.load(Ordering::Relaxed) == member_key) {
-                member.restore(previous.totals());
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -168,7 +75,7 @@ mod tests {
                 scope.spawn(|| {
                     for i in 0..20_000 {
                         member.begin_attempt(None);
-                        b.ticket.fetch_add(1, Relaxed);
+                        b.turns.ticket.fetch_add(1, Relaxed);
                         member.end_attempt(i % 10 == 0, None);
                     }
                 });
@@ -178,7 +85,7 @@ mod tests {
         assert_eq!(member.selected.load(Relaxed), 160_000);
         assert_eq!(member.completed.load(Relaxed) + member.failed.load(Relaxed), 160_000);
         assert_eq!(member.failed.load(Relaxed), 16_000);
-        assert_eq!(b.ticket.load(Relaxed), 160_000);
+        assert_eq!(b.turns.ticket.load(Relaxed), 160_000);
         assert!((1..=8).contains(&member.peak_inflight.load(Relaxed)));
         unsafe { seg.unmap() };
     }
@@ -197,7 +104,7 @@ mod tests {
                 0 => {
                     for _ in 0..ROUNDS {
                         member.begin_attempt(None);
-                        b.ticket.fetch_add(1, Relaxed);
+                        b.turns.ticket.fetch_add(1, Relaxed);
                         member.end_attempt(false, None);
                     }
                     unsafe { libc::_exit(0) };
@@ -212,7 +119,7 @@ mod tests {
             assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         }
         let total = CHILDREN as u64 * ROUNDS;
-        assert_eq!(b.ticket.load(Relaxed), total, "no ticket lost between processes");
+        assert_eq!(b.turns.ticket.load(Relaxed), total, "no ticket lost between processes");
         assert_eq!(member.selected.load(Relaxed), total);
         assert_eq!(member.completed.load(Relaxed), total);
         assert_eq!(member.inflight.load(Relaxed), 0);
@@ -230,7 +137,7 @@ mod tests {
             m1.begin_attempt(None);
         }
         m1.end_attempt(false, None);
-        ob.ticket.store(42, Relaxed);
+        ob.turns.ticket.store(42, Relaxed);
 
         // New generation: another balancer first, and the members in the other order.
         let new = seg(2, 6);
@@ -245,7 +152,7 @@ mod tests {
         assert_eq!(b.completed.load(Relaxed), 1);
         assert_eq!(b.inflight.load(Relaxed), 0, "in-flight stays with the old generation");
         assert_eq!(new.member_of(nb, 1).unwrap().selected.load(Relaxed), 0);
-        assert_eq!(nb.ticket.load(Relaxed), 42);
+        assert_eq!(nb.turns.ticket.load(Relaxed), 42);
         unsafe {
             old.unmap();
             new.unmap();
@@ -265,12 +172,12 @@ mod tests {
         let seg = seg(4, 16);
         let first = vec![plan(b"p1_app", 4, &[b"a", b"b"]), plan(b"p1_api", 4, &[b"x"])];
         let slots = place(&seg, &first).unwrap();
-        seg.balancer(slots[0]).unwrap().ticket.store(99, Relaxed);
+        seg.balancer(slots[0]).unwrap().turns.ticket.store(99, Relaxed);
 
         // Same balancers, in another order, with a member added at a growth slot: reused.
         let second = vec![plan(b"p1_api", 4, &[b"x"]), plan(b"p1_app", 4, &[b"a", b"b", b"c"])];
         assert_eq!(reuse(&seg, &second, 4), Some(vec![slots[1], slots[0]]));
-        assert_eq!(seg.balancer(slots[0]).unwrap().ticket.load(Relaxed), 99);
+        assert_eq!(seg.balancer(slots[0]).unwrap().turns.ticket.load(Relaxed), 99);
         let app = seg.balancer(slots[0]).unwrap();
         assert_eq!(seg.member_of(app, 2).unwrap().key.load(Relaxed), name_key(b"c"));
 

@@ -6,16 +6,17 @@
 //! mapping. A graceful restart builds a new one; children of the old generation keep theirs.
 
 use crate::config::BalancerSettings;
-use crate::methods::LocalBalancer;
+use crate::ffi;
+use crate::methods::{LocalState, SharedCounts};
 use crate::shm::{BalancerSlot, Segment};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicI32;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 pub struct Generation {
     segment: Segment,
     /// Indexed like the segment's balancer slots.
-    local: Vec<LocalBalancer>,
+    local: Vec<Mutex<Local>>,
     /// Indexed like the segment's balancer slots (defaults for balancers met at run time).
     settings: Vec<BalancerSettings>,
     /// Balancers known at startup, by the address of their `proxy_balancer_shared` (unique per
@@ -30,9 +31,29 @@ pub struct Generation {
 /// A balancer's slot: its shared counters, this process's state for it, and its settings.
 pub struct BalancerRef<'a> {
     pub shared: &'a BalancerSlot,
-    pub local: &'a LocalBalancer,
+    local: &'a Mutex<Local>,
     pub settings: &'a BalancerSettings,
 }
+
+impl BalancerRef<'_> {
+    /// This process's state for the balancer. Taken by the finder, which httpd already runs
+    /// under the balancer's thread lock (so it never waits here), and by the status page.
+    pub fn local(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// This process's state for one balancer: the methods' tables and buffers, and the buffer the
+/// finder collects httpd's eligible members in. Reused by every pick: no allocation once warm.
+#[derive(Default)]
+pub struct Local {
+    pub methods: LocalState,
+    pub offered: Vec<*mut ffi::proxy_worker>,
+}
+
+// SAFETY: the worker pointers are httpd's, valid for the whole generation in this process, and
+// only used under the balancer's lock.
+unsafe impl Send for Local {}
 
 /// What the parent found for one startup balancer.
 pub struct Configured {
@@ -45,7 +66,7 @@ pub struct Configured {
 impl Generation {
     pub fn new(segment: Segment, configured: Vec<Configured>) -> Generation {
         let slots = segment.capacity().balancers as usize;
-        let local = (0..slots).map(|_| LocalBalancer::default()).collect();
+        let local = (0..slots).map(|_| Mutex::new(Local::default())).collect();
         let mut settings = vec![BalancerSettings::default(); slots];
         let mut ids = HashMap::new();
         for balancer in configured {
@@ -116,6 +137,11 @@ impl Generation {
     pub fn my_contribution(&self, member: usize) -> Option<&AtomicI32> {
         let process = (*self.process.get()?)?;
         self.segment.contribution(process, member)
+    }
+
+    /// The in-flight counters as this process reserves on them.
+    pub fn counts(&self) -> SharedCounts<'_> {
+        SharedCounts { segment: &self.segment, process: self.process.get().copied().flatten() }
     }
 }
 

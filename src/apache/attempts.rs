@@ -8,13 +8,13 @@
 //! first byte of the response (or to its end when no response ever started), goes into the
 //! member's estimate as it is released.
 
+use super::module::runtime;
 use crate::ffi;
 use crate::httpd::guard::catch;
 use crate::httpd::log::{Level, log_request};
 use crate::httpd::{proxy, request};
-use crate::module;
+use crate::methods::bylatency;
 use crate::shm::{MemberSlot, monotonic_us, name_key};
-use crate::status::flag;
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
@@ -70,7 +70,10 @@ pub unsafe fn start(r: *mut ffi::request_rec, attempt: NewAttempt<'_>, started: 
     unsafe {
         if attempt.member.key.load(Ordering::Relaxed) == 0 {
             // A member added at run time: its slot learns its name on first use.
-            attempt.member.key.store(name_key(&proxy::worker_key_name(attempt.worker)), Ordering::Relaxed);
+            attempt
+                .member
+                .key
+                .store(name_key(proxy::worker_key_name(attempt.worker).as_bytes()), Ordering::Relaxed);
         }
         let state = request_state(r);
         let record = ffi::apr_palloc((*r).pool, size_of::<Attempt>()) as *mut Attempt;
@@ -144,14 +147,14 @@ unsafe extern "C" fn release_attempt(data: *mut c_void) -> ffi::apr_status_t {
         // process keeps mapped; the worker lives as long as the generation.
         unsafe {
             let attempt = &*(data as *const Attempt);
-            let in_error = proxy::worker_state(attempt.worker).status & flag::IN_ERROR != 0;
+            let in_error = proxy::worker_state(attempt.worker).in_error();
             let failed = attempt.abandoned || in_error || attempt.bad_response;
             let member = &*attempt.member;
             member.end_attempt(failed, attempt.mine.as_ref());
             let now = monotonic_us();
             let answered = if attempt.first_byte_us != 0 { attempt.first_byte_us } else { now };
             let sample = answered.saturating_sub(attempt.picked_us) as f64;
-            member.record_latency(sample, failed, now, attempt.decay_us);
+            bylatency::record(member, sample, failed, now, attempt.decay_us);
         }
         ffi::APR_SUCCESS
     })
@@ -284,7 +287,7 @@ unsafe fn note_attempt_start(r: *mut ffi::request_rec, worker: *mut ffi::proxy_w
         if sticky_worker != worker as usize {
             return;
         }
-        let Some(runtime) = module::runtime() else { return };
+        let Some(runtime) = runtime() else { return };
         let Some(balancer) = runtime.generation.slot(slot) else { return };
         let segment = runtime.generation.segment();
         let index = proxy::worker_state(worker).index as usize;

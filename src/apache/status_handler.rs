@@ -1,15 +1,14 @@
 //! The status handler (`SetHandler lbmethod-rs-status`): reads one snapshot of every balancer
 //! from httpd and the shared segment, and answers it in the format asked for.
 
+use super::finder::{slot_index_known, sync_members};
+use super::module::{Runtime, runtime};
 use crate::config::BalancerSettings;
 use crate::ffi;
-use crate::finder;
 use crate::httpd::guard::catch;
 use crate::httpd::proxy;
 use crate::httpd::request;
-use crate::methods::bylatency::{self, Estimate};
-use crate::methods::{Method, slow_start};
-use crate::module::{self, Runtime};
+use crate::methods::{self, Scored, bylatency, slow_start};
 use crate::shm::monotonic_us;
 use crate::status::{self, BalancerStatus, Format, MemberStatus, Snapshot};
 use std::ffi::c_int;
@@ -40,7 +39,7 @@ unsafe fn handle(r: *mut ffi::request_rec) -> c_int {
         let Some(format) = Format::from_query(request::args(r).as_deref()) else {
             return ffi::HTTP_BAD_REQUEST;
         };
-        let Some(runtime) = module::runtime() else {
+        let Some(runtime) = runtime() else {
             return ffi::HTTP_SERVICE_UNAVAILABLE;
         };
         let body = status::render(&snapshot(runtime), format);
@@ -77,67 +76,67 @@ unsafe fn balancer_status(
     // SAFETY: per this function's contract.
     unsafe {
         let method_name = proxy::balancer_method(balancer);
-        let method = Method::from_name(&method_name);
-        let slot = runtime
-            .generation
-            .known_slot(proxy::balancer_id(balancer))
-            .and_then(|s| runtime.generation.slot(s));
+        let method = methods::by_name(method_name.as_bytes());
+        let slot = slot_index_known(runtime, balancer).and_then(|s| runtime.generation.slot(s));
         let default_settings = BalancerSettings::default();
         let settings = slot.as_ref().map_or(&default_settings, |s| s.settings);
         let decay = settings.latency_decay().as_micros() as u64;
-        let workers = proxy::with_thread_lock(balancer, || proxy::workers(balancer));
-        // byhash: each member's share of the table (by worker index, as the table is built).
-        let table = match (&slot, method) {
-            (Some(slot), Some(Method::ByHash)) => {
-                let all = proxy::with_thread_lock(balancer, || finder::all_members(balancer));
-                let table = slot.local.hash_table(&finder::table_members(segment, slot, &all));
-                let shares: Vec<(u32, f64)> = all
-                    .iter()
-                    .zip(table.shares())
-                    .map(|((state, _), share)| (state.index, share as f64 / table.size().max(1) as f64))
-                    .collect();
-                Some((table.size(), shares))
-            }
-            _ => None,
-        };
-        // bylatency ranks a member without samples on the average of the others' estimates.
-        let estimates: Vec<Estimate> = workers
+        // Read under the balancer's thread lock, as the finder reads them.
+        let (workers, table) = proxy::with_thread_lock(balancer, || {
+            let workers: Vec<*mut ffi::proxy_worker> = proxy::workers(balancer).collect();
+            // byhash: each member's share of the table, by worker index.
+            let table = match (&slot, method) {
+                (Some(slot), Some(method)) if method.method.uses_hash_key() => {
+                    let mut local = slot.local();
+                    sync_members(runtime, balancer, slot, &mut local);
+                    let (size, shares) = local.methods.hash_shares();
+                    let by_index: Vec<(u32, f64)> = local
+                        .methods
+                        .members()
+                        .iter()
+                        .zip(shares)
+                        .map(|(m, share)| (m.worker_index, share))
+                        .collect();
+                    Some((size, by_index))
+                }
+                _ => None,
+            };
+            (workers, table)
+        });
+        let states: Vec<proxy::WorkerState> = workers.iter().map(|&w| proxy::worker_state(w)).collect();
+        let member_slots: Vec<_> = states
             .iter()
-            .map(|&worker| {
-                let index = proxy::worker_state(worker).index as usize;
-                let member = slot.as_ref().and_then(|b| segment.member_of(b.shared, index));
-                Estimate { latency_us: member.and_then(|m| m.latency(now, decay)) }
+            .map(|state| slot.as_ref().and_then(|b| segment.member_of(b.shared, state.index as usize)))
+            .collect();
+        let scored: Vec<Scored> = states
+            .iter()
+            .zip(&member_slots)
+            .map(|(state, member)| Scored {
+                inflight: member.map_or(0, |m| m.inflight()),
+                weight: slow_start::member_weight(state.lbfactor, *member, settings.slow_start, now),
+                latency_us: member.and_then(|m| bylatency::estimate(m, now, decay)),
             })
             .collect();
-        let ranked_latencies = bylatency::latencies(&estimates);
+        let scores = method.map_or_else(|| vec![None; scored.len()], |m| m.method.scores(&scored));
         let members = workers
-            .into_iter()
-            .zip(estimates.iter().zip(ranked_latencies))
-            .map(|(worker, (estimate, ranked_latency_us))| {
-                let state = proxy::worker_state(worker);
-                let member = slot.as_ref().and_then(|b| segment.member_of(b.shared, state.index as usize));
+            .iter()
+            .zip(&states)
+            .zip(&member_slots)
+            .zip(scored.iter().zip(scores))
+            .map(|(((&worker, state), member), (scored, score))| {
                 let totals = member.map(|m| m.totals()).unwrap_or_default();
-                let weight = slow_start::member_weight(state.lbfactor, member, settings.slow_start, now);
-                let inflight = member.map_or(0, |m| m.inflight());
-                let score = match method {
-                    Some(Method::ByInflight) => {
-                        Some((inflight + 1) as f64 / (f64::from(weight.max(1)) / 100.0))
-                    }
-                    Some(Method::ByLatency) => Some(bylatency::score(ranked_latency_us, inflight, weight)),
-                    _ => None,
-                };
                 MemberStatus {
                     name: proxy::worker_name(worker),
                     route: proxy::worker_route(worker),
-                    status: status::status_word(state.status),
-                    flags: status::flag_names(state.status),
+                    status: state.status_word(),
+                    flags: state.flag_names().collect(),
                     loadfactor: f64::from(state.lbfactor) / 100.0,
-                    effective_weight: f64::from(weight) / 100.0,
+                    effective_weight: f64::from(scored.weight) / 100.0,
                     slow_start_progress: member
                         .and_then(|m| slow_start::member_progress(m, settings.slow_start, now)),
                     max_inflight: settings.max_inflight.map(|cap| cap.for_member(state.lbfactor)),
                     // Microsecond resolution: an idle member's estimate fades towards 0.
-                    latency_ms: estimate.latency_us.map(|l| l.round() / 1000.0),
+                    latency_ms: scored.latency_us.map(|l| l.round() / 1000.0),
                     latency_samples: totals.latency_samples,
                     score,
                     hash_share: table.as_ref().and_then(|(_, shares)| {
@@ -145,7 +144,7 @@ unsafe fn balancer_status(
                     }),
                     lbset: state.lbset,
                     selected: totals.selected,
-                    inflight,
+                    inflight: scored.inflight,
                     peak_inflight: totals.peak_inflight.max(0) as u64,
                     completed: totals.completed,
                     failed: totals.failed,
@@ -158,15 +157,15 @@ unsafe fn balancer_status(
             name: proxy::balancer_name(balancer),
             server: proxy::server_name(server),
             tracked: method.is_some(),
-            method: method_name,
+            method: method_name.to_string(),
             slow_start_seconds: settings.slow_start.map(|d| d.as_secs_f64()),
             max_inflight: settings.max_inflight.map(|cap| cap.limit),
             max_inflight_per_loadfactor: settings.max_inflight.is_some_and(|cap| cap.per_loadfactor),
-            shed: slot.as_ref().map_or(0, |s| s.shared.shed.load(Ordering::Relaxed)),
+            shed: slot.as_ref().map_or(0, |s| s.shared.events.shed.load(Ordering::Relaxed)),
             hash_key: settings.hash_key.as_ref().map(|k| k.source.clone()),
             hash_balance_factor: settings.balance_factor(),
             hash_table_size: table.as_ref().map(|(size, _)| *size),
-            diverted: slot.as_ref().map_or(0, |s| s.shared.diverted.load(Ordering::Relaxed)),
+            diverted: slot.as_ref().map_or(0, |s| s.shared.events.diverted.load(Ordering::Relaxed)),
             latency_decay_seconds: settings.latency_decay().as_secs_f64(),
             members,
         }

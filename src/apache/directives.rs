@@ -4,8 +4,8 @@
 
 use crate::config::{Directive, ServerSettings, section_balancer};
 use crate::ffi;
+use crate::httpd::c_str;
 use crate::httpd::guard::catch;
-use crate::httpd::proxy::c_str;
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::ptr;
 
@@ -108,7 +108,7 @@ unsafe fn compile_expression(cmd: *mut ffi::cmd_parms, source: &str) -> Result<u
             ffi::AP_EXPR_FLAG_STRING_RESULT as u32,
             &mut error,
             None,
-            crate::module::index(),
+            crate::httpd::module_index(),
         )
     };
     if !error.is_null() || parsed.is_null() {
@@ -134,8 +134,8 @@ unsafe fn pool_string(cmd: *mut ffi::cmd_parms, message: &str) -> *const c_char 
 /// # Safety
 /// `s` must be a live server_rec whose configuration vector this module filled.
 pub unsafe fn server_settings(s: *const ffi::server_rec) -> Option<*mut ServerSettings> {
-    // SAFETY: module_config is an array indexed by module index.
-    let settings = unsafe { *((*s).module_config as *mut *mut c_void).add(crate::module::index() as usize) };
+    // SAFETY: module_config is the server's live configuration vector.
+    let settings = unsafe { crate::httpd::module_config((*s).module_config) };
     (!settings.is_null()).then_some(settings as *mut ServerSettings)
 }
 

@@ -3,20 +3,19 @@
 //! Exactly one symbol is exported: `lbmethod_rs_module`. Every callback is a plain, unexported
 //! `extern "C" fn` whose body runs under the panic guard.
 
-use crate::directives;
+use super::generation::Generation;
+use super::{attempts, directives, finder, startup, status_handler};
 use crate::ffi;
-use crate::generation::Generation;
 use crate::httpd::guard::{catch, install_panic_hook};
 use crate::httpd::log::{Level, log_server};
 use crate::httpd::proxy::ProxyApi;
-use crate::methods::Method;
-use crate::startup;
+use crate::methods::METHODS;
 use std::ffi::{c_char, c_int, c_ulong, c_void};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// The module record. httpd writes into it (index, list link), hence `static mut`; this crate
-/// only reads `module_index` through [`index`].
+/// reads its index once, in `register_hooks`.
 #[unsafe(no_mangle)]
 pub static mut lbmethod_rs_module: ffi::module = ffi::module {
     version: ffi::MODULE_MAGIC_NUMBER_MAJOR,
@@ -36,52 +35,44 @@ pub static mut lbmethod_rs_module: ffi::module = ffi::module {
     flags: 0,
 };
 
-/// This module's index in httpd's configuration vectors (and for per-module LogLevel).
-pub fn index() -> c_int {
-    // SAFETY: httpd sets module_index while loading the module, before any callback runs, and
-    // never changes it afterwards.
-    unsafe { ptr::read_volatile(&raw const lbmethod_rs_module.module_index) }
-}
-
-/// A method's provider table, as mod_proxy_balancer expects it.
-struct Provider(ffi::proxy_balancer_method);
+/// The provider tables mod_proxy_balancer calls, one per method in [`METHODS`]. Each one's
+/// `context` is the method's position there, which the one finder reads back.
+struct Providers([ffi::proxy_balancer_method; METHODS.len()]);
 
 // SAFETY: the tables are never written after construction; httpd only reads them.
-unsafe impl Sync for Provider {}
+unsafe impl Sync for Providers {}
 
-macro_rules! provider {
-    ($name:ident, $method:expr, $finder:ident) => {
-        unsafe extern "C" fn $finder(
-            balancer: *mut ffi::proxy_balancer,
-            r: *mut ffi::request_rec,
-        ) -> *mut ffi::proxy_worker {
-            catch(concat!(stringify!($finder), " finder"), ptr::null_mut(), || {
-                crate::finder::find($method, balancer, r)
-            })
-        }
-        static $name: Provider = Provider(ffi::proxy_balancer_method {
-            name: $method.c_name().as_ptr(),
-            finder: Some($finder),
-            context: ptr::null_mut(),
-            reset: Some(reset),
-            age: Some(age),
-            updatelbstatus: Some(sticky_hit),
-        });
-    };
-}
-
-provider!(BYWEIGHT, Method::ByWeight, find_byweight);
-provider!(BYINFLIGHT, Method::ByInflight, find_byinflight);
-provider!(BYLATENCY, Method::ByLatency, find_bylatency);
-provider!(BYHASH, Method::ByHash, find_byhash);
-
-fn provider_table(method: Method) -> &'static Provider {
-    match method {
-        Method::ByWeight => &BYWEIGHT,
-        Method::ByInflight => &BYINFLIGHT,
-        Method::ByLatency => &BYLATENCY,
-        Method::ByHash => &BYHASH,
+static PROVIDERS: Providers = Providers({
+    let mut tables = [ffi::proxy_balancer_method {
+        name: ptr::null(),
+        finder: Some(find),
+        context: ptr::null_mut(),
+        reset: Some(reset),
+        age: Some(age),
+        updatelbstatus: Some(sticky_hit),
+    }; METHODS.len()];
+    let mut i = 0;
+    while i < METHODS.len() {
+        tables[i].name = METHODS[i].name.as_ptr();
+        tables[i].context = ptr::without_provenance_mut(i);
+        i += 1;
     }
+    tables
+});
+
+/// Every method's finder: the method is the one whose table httpd called through.
+unsafe extern "C" fn find(
+    balancer: *mut ffi::proxy_balancer,
+    r: *mut ffi::request_rec,
+) -> *mut ffi::proxy_worker {
+    catch("finder", ptr::null_mut(), || {
+        // SAFETY: httpd calls a finder through the live balancer's own lbmethod table.
+        let position = unsafe { (*(*balancer).lbmethod).context } as usize;
+        match METHODS.get(position) {
+            Some(method) => finder::find(method, balancer, r),
+            None => ptr::null_mut(),
+        }
+    })
 }
 
 /// Balancer-manager changed the method, or re-enabled a member: nothing to reset, since
@@ -99,14 +90,19 @@ unsafe extern "C" fn age(_balancer: *mut ffi::proxy_balancer, _s: *mut ffi::serv
 }
 
 /// A sticky-session hit (the method is bypassed): remember it so that the attempt is counted
-/// when it starts (see [`crate::finder::sticky_hit`]).
+/// when it starts.
 unsafe extern "C" fn sticky_hit(
     balancer: *mut ffi::proxy_balancer,
     elected: *mut ffi::proxy_worker,
     _s: *mut ffi::server_rec,
 ) -> ffi::apr_status_t {
     catch("updatelbstatus", ffi::APR_SUCCESS, || {
-        crate::finder::sticky_hit(balancer, elected);
+        if let Some(runtime) = runtime() {
+            // SAFETY: httpd passes a live balancer.
+            if let Some(slot) = unsafe { finder::slot_index(runtime, balancer) } {
+                attempts::note_sticky_hit(slot, elected);
+            }
+        }
         ffi::APR_SUCCESS
     })
 }
@@ -119,20 +115,24 @@ static AFTER_BALANCER: HookOrder = HookOrder([c"mod_proxy_balancer.c".as_ptr(), 
 
 unsafe extern "C" fn register_hooks(pool: *mut ffi::apr_pool_t) {
     catch("register_hooks", (), || {
+        // SAFETY: httpd set the index when it added the module, before calling this.
+        crate::httpd::set_module_index(unsafe {
+            ptr::read_volatile(&raw const lbmethod_rs_module.module_index)
+        });
         install_panic_hook();
-        for method in Method::ALL {
-            // SAFETY: the provider table and names are statics that outlive the generation.
+        for provider in &PROVIDERS.0 {
+            // SAFETY: the provider tables and names are statics that outlive the generation.
             unsafe {
                 ffi::ap_register_provider(
                     pool,
                     c"proxylbmethod".as_ptr(),
-                    method.c_name().as_ptr(),
+                    provider.name,
                     c"0".as_ptr(),
-                    &provider_table(method).0 as *const _ as *const c_void,
+                    provider as *const ffi::proxy_balancer_method as *const c_void,
                 );
             }
         }
-        crate::attempts::register_timing_filter();
+        attempts::register_timing_filter();
         let (none, middle) = (ptr::null(), ffi::APR_HOOK_MIDDLE);
         // SAFETY: registering plain callbacks; the order list is a static.
         unsafe {
@@ -142,7 +142,7 @@ unsafe extern "C" fn register_hooks(pool: *mut ffi::apr_pool_t) {
             ffi::ap_hook_post_config(Some(post_config), AFTER_BALANCER.0.as_ptr(), none, middle);
             ffi::ap_hook_child_init(Some(child_init), none, none, middle);
             ffi::ap_hook_child_status(Some(child_status), none, none, middle);
-            ffi::ap_hook_handler(Some(crate::status_page::handler), none, none, middle);
+            ffi::ap_hook_handler(Some(status_handler::handler), none, none, middle);
         }
     })
 }
@@ -155,7 +155,7 @@ unsafe extern "C" fn pre_config(
     _ptemp: *mut ffi::apr_pool_t,
 ) -> c_int {
     catch("pre_config", ffi::OK, || {
-        crate::attempts::hook_attempt_start();
+        attempts::hook_attempt_start();
         ffi::OK
     })
 }

@@ -2,13 +2,13 @@
 //! against the balancers httpd knows, lay the balancers out in shared memory, and build the
 //! generation's runtime.
 
+use super::directives::server_settings;
+use super::generation::{Configured, Generation};
+use super::module::Runtime;
 use crate::config::BalancerSettings;
-use crate::directives::server_settings;
 use crate::ffi;
-use crate::generation::{Configured, Generation};
 use crate::httpd::log::{Level, log_server};
 use crate::httpd::proxy::{self, ProxyApi};
-use crate::module::Runtime;
 use crate::shm::{self, BalancerPlan, Capacity, Segment, name_key};
 use std::ptr::NonNull;
 
@@ -19,16 +19,10 @@ use std::ptr::NonNull;
 pub unsafe fn check_settings(main: *const ffi::server_rec) -> Vec<String> {
     let Ok(proxy) = ProxyApi::find() else { return Vec::new() };
     let mut errors = Vec::new();
-    let mut s = main;
-    while !s.is_null() {
-        // SAFETY: walking the live server list; balancers are mod_proxy's for that server.
+    // SAFETY: walking the live server list; balancers are mod_proxy's for that server.
+    for s in unsafe { proxy::servers(main) } {
         unsafe {
-            let conf = proxy.server_conf(s);
-            let balancers = if conf.is_null() {
-                Vec::new()
-            } else {
-                proxy::elements::<ffi::proxy_balancer>((*conf).balancers)
-            };
+            let balancers: Vec<*mut ffi::proxy_balancer> = proxy.server_balancers(s).collect();
             let known: Vec<String> = balancers.iter().map(|&b| proxy::balancer_name(b)).collect();
             let settings = server_settings(s);
             if let Some(settings) = settings {
@@ -37,14 +31,13 @@ pub unsafe fn check_settings(main: *const ffi::server_rec) -> Vec<String> {
             // byhash without a key would silently be byinflight: say so now, not at run time.
             for (&balancer, name) in balancers.iter().zip(&known) {
                 let has_key = settings.is_some_and(|settings| (*settings).balancer(name).hash_key.is_some());
-                if proxy::balancer_method(balancer) == "byhash" && !has_key {
+                if proxy::balancer_method(balancer) == *"byhash" && !has_key {
                     errors.push(format!(
                         "ProxySet lbmethod=byhash in <Proxy \"{name}\">: LBHashKey is missing; \
                          add the expression to hash, e.g. LBHashKey \"%{{REMOTE_ADDR}}\""
                     ));
                 }
             }
-            s = (*s).next;
         }
     }
     errors
@@ -118,11 +111,10 @@ unsafe fn balancer_plan(balancer: *mut ffi::proxy_balancer) -> BalancerPlan {
     // SAFETY: per this function's contract.
     unsafe {
         BalancerPlan {
-            key: name_key(&proxy::balancer_key_name(balancer)),
+            key: name_key(proxy::balancer_key_name(balancer).as_bytes()),
             members: (*balancer).max_workers.max(0) as u32,
             member_keys: proxy::workers(balancer)
-                .into_iter()
-                .map(|w| (proxy::worker_state(w).index, name_key(&proxy::worker_key_name(w))))
+                .map(|w| (proxy::worker_index(w), name_key(proxy::worker_key_name(w).as_bytes())))
                 .collect(),
         }
     }
@@ -195,15 +187,12 @@ unsafe fn segment_for(
 /// `main` must be live.
 unsafe fn spare_balancers(proxy: &ProxyApi, main: *const ffi::server_rec) -> u32 {
     let mut spares = 0u32;
-    let mut s = main;
-    while !s.is_null() {
-        // SAFETY: walking the live server list.
-        unsafe {
-            let conf = proxy.server_conf(s);
-            if !conf.is_null() {
-                spares = spares.saturating_add((*conf).bgrowth.max(0) as u32);
-            }
-            s = (*s).next;
+    // SAFETY: walking the live server list.
+    for s in unsafe { proxy::servers(main) } {
+        // SAFETY: as above.
+        let conf = unsafe { proxy.server_conf(s) };
+        if !conf.is_null() {
+            spares = spares.saturating_add(unsafe { (*conf).bgrowth }.max(0) as u32);
         }
     }
     spares.min(1024)
