@@ -10,11 +10,19 @@
 # Quiet and quick when everything is present. Installs missing packages as root, through sudo
 # when not root, or else prints the exact apt-get command and fails.
 #
+# The test suite needs more: the real programs its recipes name (LBRS_TEST_PACKAGES below,
+# each with the reason), installed by `--tests`.
+#
 # Run it (`scripts/setup.sh`), or source it and call `lbrs_setup` (the other scripts do, so
 # that the PATH it completes with ~/.cargo/bin carries over).
-# Option: --no-rust  checks packages only (the Dockerfile installs Rust after them).
+# Options: --no-rust  checks packages only (the Dockerfile installs Rust after them);
+#          --tests    also the packages the test suite needs.
 
 LBRS_APT_PACKAGES=(apache2 apache2-dev libclang-dev build-essential curl ca-certificates)
+# What tests run for real, one line each:
+LBRS_TEST_PACKAGES=(
+    iproute2 # network namespaces for the tests that need several hosts
+)
 LBRS_MIN_RUST_MINOR=85
 
 lbrs_say() { printf 'setup: %s\n' "$*" >&2; }
@@ -32,7 +40,7 @@ lbrs_as_root() {
 
 lbrs_missing_packages() {
     local pkg status
-    for pkg in "${LBRS_APT_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
         if [ "$status" != "install ok installed" ]; then
             printf '%s\n' "$pkg"
@@ -40,6 +48,7 @@ lbrs_missing_packages() {
     done
 }
 
+# Installs the packages named as arguments when missing.
 lbrs_setup_packages() {
     if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
         # Not Debian/Ubuntu: check the tools, and say what to install.
@@ -63,7 +72,7 @@ lbrs_setup_packages() {
     fi
 
     local missing
-    mapfile -t missing < <(lbrs_missing_packages)
+    mapfile -t missing < <(lbrs_missing_packages "$@")
     if [ "${#missing[@]}" -eq 0 ]; then
         return 0
     fi
@@ -124,10 +133,19 @@ lbrs_setup_rust() {
     fi
 }
 
-# Everything; `--no-rust` for the packages alone.
+# Everything for building and the demo; `--no-rust` for the packages alone; `--tests` adds
+# what the test suite runs.
 lbrs_setup() {
-    lbrs_setup_packages || return
-    if [ "${1:-}" != "--no-rust" ]; then
+    local packages=("${LBRS_APT_PACKAGES[@]}") rust=1 arg
+    for arg in "$@"; do
+        case "$arg" in
+            --no-rust) rust=0 ;;
+            --tests) packages+=("${LBRS_TEST_PACKAGES[@]}") ;;
+            *) lbrs_say "unknown option $arg" && return 2 ;;
+        esac
+    done
+    lbrs_setup_packages "${packages[@]}" || return
+    if [ "$rust" -eq 1 ]; then
         lbrs_setup_rust || return
     fi
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, and integration tests that start the real apache2
-# with the module and real backends on 127.0.0.1. Installs what is missing first (see
-# scripts/setup.sh). Works as root (apache2's children then run as www-data) and not.
+# with the module and real backends on 127.0.0.1, and the real programs the recipes name.
+# Installs what is missing first (scripts/setup.sh --tests). Works as root (apache2's children then run as www-data) and not.
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 # The exit status is the suite's.
 set -euo pipefail
@@ -10,7 +10,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 # shellcheck source=scripts/setup.sh
 . scripts/setup.sh
-lbrs_setup
+lbrs_setup --tests
 
 # Each integration test runs a multi-process apache2 and a load generator: two at a time is
 # what a 2-core machine carries. Override with RUST_TEST_THREADS.
