@@ -75,6 +75,28 @@ fn main() {
     };
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("httpd.rs");
     bindings.write_to_file(&out).unwrap_or_else(|err| panic!("cannot write {}: {err}", out.display()));
+    probe_differences(&bindings.to_string());
+}
+
+/// What differs between the httpd 2.4 releases this module supports, found in the headers
+/// rather than guessed from version numbers. Each becomes a `cfg` the code tests.
+///
+/// | cfg | set when |
+/// |---|---|
+/// | `lbrs_worker_name_ex` | `proxy_worker_shared` has `name_ex`, the full member URL (2.4.53 and later); older releases keep only the 96-byte `name` |
+fn probe_differences(bindings: &str) {
+    println!("cargo::rustc-check-cfg=cfg(lbrs_worker_name_ex)");
+    if struct_has_field(bindings, "proxy_worker_shared", "name_ex") {
+        println!("cargo::rustc-cfg=lbrs_worker_name_ex");
+    }
+}
+
+/// Whether the generated `struct name { ... }` has a field `field`.
+fn struct_has_field(bindings: &str, name: &str, field: &str) -> bool {
+    let Some(start) = bindings.find(&format!("pub struct {name} {{")) else { return false };
+    let body = &bindings[start..];
+    let body = &body[..body.find("\n}").unwrap_or(body.len())];
+    body.contains(&format!("pub {field}:"))
 }
 
 /// Types the module reads or builds. Everything they reference comes along.
@@ -120,6 +142,7 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "ap_get_server_module_loglevel",
     "ap_get_request_module_loglevel",
     "ap_state_query",
+    "ap_get_server_description",
     "ap_mpm_query",
     "ap_find_linked_module",
     "ap_retained_data_get",
@@ -146,6 +169,9 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
 const ALLOWED_VARS: &[&str] = &[
     "MODULE_MAGIC_NUMBER_MAJOR",
     "MODULE_MAGIC_NUMBER_MINOR",
+    "AP_SERVER_MAJORVERSION_NUMBER",
+    "AP_SERVER_MINORVERSION_NUMBER",
+    "AP_SERVER_PATCHLEVEL_NUMBER",
     "MODULE_MAGIC_COOKIE",
     "OK",
     "DECLINED",

@@ -178,6 +178,10 @@ impl ApacheConfig {
             dir = dir.display(),
             level = self.log_level,
         ));
+        // Debian builds mod_unixd (User, Group) into httpd; a build from source has it as a module.
+        if modules.join("mod_unixd.so").is_file() {
+            conf.push_str(&load("unixd"));
+        }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             conf.push_str("User www-data\nGroup www-data\n");

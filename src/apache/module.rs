@@ -169,7 +169,8 @@ unsafe extern "C" fn check_config(
 ) -> c_int {
     catch("check_config", ffi::HTTP_INTERNAL_SERVER_ERROR, || {
         // SAFETY: s is the live main server of the configuration being checked.
-        let errors = unsafe { startup::check_settings(s) };
+        let mut errors = unsafe { startup::check_settings(s) };
+        errors.extend(startup::check_magic_number().err());
         for error in &errors {
             log_server!(s, Level::Emerg, "{error}");
         }

@@ -58,7 +58,8 @@ pub unsafe fn build_runtime(main: *const ffi::server_rec) -> Result<Runtime, Str
     })?;
     // SAFETY: main is live; the balancers and workers belong to this generation.
     let balancers = unsafe { proxy.balancers(main) };
-    unsafe { check_shared_layout(&balancers)? };
+    check_magic_number()?;
+    unsafe { check_shared_layout(&proxy, main, &balancers)? };
 
     // SAFETY: live balancers and workers of this generation.
     let plan: Vec<BalancerPlan> = balancers.iter().map(|&(_, b)| unsafe { balancer_plan(b) }).collect();
@@ -198,31 +199,90 @@ unsafe fn spare_balancers(proxy: &ProxyApi, main: *const ffi::server_rec) -> u32
     spares.min(1024)
 }
 
-/// Refuses to run if httpd's worker records are not the size these bindings were built for
-/// (the module was compiled against another httpd's headers).
+/// The httpd this module was compiled against, as a user reads it.
+fn built_for() -> String {
+    format!(
+        "httpd {}.{}.{} (module magic number {}:{})",
+        ffi::AP_SERVER_MAJORVERSION_NUMBER,
+        ffi::AP_SERVER_MINORVERSION_NUMBER,
+        ffi::AP_SERVER_PATCHLEVEL_NUMBER,
+        ffi::MODULE_MAGIC_NUMBER_MAJOR,
+        ffi::MODULE_MAGIC_NUMBER_MINOR
+    )
+}
+
+/// The running httpd's description and module magic number (its core module is compiled with
+/// its own headers).
+fn running() -> (String, Option<(i32, i32)>) {
+    // SAFETY: plain lookups; the description is a static string of httpd's.
+    unsafe {
+        let description = crate::httpd::c_str(ffi::ap_get_server_description());
+        let core = ffi::ap_find_linked_module(c"core.c".as_ptr());
+        let magic = (!core.is_null()).then(|| ((*core).version, (*core).minor_version));
+        (description, magic)
+    }
+}
+
+/// One line saying the module does not fit this httpd, naming both versions.
+fn rebuild(what: &str) -> String {
+    let (description, magic) = running();
+    let magic =
+        magic.map_or(String::new(), |(major, minor)| format!(" (module magic number {major}:{minor})"));
+    format!(
+        "mod_lbmethod_rs was built for {} but runs in {description}{magic}{what}: rebuild the module \
+         against this httpd's headers (its apxs)",
+        built_for()
+    )
+}
+
+/// Refuses a running httpd older than the headers the module was built with: the structures it
+/// reads may lack fields there (httpd itself only refuses another major magic number).
+pub fn check_magic_number() -> Result<(), String> {
+    match running().1 {
+        Some((major, minor))
+            if major != ffi::MODULE_MAGIC_NUMBER_MAJOR || minor < ffi::MODULE_MAGIC_NUMBER_MINOR =>
+        {
+            Err(rebuild(""))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses to run if httpd's shared worker and balancer records are not the size these
+/// bindings were built for (the module was compiled against another httpd's headers).
 ///
 /// # Safety
 /// The balancers must be live, after mod_proxy_balancer's post_config.
 unsafe fn check_shared_layout(
+    proxy: &ProxyApi,
+    main: *const ffi::server_rec,
     balancers: &[(*const ffi::server_rec, *mut ffi::proxy_balancer)],
 ) -> Result<(), String> {
-    let compiled = size_of::<ffi::proxy_worker_shared>().next_multiple_of(8);
-    for &(_, balancer) in balancers {
-        // SAFETY: storage and wslot are set by mod_proxy_balancer's post_config.
-        unsafe {
-            let (storage, wslot) = ((*balancer).storage, (*balancer).wslot);
-            if storage.is_null() || wslot.is_null() {
-                continue;
-            }
-            if let Some(slot_size) = (*storage).slot_size {
+    // mod_proxy_balancer sizes its slots with APR_ALIGN_DEFAULT (8 bytes).
+    let worker = size_of::<ffi::proxy_worker_shared>().next_multiple_of(8);
+    let balancer = size_of::<ffi::proxy_balancer_shared>().next_multiple_of(8);
+    let mismatch = |name: &str, compiled: usize, running: usize| {
+        rebuild(&format!("; its {name} records are {running} bytes, the module's {compiled}"))
+    };
+    // SAFETY: storage and the slot handles are set by mod_proxy_balancer's post_config.
+    unsafe {
+        if let Some(&(_, first)) = balancers.first() {
+            let (storage, wslot) = ((*first).storage, (*first).wslot);
+            if let Some(slot_size) = storage.as_ref().and_then(|s| s.slot_size).filter(|_| !wslot.is_null()) {
                 let running = slot_size(wslot);
-                if running != compiled {
-                    return Err(format!(
-                        "this httpd's proxy_worker_shared slots are {running} bytes but the module was built for {compiled}: \
-                         rebuild mod_lbmethod_rs against this httpd's headers"
-                    ));
+                if running != worker {
+                    return Err(mismatch("proxy_worker_shared", worker, running));
                 }
-                return Ok(());
+            }
+        }
+        let conf = proxy.server_conf(main);
+        if let Some(conf) = conf.as_ref()
+            && let Some(slot_size) = conf.storage.as_ref().and_then(|s| s.slot_size)
+            && !conf.bslot.is_null()
+        {
+            let running = slot_size(conf.bslot);
+            if running != balancer {
+                return Err(mismatch("proxy_balancer_shared", balancer, running));
             }
         }
     }

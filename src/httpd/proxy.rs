@@ -301,7 +301,7 @@ pub unsafe fn worker_index(worker: *const ffi::proxy_worker) -> u32 {
     unsafe { read_volatile(addr_of!((*(*worker).s).index)) }.max(0) as u32
 }
 
-/// The member URL (`name_ex`, the full name httpd 2.4.59+ keeps).
+/// The member URL.
 ///
 /// # Safety
 /// `worker` must be live.
@@ -319,13 +319,19 @@ pub unsafe fn worker_route(worker: *const ffi::proxy_worker) -> String {
     unsafe { Name::read(addr_of!((*(*worker).s).route)) }.to_string()
 }
 
-/// The member's name as bytes, the key of its slot.
+/// The member's name as bytes (its URL), the key of its slot: `name_ex`, the full name httpd
+/// 2.4.53 and later keep, or on older releases `name` (96 bytes; httpd refuses longer names
+/// there). build.rs finds which the headers have.
 ///
 /// # Safety
 /// `worker` must be live.
 pub unsafe fn worker_key_name(worker: *const ffi::proxy_worker) -> Name {
-    // SAFETY: name_ex is a NUL-terminated array in the live shared record.
-    unsafe { Name::read(addr_of!((*(*worker).s).name_ex)) }
+    // SAFETY: a NUL-terminated array in the live shared record.
+    #[cfg(lbrs_worker_name_ex)]
+    let name = unsafe { Name::read(addr_of!((*(*worker).s).name_ex)) };
+    #[cfg(not(lbrs_worker_name_ex))]
+    let name = unsafe { Name::read(addr_of!((*(*worker).s).name)) };
+    name
 }
 
 /// The longest name field read (`PROXY_WORKER_EXT_NAME_SIZE`).
