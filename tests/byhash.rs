@@ -102,3 +102,23 @@ fn without_a_key_requests_are_balanced_as_byinflight() {
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(counts.values().all(|&n| n >= 60), "{counts:?}");
 }
+
+/// Keys are hashed as the bytes httpd gives, not as text: keys that differ only in bytes that
+/// are not UTF-8 (Latin-1 paths, here `/k%80` to `/k%FF`, which httpd decodes to one byte each)
+/// still spread over the members.
+#[test]
+fn keys_that_differ_only_in_non_utf8_bytes_spread() {
+    let b = backends(&["a", "b", "c", "d"]);
+    let members: Vec<(&Backend, &str)> = b.iter().map(|b| (b, "")).collect();
+    let body = balancer_block("app", "/", &members, "lbmethod=byhash")
+        .replace("    ProxySet", "    LBHashKey \"%{REQUEST_URI}\"\n    ProxySet");
+    let apache = Apache::start(ApacheConfig::new(&body)).unwrap();
+    let mut per_member: BTreeMap<String, u32> = BTreeMap::new();
+    for byte in 0x80..=0xffu8 {
+        let response = apache.get(&format!("/k%{byte:02X}")).unwrap();
+        assert_eq!(response.status, 200, "/k%{byte:02X}");
+        *per_member.entry(response.header("x-backend").unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(per_member.len(), 4, "{per_member:?}");
+    assert!(per_member.values().all(|&n| n >= 12), "about 32 keys each: {per_member:?}");
+}

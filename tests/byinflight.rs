@@ -2,8 +2,8 @@
 //! capacity-limited backends (worker slots and a service time, like real app servers).
 
 use lbrs_harness::{
-    Apache, ApacheConfig, Backend, BackendSpec, Load, LoadReport, Mpm, app_server, balancer_block, ms,
-    one_slow_of_four, wait_for,
+    Apache, ApacheConfig, Backend, BackendSpec, Load, LoadReport, Mpm, app_server, backends, balancer_block,
+    client, ms, one_slow_of_four, wait_for,
 };
 use std::thread;
 use std::time::{Duration, Instant};
@@ -181,4 +181,45 @@ fn sticky_session_requests_are_counted_too() {
     });
     let member = apache.member_status("balancer://app", &b[1].url()).unwrap();
     assert_eq!((member["selected"].as_u64(), member["inflight"].as_u64()), (Some(4), Some(0)), "{member}");
+}
+
+/// A sticky request that fails before mod_proxy starts it (its URL does not canonicalise: 400)
+/// leaves nothing behind: later requests on the same thread are counted once each and none
+/// as failed.
+#[test]
+fn a_sticky_request_that_fails_early_leaves_nothing_behind() {
+    let b = backends(&["a", "b"]);
+    let mut body = balancer_block(
+        "app",
+        "/",
+        &[(&b[0], "route=ra"), (&b[1], "route=rb")],
+        "lbmethod=byinflight stickysession=ROUTEID",
+    );
+    // With encoded slashes passed on undecoded, mod_proxy_http refuses a path whose '%' is not
+    // an escape ("/%25zz" decodes to "/%zz") when it canonicalises the member's URL, after
+    // mod_proxy_balancer has routed the request by its session.
+    body.push_str("AllowEncodedSlashes NoDecode\n");
+    // One process of one thread: every request below is served by the same thread.
+    let apache = Apache::start(ApacheConfig::new(&body).processes(1).threads(1)).unwrap();
+    let sticky = [("Cookie", "ROUTEID=x.rb")];
+    for round in 0..3 {
+        let bad = client::request(apache.addr(), "GET", "/%25zz", &sticky, b"").unwrap();
+        assert_eq!(bad.status, 400, "round {round}: the URL does not canonicalise");
+        for _ in 0..2 {
+            assert_eq!(apache.get("/").unwrap().status, 200);
+            assert_eq!(client::request(apache.addr(), "GET", "/", &sticky, b"").unwrap().status, 200);
+        }
+    }
+    assert!(wait_for(Duration::from_secs(5), || settled_inflight(&apache).iter().all(|&n| n == 0)));
+    let json = apache.status().unwrap();
+    let mut selected = 0;
+    for member in json["balancers"][0]["members"].as_array().unwrap() {
+        let count = |field: &str| member[field].as_u64().unwrap_or(u64::MAX);
+        assert_eq!(count("failed"), 0, "{member}");
+        assert_eq!(count("selected"), count("completed"), "{member}");
+        selected += count("selected");
+    }
+    assert_eq!(selected, 12, "6 sticky and 6 other requests, each counted once");
+    let b_member = apache.member_status("balancer://app", &b[1].url()).unwrap();
+    assert!(b_member["completed"].as_u64() >= Some(6), "the sticky ones went to b: {b_member}");
 }

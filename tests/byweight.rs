@@ -199,3 +199,49 @@ fn a_backend_dying_mid_run_costs_at_most_its_requests_in_flight() {
     let b_status = apache.member_status("balancer://app", &b[1].url()).unwrap();
     assert_eq!(b_status["status"], "error");
 }
+
+/// Loopback ports nothing listens on (connections to them are refused at once).
+fn refusing_ports(count: usize) -> Vec<u16> {
+    let listening: BTreeSet<u16> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let local = line.split_whitespace().nth(1)?;
+                    u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (20_000..30_000).filter(|port| !listening.contains(port)).take(count).collect()
+}
+
+/// A thousand members of almost as many loadfactors, all but two refusing connections: each
+/// failover changes the usable members, and none of that rebuilds the cycle, so requests are
+/// answered as fast as httpd can fail over (before, each failover rebuilt a 65536-step cycle:
+/// the first request took about a minute).
+#[test]
+fn a_thousand_members_with_all_but_two_down_answer_at_once() {
+    let b = backends(&["a", "b"]);
+    let mut body = String::from("<Proxy \"balancer://big\">\n");
+    for (i, port) in refusing_ports(998).into_iter().enumerate() {
+        body.push_str(&format!(
+            "    BalancerMember \"http://127.0.0.1:{port}\" loadfactor={}.{:02}\n",
+            1 + i / 100,
+            i % 100
+        ));
+    }
+    body.push_str(&format!("    BalancerMember \"{}\" loadfactor=7.77\n", b[0].url()));
+    body.push_str(&format!("    BalancerMember \"{}\" loadfactor=3.33\n", b[1].url()));
+    body.push_str("    ProxySet lbmethod=byweight\n</Proxy>\nProxyPass \"/\" \"balancer://big/\"\n");
+    let apache = Apache::start(ApacheConfig::new(&body).processes(1)).unwrap();
+    let started = std::time::Instant::now();
+    let report = Load::new("/", 2, 40).deadline(Duration::from_secs(60)).run(apache.addr());
+    let took = started.elapsed();
+    eprintln!("40 requests in {took:?}: {:?}", report.per_backend());
+    assert_eq!(report.count_status(200), 40, "{:?} {:?}", report.per_status(), report.errors());
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}

@@ -1,7 +1,7 @@
 //! Bad configuration fails `apachectl -t` (here `apache2 -t`) with a message that names the
 //! directive and the value; good configuration passes. Real apache2, real module.
 
-use lbrs_harness::{ApacheConfig, config_test};
+use lbrs_harness::{Apache, ApacheConfig, backends, config_test};
 
 /// A balancer with members, so that only the line under test can be wrong.
 fn with_balancer(inside: &str, outside: &str) -> String {
@@ -80,4 +80,21 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
             assert!(output.contains(fragment), "message for\n{body}\nlacks {fragment:?}:\n{output}");
         }
     }
+}
+
+/// httpd names the balancer of `<Proxy "balancer://App/">` `balancer://app`: the module's
+/// directives in that section belong to it.
+#[test]
+fn a_section_written_with_a_slash_or_in_capitals_is_the_same_balancer() {
+    let b = backends(&["a"]);
+    let body = format!(
+        "<Proxy \"balancer://App/\">\n    BalancerMember \"{}\"\n    ProxySet lbmethod=byinflight\n    \
+         LBMaxInflight 7\n</Proxy>\nProxyPass \"/\" \"balancer://app/\"\n",
+        b[0].url()
+    );
+    let (ok, output) = config_test(&ApacheConfig::new(&body));
+    assert!(ok, "{output}");
+    let apache = Apache::start(ApacheConfig::new(&body)).unwrap();
+    let member = apache.member_status("balancer://app", &b[0].url()).unwrap();
+    assert_eq!(member["max_inflight"], 7, "the setting applies: {member}");
 }

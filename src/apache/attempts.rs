@@ -2,20 +2,21 @@
 //!
 //! An attempt is one try of one request on one member. It is counted in shared memory when it
 //! starts (by the finder, or for a sticky-session request that bypassed the finder, when
-//! mod_proxy starts it) and released exactly once: when the request pool is destroyed (response
+//! mod_proxy starts it: its scheme handler hook sees the member, the balancer it belongs to and
+//! the session route mod_proxy_balancer noted in the request) and released exactly once: when the request pool is destroyed (response
 //! sent, client gone, error, timeout, HTTP/2 stream end), or at once when the same request
 //! picks again (failover), which means the attempt failed. Its latency, from the pick to the
 //! first byte of the response (or to its end when no response ever started), goes into the
 //! member's estimate as it is released.
 
-use super::module::runtime;
+use super::finder::slot_index;
+use super::module::{is_our_method, runtime};
 use crate::ffi;
 use crate::httpd::guard::catch;
 use crate::httpd::log::{Level, log_request};
 use crate::httpd::{proxy, request};
 use crate::methods::bylatency;
 use crate::shm::{MemberSlot, monotonic_us, name_key};
-use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
@@ -214,19 +215,6 @@ unsafe extern "C" fn timing_filter(
     unsafe { ffi::ap_pass_brigade(next, brigade) }
 }
 
-thread_local! {
-    /// The sticky-session hit httpd reported on this thread and whose attempt has not started
-    /// yet: (balancer slot, worker address). Plain data, so the thread-local has no destructor
-    /// (which would pin this module in memory across restarts).
-    static STICKY_HIT: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
-}
-
-/// httpd routed a request of the balancer in `slot` by its sticky session to `worker` (the
-/// method was bypassed): count the attempt when it starts, on this thread.
-pub fn note_sticky_hit(slot: usize, worker: *mut ffi::proxy_worker) {
-    STICKY_HIT.set(Some((slot, worker as usize)));
-}
-
 /// Registers [`attempt_start`] as mod_proxy's first `scheme_handler` hook. mod_proxy.so is
 /// looked up by symbol at run time, so this module never links against it.
 pub fn hook_attempt_start() {
@@ -283,21 +271,29 @@ unsafe fn note_attempt_start(r: *mut ffi::request_rec, worker: *mut ffi::proxy_w
                 return;
             }
         }
-        let Some((slot, sticky_worker)) = STICKY_HIT.take() else { return };
-        if sticky_worker != worker as usize {
+        // Not the finder's pick: a member of one of our balancers reached without the method
+        // is one mod_proxy_balancer routed by the request's sticky session (it notes the route
+        // it found in r->notes). Everything comes from the request: nothing is left behind for
+        // another request when this one fails before it gets here.
+        let balancer = (*worker).balancer;
+        if balancer.is_null()
+            || !is_our_method((*balancer).lbmethod)
+            || ffi::apr_table_get((*r).notes, c"session-route".as_ptr()).is_null()
+        {
             return;
         }
         let Some(runtime) = runtime() else { return };
-        let Some(balancer) = runtime.generation.slot(slot) else { return };
+        let Some(slot) = slot_index(runtime, balancer) else { return };
+        let Some(balancer_slot) = runtime.generation.slot(slot) else { return };
         let segment = runtime.generation.segment();
-        let index = proxy::worker_state(worker).index as usize;
-        let Some(member_index) = segment.member_index(balancer.shared, index) else { return };
+        let index = proxy::worker_index(worker) as usize;
+        let Some(member_index) = segment.member_index(balancer_slot.shared, index) else { return };
         let Some(member) = segment.member(member_index) else { return };
         end_current(r);
         // Sticky requests must reach their member: they are counted, never refused by the cap.
         let mine = runtime.generation.my_contribution(member_index);
         member.begin_attempt(mine);
-        let decay = balancer.settings.latency_decay();
+        let decay = balancer_slot.settings.latency_decay();
         start(r, NewAttempt { member, mine, worker, picked_us: monotonic_us(), decay }, true);
         log_request!(r, Level::Debug, "sticky session routed to {} (counted)", proxy::worker_name(worker));
     }

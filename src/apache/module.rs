@@ -89,22 +89,20 @@ unsafe extern "C" fn age(_balancer: *mut ffi::proxy_balancer, _s: *mut ffi::serv
     ffi::APR_SUCCESS
 }
 
-/// A sticky-session hit (the method is bypassed): remember it so that the attempt is counted
-/// when it starts.
+/// A sticky-session hit (the method is bypassed): nothing to do here; the attempt is counted
+/// when mod_proxy starts it (see `attempts`), from what the request itself carries.
 unsafe extern "C" fn sticky_hit(
-    balancer: *mut ffi::proxy_balancer,
-    elected: *mut ffi::proxy_worker,
+    _balancer: *mut ffi::proxy_balancer,
+    _elected: *mut ffi::proxy_worker,
     _s: *mut ffi::server_rec,
 ) -> ffi::apr_status_t {
-    catch("updatelbstatus", ffi::APR_SUCCESS, || {
-        if let Some(runtime) = runtime() {
-            // SAFETY: httpd passes a live balancer.
-            if let Some(slot) = unsafe { finder::slot_index(runtime, balancer) } {
-                attempts::note_sticky_hit(slot, elected);
-            }
-        }
-        ffi::APR_SUCCESS
-    })
+    ffi::APR_SUCCESS
+}
+
+/// Whether `method` is one of this module's provider tables (a balancer using one of our
+/// methods has its `lbmethod` pointing at it).
+pub fn is_our_method(method: *const ffi::proxy_balancer_method) -> bool {
+    PROVIDERS.0.iter().any(|table| ptr::eq(table, method))
 }
 
 /// A NULL-terminated list of module names for hook ordering.

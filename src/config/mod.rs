@@ -176,9 +176,15 @@ impl ServerSettings {
     }
 }
 
-/// httpd compares balancer names without regard to case (it lowercases them).
+/// A balancer name as httpd keys it (`ap_proxy_get_balancer`): lowercased, with any path after
+/// the name cut off, so `<Proxy "balancer://App/">` is `balancer://app`.
 fn balancer_key(name: &str) -> String {
-    name.to_ascii_lowercase()
+    let lower = name.to_ascii_lowercase();
+    let host_start = lower.find("://").map_or(0, |i| i + 3);
+    match lower[host_start..].find('/') {
+        Some(slash) => lower[..host_start + slash].to_string(),
+        None => lower,
+    }
 }
 
 /// A directive of this module.
@@ -342,10 +348,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     millis.map(Duration::from_millis).ok_or_else(|| "too large".to_string())
 }
 
-/// A section path (`cmd->path`) names a balancer: `balancer://name` (any case).
+/// A section path (`cmd->path`) names a balancer: `balancer://name`, any case, with or without a
+/// path after the name (httpd ignores it).
 pub fn section_balancer(path: &str) -> Option<&str> {
     let prefix = path.get(..11)?;
-    let named = prefix.eq_ignore_ascii_case("balancer://") && path.len() > 11;
+    let named = prefix.eq_ignore_ascii_case("balancer://") && !path[11..].starts_with('/') && path.len() > 11;
     (named && !path.contains(['*', '?', '['])).then_some(path)
 }
 
@@ -432,7 +439,7 @@ mod tests {
         let mut own = ServerSettings::default();
         own.apply("balancer://app", Directive::SlowStart, &["20s"], no_compiler).unwrap();
         let merged = ServerSettings::merge(&base, &own);
-        let app = merged.balancer("BALANCER://APP");
+        let app = merged.balancer("BALANCER://APP/");
         assert_eq!(app.slow_start, Some(Duration::from_secs(20)));
         assert_eq!(app.max_inflight, Some(Cap { limit: 5, per_loadfactor: false }));
         assert_eq!(merged.balancer("balancer://other"), BalancerSettings::default());
@@ -461,5 +468,21 @@ mod tests {
         assert_eq!(section_balancer("http://x"), None);
         assert_eq!(section_balancer("/"), None);
         assert_eq!(section_balancer("balancer://a*"), None);
+        assert_eq!(section_balancer("balancer://app/"), Some("balancer://app/"));
+        assert_eq!(section_balancer("balancer:///"), None);
+    }
+
+    #[test]
+    fn balancer_names_are_keyed_as_httpd_keys_them() {
+        assert_eq!(balancer_key("balancer://App/"), "balancer://app");
+        assert_eq!(balancer_key("balancer://app/some/path"), "balancer://app");
+        assert_eq!(balancer_key("BALANCER://APP"), "balancer://app");
+        let mut main = ServerSettings::default();
+        main.apply("balancer://App/", Directive::MaxInflight, &["5"], no_compiler).unwrap();
+        assert!(main.check(&["balancer://app".to_string()]).is_empty(), "the section with a slash names app");
+        assert_eq!(
+            main.balancer("balancer://app").max_inflight,
+            Some(Cap { limit: 5, per_loadfactor: false })
+        );
     }
 }

@@ -190,27 +190,53 @@ impl Table {
     /// depends on the key. The stride makes the members after the first a fresh weighted draw
     /// for each key, so the keys of a member that is down spread over the others by weight.
     /// `seen` is scratch space; the walk ends as soon as every member has been met.
-    pub fn walk<'a>(&'a self, key_hash: u64, seen: &'a mut Vec<bool>) -> impl Iterator<Item = usize> + 'a {
+    pub fn walk<'a>(&'a self, key_hash: u64, seen: &'a mut Vec<bool>) -> Walk<'a> {
         let size = self.slots.len() as u64;
         let start = if size == 0 { 0 } else { key_hash % size };
         // Any stride from 1 to size - 1 visits every slot: the size is prime.
         let stride = if size < 2 { 1 } else { mix(key_hash ^ WALK_SEED) % (size - 1) + 1 };
         seen.clear();
         seen.resize(self.members, false);
-        let mut left = self.members;
-        let mut step = 0u64;
-        std::iter::from_fn(move || {
-            while left > 0 && step < size {
-                let member = self.slots[((start + step * stride) % size) as usize] as usize;
-                step += 1;
-                if !seen[member] {
-                    seen[member] = true;
-                    left -= 1;
-                    return Some(member);
-                }
+        Walk { table: self, seen, left: self.members, start, stride, examined: 0 }
+    }
+}
+
+/// One key's walk along the table (see [`Table::walk`]).
+pub struct Walk<'a> {
+    table: &'a Table,
+    seen: &'a mut Vec<bool>,
+    /// Members not met yet: the walk ends when none is left.
+    left: usize,
+    start: u64,
+    stride: u64,
+    /// Slots looked at so far.
+    examined: u64,
+}
+
+impl Walk<'_> {
+    /// How many slots the walk has looked at.
+    #[cfg(test)]
+    pub fn examined(&self) -> u64 {
+        self.examined
+    }
+}
+
+impl Iterator for Walk<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let size = self.table.slots.len() as u64;
+        while self.left > 0 && self.examined < size {
+            let slot = (self.start + self.examined * self.stride) % size;
+            let member = self.table.slots[slot as usize] as usize;
+            self.examined += 1;
+            if !self.seen[member] {
+                self.seen[member] = true;
+                self.left -= 1;
+                return Some(member);
             }
-            None
-        })
+        }
+        None
     }
 }
 
@@ -426,6 +452,21 @@ mod tests {
             assert_eq!(sorted, vec![0, 1, 2, 3]);
             assert_eq!(walk, super::tests::walk(&table, key_hash(&key.to_le_bytes())));
         }
+    }
+
+    #[test]
+    fn a_walk_ends_once_every_member_is_met() {
+        // When no member takes the key (all at their caps, or all turning it away on their
+        // ramps), the walk must not scan the rest of the 65537-slot table.
+        let table = Table::build(&members(&[100, 100, 100, 100]));
+        let mut seen = Vec::new();
+        for key in 0..1000u64 {
+            let mut walk = table.walk(key_hash(&key.to_le_bytes()), &mut seen);
+            assert_eq!(walk.by_ref().count(), 4);
+            assert!(walk.examined() < 200, "key {key}: {} slots looked at", walk.examined());
+        }
+        let nobody = place_with(&table, key_hash(b"k"), |_| Admission::Pass, |_, _| unreachable!());
+        assert_eq!(nobody, None);
     }
 
     #[test]

@@ -93,6 +93,9 @@ fn drawn(pick: &mut Pick<'_>, ticket: u64) -> Option<usize> {
 pub struct Cached {
     built_for: u64,
     schedule: Option<Schedule>,
+    /// Cycles built so far.
+    #[cfg(test)]
+    builds: u32,
 }
 
 impl Cached {
@@ -101,6 +104,10 @@ impl Cached {
             let weights: Vec<u32> = members.iter().map(|m| m.lbfactor).collect();
             self.schedule = Some(Schedule::build(&weights));
             self.built_for = generation;
+            #[cfg(test)]
+            {
+                self.builds += 1;
+            }
         }
         self.schedule.get_or_insert_with(|| Schedule::build(&[]))
     }
@@ -293,6 +300,40 @@ mod tests {
         let share = f64::from(counts[1]) / 2000.0;
         let want = 1000.0 / (110.0 + 1000.0);
         assert!((share - want).abs() < 0.05, "{counts:?}");
+        unsafe { segment.unmap() };
+    }
+
+    #[test]
+    fn members_coming_and_going_never_rebuild_the_cycle() {
+        // Every pick sees another set of usable members (failovers, errors, drains): the
+        // cycle is built once; only a loadfactor change rebuilds it.
+        let (segment, slot) = balancer(50);
+        let settings = BalancerSettings::default();
+        let mut local = LocalState::default();
+        let all = candidates(&(0..50).map(|i| 100 + i * 7).collect::<Vec<u32>>());
+        let mut reserve = Counts::default();
+        for pick in 0..500usize {
+            let offered: Vec<_> =
+                all.iter().copied().filter(|c| (c.worker_index as usize + pick) % 7 != 0).collect();
+            pick_offered(
+                &ByWeight,
+                &segment,
+                slot,
+                &settings,
+                &mut local,
+                &all,
+                &offered,
+                None,
+                &mut reserve,
+            )
+            .unwrap();
+        }
+        assert_eq!(local.schedule.builds, 1);
+        let mut reweighted = all.clone();
+        reweighted[3].lbfactor = 900;
+        reweighted[3].weight = 900;
+        pick_once(&ByWeight, &segment, slot, &settings, &mut local, &reweighted, None, &mut reserve).unwrap();
+        assert_eq!(local.schedule.builds, 2, "a loadfactor change rebuilds it");
         unsafe { segment.unmap() };
     }
 
