@@ -314,7 +314,7 @@ mod tests {
         let mut reserve = Counts::default();
         for pick in 0..500usize {
             let offered: Vec<_> =
-                all.iter().copied().filter(|c| (c.worker_index as usize + pick) % 7 != 0).collect();
+                all.iter().copied().filter(|c| !(c.worker_index as usize + pick).is_multiple_of(7)).collect();
             pick_offered(
                 &ByWeight,
                 &segment,
