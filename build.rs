@@ -159,6 +159,7 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "apr_palloc",
     "apr_pstrmemdup",
     "apr_table_set",
+    "apr_table_unset",
     "apr_table_get",
     "apr_time_now",
     "apr_thread_mutex_lock",

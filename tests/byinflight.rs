@@ -223,3 +223,64 @@ fn a_sticky_request_that_fails_early_leaves_nothing_behind() {
     let b_member = apache.member_status("balancer://app", &b[1].url()).unwrap();
     assert!(b_member["completed"].as_u64() >= Some(6), "the sticky ones went to b: {b_member}");
 }
+
+/// Answers httpd makes itself count as failed, like a backend's own 502, 503 and 504: a member
+/// that times out (`timeout=1`: httpd answers 502 or 504) and one that refuses connections but
+/// is kept usable (`status=+I`: httpd answers 503).
+#[test]
+fn errors_made_by_mod_proxy_count_as_failed() {
+    let slow = app_server("slow", 0, 3000);
+    let closed = lbrs_harness::apache::free_port().unwrap();
+    let mut body = balancer_block("t", "/t", &[(&slow, "timeout=1")], "lbmethod=byinflight");
+    body.push_str(&format!(
+        "<Proxy \"balancer://i\">\n    BalancerMember \"http://127.0.0.1:{closed}\" status=+I\n    \
+         ProxySet lbmethod=byinflight\n</Proxy>\nProxyPass \"/i\" \"balancer://i/\"\n"
+    ));
+    let apache = Apache::start(ApacheConfig::new(&body)).unwrap();
+    let timed_out = apache.get("/t").unwrap().status;
+    assert!(matches!(timed_out, 502 | 504), "{timed_out}");
+    assert_eq!(apache.get("/i").unwrap().status, 503);
+    for (balancer, member) in
+        [("balancer://t", slow.url()), ("balancer://i", format!("http://127.0.0.1:{closed}"))]
+    {
+        assert!(wait_for(Duration::from_secs(5), || {
+            apache.member_status(balancer, &member).is_ok_and(|m| m["inflight"] == 0)
+        }));
+        let status = apache.member_status(balancer, &member).unwrap();
+        assert_eq!((status["failed"].as_u64(), status["completed"].as_u64()), (Some(1), Some(0)), "{status}");
+    }
+}
+
+/// A graceful restart that changes the members moves the counters to a new segment while
+/// attempts are in flight; those finish in the old generation and are counted as handed over,
+/// so every member's `selected` stays exactly `completed + failed + handed_over + inflight`.
+#[test]
+fn a_restart_that_changes_the_members_keeps_every_attempt_accounted_for() {
+    let b = [app_server("a", 0, 200), app_server("b", 0, 200), app_server("c", 0, 200)];
+    let two = balancer_block("app", "/", &[(&b[0], ""), (&b[1], "")], "lbmethod=byinflight");
+    let three = balancer_block("app", "/", &[(&b[0], ""), (&b[1], ""), (&b[2], "")], "lbmethod=byinflight");
+    let mut apache = Apache::start(ApacheConfig::new(&two)).unwrap();
+    let load = Load::new("/", 8, 80).deadline(Duration::from_secs(60));
+    let addr = apache.addr();
+    let report = thread::scope(|scope| {
+        let running = scope.spawn(|| load.run(addr));
+        thread::sleep(Duration::from_millis(700));
+        apache.reconfigure(&three).unwrap();
+        running.join().unwrap()
+    });
+    assert_eq!(report.count_status(200), 80, "{:?} {:?}", report.per_status(), report.errors());
+    assert!(settled_inflight(&apache).iter().all(|&n| n == 0));
+    let json = apache.status().unwrap();
+    let mut handed_over = 0;
+    for member in json["balancers"][0]["members"].as_array().unwrap() {
+        let count = |field: &str| member[field].as_u64().unwrap_or(u64::MAX);
+        assert_eq!(
+            count("selected"),
+            count("completed") + count("failed") + count("handed_over"),
+            "{member}"
+        );
+        handed_over += count("handed_over");
+    }
+    assert!(handed_over > 0, "attempts were in flight at the restart");
+    assert!(apache.error_log().contains("new shared segment"), "the members changed: a new segment");
+}

@@ -209,3 +209,32 @@ fn a_member_added_in_balancer_manager_is_balanced_and_counted() {
         apache.member_status("balancer://app", &b[2].url()).unwrap()["inflight"] == 0
     }));
 }
+
+/// A member added at run time into a slot where a member added in an earlier generation was
+/// starts afresh: it inherits neither the name, the totals nor the latency estimate.
+#[test]
+fn a_member_added_where_an_earlier_one_was_starts_afresh() {
+    let b = backends(&["a", "x", "y"]);
+    let body = balancer_block("app", "/", &[(&b[0], "")], "lbmethod=byinflight growth=1");
+    let mut apache = Apache::start(ApacheConfig::new(&body).processes(1)).unwrap();
+    let add = |apache: &Apache, backend: &Backend| {
+        balancer_manager_set(apache, "app", "", &[("b_wyes", "1"), ("b_nwrkr", &backend.url())]).unwrap();
+        balancer_manager_set(apache, "app", &backend.url(), &[("w_status_D", "0")]).unwrap();
+    };
+    add(&apache, &b[1]);
+    let report = Load::new("/", 2, 40).run(apache.addr());
+    assert!(report.count_backend("x") > 0, "{:?}", report.per_backend());
+    // The same configuration again: the shared counters continue, but the member added at
+    // run time is gone until someone adds one again.
+    apache.graceful().unwrap();
+    assert!(apache.error_log().contains("balancers unchanged"));
+    add(&apache, &b[2]);
+    sequential(&apache, 4);
+    let y = apache.member_status("balancer://app", &b[2].url()).unwrap();
+    let a = apache.member_status("balancer://app", &b[0].url()).unwrap();
+    let served = |m: &serde_json::Value| m["selected"].as_u64().unwrap_or(u64::MAX);
+    assert!(served(&y) <= 4, "y only has what it served since it was added: {y}");
+    assert!(y["latency_samples"].as_u64() <= Some(4), "and only its own latency samples: {y}");
+    assert!(served(&a) >= 20, "a keeps its totals: {a}");
+    assert_eq!(y["failed"], 0, "{y}");
+}

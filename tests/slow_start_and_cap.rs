@@ -1,6 +1,8 @@
 //! `LBSlowStart` and `LBMaxInflight` through real apache2 and real backends.
 
-use lbrs_harness::{Apache, ApacheConfig, Backend, BackendSpec, Load, LoadReport, Mpm, balancer_block};
+use lbrs_harness::{
+    Apache, ApacheConfig, Backend, BackendSpec, Load, LoadReport, Mpm, balancer_block, client, wait_for,
+};
 use std::thread;
 use std::time::Duration;
 
@@ -87,8 +89,10 @@ fn cap_holds(mpm: Mpm, cap_line: &str, loadfactors: [&str; 2], caps: [u64; 2]) {
     let mut latencies: Vec<Duration> = shed.iter().map(|o| o.latency).collect();
     let p99 = lbrs_harness::client::percentile(&mut latencies, 99.0);
     assert!(p99 < Duration::from_millis(100), "shed at once, without waiting for a backend: p99 {p99:?}");
+    // A refused request counts as shed when it ends, just after its client has the 503.
+    let counted = |apache: &Apache| apache.status().unwrap()["balancers"][0]["shed"].as_u64();
+    assert!(wait_for(Duration::from_secs(5), || counted(&apache) == Some(shed.len() as u64)));
     let status = apache.status().unwrap();
-    assert_eq!(status["balancers"][0]["shed"].as_u64(), Some(shed.len() as u64));
     let page_caps: Vec<u64> = status["balancers"][0]["members"]
         .as_array()
         .unwrap()
@@ -106,4 +110,51 @@ fn no_member_ever_exceeds_its_cap_and_the_excess_is_shed_at_once() {
 #[test]
 fn a_cap_per_loadfactor_holds_across_prefork_processes() {
     cap_holds(Mpm::Prefork, "LBMaxInflight 2 per-loadfactor", ["loadfactor=1", "loadfactor=2"], [2, 4]);
+}
+
+/// With a balancer `timeout=`, httpd asks again for a request every member refused, until one
+/// has room: the request that is then served answers 200 without `Retry-After`, and is not
+/// counted as shed; one that never finds room gets 503 with `Retry-After` and counts once.
+#[test]
+fn a_request_that_waits_and_is_served_is_not_shed() {
+    let b = [backend("a", 4, 1500), backend("slow", 4, 3000)];
+    let body = balancer_block("app", "/", &[(&b[0], "")], "lbmethod=byinflight timeout=5")
+        .replace("    ProxySet", "    LBMaxInflight 1\n    ProxySet");
+    let mut short = balancer_block("short", "/short", &[(&b[1], "")], "lbmethod=byinflight timeout=1");
+    short = short.replace("    ProxySet", "    LBMaxInflight 1\n    ProxySet");
+    // ProxyPass "/short" before ProxyPass "/": the first match wins.
+    let apache = Apache::start(ApacheConfig::new(&format!("{short}{body}"))).unwrap();
+    let addr = apache.addr();
+    let (waited, refused) = thread::scope(|scope| {
+        let first = scope.spawn(|| client::get(addr, "/").unwrap());
+        thread::sleep(Duration::from_millis(300));
+        // Waits for the first request's place (1.5 s), within the balancer's 5 s.
+        let waited = scope.spawn(|| client::get(addr, "/").unwrap());
+        assert_eq!(first.join().unwrap().status, 200);
+        let waited = waited.join().unwrap();
+        let busy = scope.spawn(|| client::get(addr, "/short").unwrap());
+        thread::sleep(Duration::from_millis(300));
+        // The member is busy for 3 s, longer than this balancer's 1 s.
+        let refused = client::get(addr, "/short").unwrap();
+        assert_eq!(busy.join().unwrap().status, 200);
+        (waited, refused)
+    });
+    assert_eq!(waited.status, 200);
+    assert_eq!(waited.header("retry-after"), None, "served: no Retry-After");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let shed = |name: &str| {
+        apache.status().unwrap()["balancers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .map(|b| b["shed"].as_u64().unwrap_or(0))
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || shed("balancer://short") == Some(1)),
+        "{:?}",
+        shed("balancer://short")
+    );
+    assert_eq!(shed("balancer://app"), Some(0), "the request that waited was served");
 }

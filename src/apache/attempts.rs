@@ -16,10 +16,10 @@ use crate::httpd::guard::catch;
 use crate::httpd::log::{Level, log_request};
 use crate::httpd::{proxy, request};
 use crate::methods::bylatency;
-use crate::shm::{MemberSlot, monotonic_us, name_key};
+use crate::shm::{MemberSlot, monotonic_us};
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// This module's state for one request (`r->request_config`), in the request pool.
@@ -29,6 +29,9 @@ struct RequestState {
     attempt: *mut Attempt,
     /// The timing filter is in the request's output chain.
     timed: bool,
+    /// The request was refused because every candidate was at its cap, and no pick has served
+    /// it since: the balancer's shed counter, counted once when the request ends so.
+    shed: *const AtomicU64,
 }
 
 /// One attempt, in the request pool; released by [`release_attempt`].
@@ -46,8 +49,9 @@ struct Attempt {
     decay_us: u64,
     /// Abandoned for another member (failover).
     abandoned: bool,
-    /// The response was a gateway error (502, 503, 504).
-    bad_response: bool,
+    /// The request, to read its final status when the attempt is released (the pool cleanup
+    /// that releases it runs before the request's memory goes).
+    request: *const ffi::request_rec,
     /// mod_proxy has started it (its scheme handler ran for this member).
     started: bool,
 }
@@ -69,14 +73,12 @@ pub unsafe fn start(r: *mut ffi::request_rec, attempt: NewAttempt<'_>, started: 
     // SAFETY: per this function's contract; everything allocated lives in r->pool, as long as
     // the cleanup that releases it.
     unsafe {
-        if attempt.member.key.load(Ordering::Relaxed) == 0 {
-            // A member added at run time: its slot learns its name on first use.
-            attempt
-                .member
-                .key
-                .store(name_key(proxy::worker_key_name(attempt.worker).as_bytes()), Ordering::Relaxed);
-        }
         let state = request_state(r);
+        if !(*state).shed.is_null() {
+            // Refused before, served now (the balancer's timeout= let httpd ask again).
+            (*state).shed = ptr::null();
+            request::unset_error_header(r, "Retry-After");
+        }
         let record = ffi::apr_palloc((*r).pool, size_of::<Attempt>()) as *mut Attempt;
         record.write(Attempt {
             member: attempt.member,
@@ -86,7 +88,7 @@ pub unsafe fn start(r: *mut ffi::request_rec, attempt: NewAttempt<'_>, started: 
             first_byte_us: 0,
             decay_us: attempt.decay.as_micros() as u64,
             abandoned: false,
-            bad_response: false,
+            request: r,
             started,
         });
         ffi::apr_pool_cleanup_register(
@@ -122,6 +124,46 @@ pub unsafe fn end_current(r: *mut ffi::request_rec) {
     }
 }
 
+/// Every candidate was at its cap: the request is refused (httpd answers 503), with a
+/// `Retry-After` header. httpd may ask again for the same request (a balancer `timeout=`); the
+/// request counts once in `shed`, when it ends without having been served. Returns the shed
+/// count so far, this request included.
+///
+/// # Safety
+/// Live request; `shed` in a segment this process keeps mapped.
+pub unsafe fn refuse(r: *mut ffi::request_rec, shed: &AtomicU64) -> u64 {
+    // SAFETY: per this function's contract; the state and its cleanup live in r->pool.
+    unsafe {
+        request::set_error_header(r, "Retry-After", "1");
+        let state = request_state(r);
+        if (*state).shed.is_null() {
+            (*state).shed = shed;
+            ffi::apr_pool_cleanup_register(
+                (*r).pool,
+                state as *const c_void,
+                Some(count_shed),
+                Some(ffi::apr_pool_cleanup_null),
+            );
+        }
+    }
+    shed.load(Ordering::Relaxed) + 1
+}
+
+/// Pool cleanup of a request refused at least once: counts it if it ended refused.
+unsafe extern "C" fn count_shed(data: *mut c_void) -> ffi::apr_status_t {
+    catch("shed count", ffi::APR_SUCCESS, || {
+        // SAFETY: data is the request's state, in the pool being cleaned; shed is null or a
+        // counter in a segment this process keeps mapped.
+        unsafe {
+            let state = &*(data as *const RequestState);
+            if let Some(shed) = state.shed.as_ref() {
+                shed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        ffi::APR_SUCCESS
+    })
+}
+
 /// The request's state, made on first use.
 ///
 /// # Safety
@@ -132,7 +174,7 @@ unsafe fn request_state(r: *mut ffi::request_rec) -> *mut RequestState {
         let mut state = request::module_state(r) as *mut RequestState;
         if state.is_null() {
             state = ffi::apr_palloc((*r).pool, size_of::<RequestState>()) as *mut RequestState;
-            state.write(RequestState { attempt: ptr::null_mut(), timed: false });
+            state.write(RequestState { attempt: ptr::null_mut(), timed: false, shed: ptr::null() });
             request::set_module_state(r, state as *mut c_void);
         }
         state
@@ -140,8 +182,8 @@ unsafe fn request_state(r: *mut ffi::request_rec) -> *mut RequestState {
 }
 
 /// Pool cleanup: ends one attempt, and takes its latency sample. It failed if it was
-/// abandoned for another member, if the member is in error now, or if the answer was a
-/// gateway error.
+/// abandoned for another member, if the member is in error now, or if the request's answer is
+/// a gateway error (502, 503, 504), the backend's or httpd's own.
 unsafe extern "C" fn release_attempt(data: *mut c_void) -> ffi::apr_status_t {
     catch("attempt release", ffi::APR_SUCCESS, || {
         // SAFETY: data is an Attempt recorded by `start`; its slots live in a segment this
@@ -149,7 +191,10 @@ unsafe extern "C" fn release_attempt(data: *mut c_void) -> ffi::apr_status_t {
         unsafe {
             let attempt = &*(data as *const Attempt);
             let in_error = proxy::worker_state(attempt.worker).in_error();
-            let failed = attempt.abandoned || in_error || attempt.bad_response;
+            // The outcome is known only now: httpd's own error answers (a backend timeout, a
+            // member refusing) never pass through the timing filter.
+            let gateway_error = matches!((*attempt.request).status, 502..=504);
+            let failed = attempt.abandoned || in_error || gateway_error;
             let member = &*attempt.member;
             member.end_attempt(failed, attempt.mine.as_ref());
             let now = monotonic_us();
@@ -205,7 +250,6 @@ unsafe extern "C" fn timing_filter(
                 let attempt = &mut *(*state).attempt;
                 if attempt.first_byte_us == 0 {
                     attempt.first_byte_us = monotonic_us();
-                    attempt.bad_response = matches!((*r).status, 502..=504);
                 }
             }
             ffi::ap_remove_output_filter(f);

@@ -26,7 +26,7 @@ use crate::config::BalancerSettings;
 use crate::ffi;
 use crate::httpd::guard::catch;
 use crate::httpd::log::{Level, log_request, log_server};
-use crate::httpd::{proxy, request};
+use crate::httpd::proxy;
 use crate::methods::{Candidate, Member, NO_LIMIT, Pick, Registered, slow_start};
 use crate::shm::{monotonic_us, name_key};
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -89,13 +89,12 @@ unsafe fn find_in(
         let mut pick =
             Pick::new(slot.shared, slot.settings, segment, now, key, &mut local.methods, &mut counts);
         let Some(choice) = method.method.choose(&mut pick) else {
-            let shed = slot.shared.events.shed.fetch_add(1, Ordering::Relaxed) + 1;
-            request::set_error_header(r, "Retry-After", "1");
+            let shed = attempts::refuse(r, &slot.shared.events.shed);
             log_request!(
                 r,
                 Level::Info,
-                "{}: {}: every usable member is at its LBMaxInflight cap; request shed \
-                with 503 ({shed} shed so far)",
+                "{}: {}: every usable member is at its LBMaxInflight cap; request refused \
+                ({shed} shed so far with this one)",
                 method.name(),
                 proxy::balancer_name(balancer)
             );
@@ -151,7 +150,8 @@ fn weigh(runtime: &Runtime, slot: &BalancerRef<'_>, local: &mut Local, now: u64)
 }
 
 /// Brings the balancer's member list (which `byweight`'s cycle and `byhash`'s table are built
-/// from) up to date when httpd has added members; otherwise costs one comparison.
+/// from) up to date when httpd has added members, and makes sure each member's slot is its own;
+/// otherwise costs one comparison.
 ///
 /// # Safety
 /// Live balancer, thread lock held.
@@ -178,16 +178,19 @@ pub(super) unsafe fn sync_members(
     });
 }
 
-/// A member's name key: its slot remembers it; a member added at run time teaches it here.
+/// A member's name key, which its slot then holds. A slot that held another member's (httpd
+/// put a member added at run time where another one was) starts afresh first.
 fn member_key(member: Option<&crate::shm::MemberSlot>, worker: *mut ffi::proxy_worker) -> u64 {
-    let known = member.map_or(0, |m| m.key.load(Ordering::Relaxed));
-    if known != 0 {
-        return known;
-    }
     // SAFETY: httpd's members are live.
     let key = name_key(unsafe { proxy::worker_key_name(worker) }.as_bytes());
     if let Some(member) = member {
-        member.key.store(key, Ordering::Relaxed);
+        let held = member.key.load(Ordering::Relaxed);
+        if held != key {
+            if held != 0 {
+                member.reset_identity();
+            }
+            member.key.store(key, Ordering::Relaxed);
+        }
     }
     key
 }

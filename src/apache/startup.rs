@@ -64,7 +64,7 @@ pub unsafe fn build_runtime(main: *const ffi::server_rec) -> Result<Runtime, Str
     // SAFETY: live balancers and workers of this generation.
     let plan: Vec<BalancerPlan> = balancers.iter().map(|&(_, b)| unsafe { balancer_plan(b) }).collect();
     // SAFETY: main is live; retained data is parent memory that survives restarts.
-    let (segment, slots) = unsafe { segment_for(&proxy, main, &plan)? };
+    let (segment, slots) = unsafe { segment_for(main, &plan)? };
     let configured = balancers
         .iter()
         .zip(slots)
@@ -129,7 +129,6 @@ unsafe fn balancer_plan(balancer: *mut ffi::proxy_balancer) -> BalancerPlan {
 /// # Safety
 /// Parent process, during post_config; `main` live.
 unsafe fn segment_for(
-    proxy: &ProxyApi,
     main: *const ffi::server_rec,
     plan: &[BalancerPlan],
 ) -> Result<(Segment, Vec<usize>), String> {
@@ -154,13 +153,9 @@ unsafe fn segment_for(
         return Ok((previous, slots));
     }
 
-    // SAFETY: main is live.
-    let spare_balancers = unsafe { spare_balancers(proxy, main) };
-    let capacity = Capacity {
-        balancers: plan.len() as u32 + spare_balancers,
-        members: members + spare_balancers * 16,
-        processes,
-    };
+    // Room for the configured balancers and their members (configured plus `growth=`): httpd
+    // 2.4 cannot add a balancer at run time, so no spare balancer slots.
+    let capacity = Capacity { balancers: (plan.len() as u32).max(1), members, processes };
     let segment = Segment::create(capacity).map_err(|err| format!("cannot map shared memory: {err}"))?;
     let slots = shm::place(&segment, plan).ok_or("shared segment sized too small (internal error)")?;
     if let Some(previous) = previous {
@@ -180,23 +175,6 @@ unsafe fn segment_for(
         capacity.processes
     );
     Ok((segment, slots))
-}
-
-/// Spare balancer slots: `BalancerGrowth` of every server (mod_proxy keeps it per server).
-///
-/// # Safety
-/// `main` must be live.
-unsafe fn spare_balancers(proxy: &ProxyApi, main: *const ffi::server_rec) -> u32 {
-    let mut spares = 0u32;
-    // SAFETY: walking the live server list.
-    for s in unsafe { proxy::servers(main) } {
-        // SAFETY: as above.
-        let conf = unsafe { proxy.server_conf(s) };
-        if !conf.is_null() {
-            spares = spares.saturating_add(unsafe { (*conf).bgrowth }.max(0) as u32);
-        }
-    }
-    spares.min(1024)
 }
 
 /// The httpd this module was compiled against, as a user reads it.

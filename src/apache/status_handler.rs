@@ -148,6 +148,7 @@ unsafe fn balancer_status(
                     peak_inflight: totals.peak_inflight.max(0) as u64,
                     completed: totals.completed,
                     failed: totals.failed,
+                    handed_over: totals.handed_over,
                     elected: state.elected,
                     busy: state.busy,
                 }

@@ -80,6 +80,16 @@ pub unsafe fn set_error_header(r: *mut ffi::request_rec, name: &str, value: &str
     unsafe { ffi::apr_table_set((*r).err_headers_out, name.as_ptr(), value.as_ptr()) };
 }
 
+/// Removes a header set with [`set_error_header`].
+///
+/// # Safety
+/// `r` must be live.
+pub unsafe fn unset_error_header(r: *mut ffi::request_rec, name: &str) {
+    let Ok(name) = CString::new(name) else { return };
+    // SAFETY: a live table of a live request.
+    unsafe { ffi::apr_table_unset((*r).err_headers_out, name.as_ptr()) };
+}
+
 /// Sends `body` with content type `content_type` (only the headers for HEAD).
 ///
 /// # Safety

@@ -73,8 +73,13 @@ pub struct MemberSlot {
     pub selected: AtomicU64,
     /// Attempts that ended normally.
     pub completed: AtomicU64,
-    /// Attempts that ended with the member in error, or were abandoned for failover.
+    /// Attempts that ended with the member in error, were abandoned for failover, got a
+    /// gateway error, or whose process was killed.
     pub failed: AtomicU64,
+    /// Attempts in flight when a graceful restart moved the counters to a new segment: the
+    /// previous generation's children finish them there. With it, `selected` is exactly
+    /// `completed + failed + handed_over + inflight`.
+    pub handed_over: AtomicU64,
     /// Slow start: 1 while some process has seen the member unusable since its last ramp.
     pub down: AtomicU32,
     /// Slow start: when the member last became usable again (monotonic microseconds; 0: never).
@@ -105,7 +110,7 @@ unsafe impl ShmSafe for AtomicI32 {}
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v04");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v05");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
 const _: () = assert!(size_of::<BalancerSlot>() == 3 * 64);
@@ -120,6 +125,7 @@ pub struct MemberTotals {
     pub selected: u64,
     pub completed: u64,
     pub failed: u64,
+    pub handed_over: u64,
     pub latency_bits: u64,
     pub latency_at_us: u64,
     pub latency_samples: u64,
@@ -132,6 +138,7 @@ impl MemberSlot {
             selected: self.selected.load(Ordering::Relaxed),
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            handed_over: self.handed_over.load(Ordering::Relaxed),
             latency_bits: self.latency_bits.load(Ordering::Relaxed),
             latency_at_us: self.latency_at_us.load(Ordering::Relaxed),
             latency_samples: self.latency_samples.load(Ordering::Relaxed),
@@ -144,9 +151,26 @@ impl MemberSlot {
         self.selected.store(totals.selected, Ordering::Relaxed);
         self.completed.store(totals.completed, Ordering::Relaxed);
         self.failed.store(totals.failed, Ordering::Relaxed);
+        self.handed_over.store(totals.handed_over, Ordering::Relaxed);
         self.latency_bits.store(totals.latency_bits, Ordering::Relaxed);
         self.latency_at_us.store(totals.latency_at_us, Ordering::Relaxed);
         self.latency_samples.store(totals.latency_samples, Ordering::Relaxed);
+    }
+
+    /// Makes the slot a new member's (httpd put another member in this worker slot): forgets
+    /// the previous member's name key, totals, latency estimate and slow-start state. Attempts
+    /// the previous generation's children still have in flight here finish here: they stay
+    /// counted as `selected`, so the totals keep adding up.
+    pub fn reset_identity(&self) {
+        let inflight = self.inflight.load(Ordering::Acquire).max(0);
+        self.key.store(0, Ordering::Relaxed);
+        self.restore(MemberTotals {
+            selected: inflight as u64,
+            peak_inflight: inflight,
+            ..MemberTotals::default()
+        });
+        self.down.store(0, Ordering::Relaxed);
+        self.ramp_start_us.store(0, Ordering::Relaxed);
     }
 
     /// Counts the start of one attempt on this member. `mine` is this process's own count for

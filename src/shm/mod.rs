@@ -151,6 +151,7 @@ mod tests {
         assert_eq!(b.selected.load(Relaxed), 3);
         assert_eq!(b.completed.load(Relaxed), 1);
         assert_eq!(b.inflight.load(Relaxed), 0, "in-flight stays with the old generation");
+        assert_eq!(b.handed_over.load(Relaxed), 2, "and is counted as handed over");
         assert_eq!(new.member_of(nb, 1).unwrap().selected.load(Relaxed), 0);
         assert_eq!(nb.turns.ticket.load(Relaxed), 42);
         unsafe {
@@ -180,6 +181,17 @@ mod tests {
         assert_eq!(seg.balancer(slots[0]).unwrap().turns.ticket.load(Relaxed), 99);
         let app = seg.balancer(slots[0]).unwrap();
         assert_eq!(seg.member_of(app, 2).unwrap().key.load(Relaxed), name_key(b"c"));
+
+        // "c" was added at run time in slot 2 and served; the next generation's configuration
+        // does not have it: the slot forgets it, so the next member added there starts afresh.
+        let c = seg.member_of(app, 2).unwrap();
+        c.begin_attempt(None);
+        c.end_attempt(false, None);
+        c.observe(false, 10);
+        c.latency_bits.store(5_000f64.to_bits(), Relaxed);
+        assert!(reuse(&seg, &first, 4).is_some());
+        assert_eq!((c.key.load(Relaxed), c.selected.load(Relaxed), c.completed.load(Relaxed)), (0, 0, 0));
+        assert_eq!((c.latency_bits.load(Relaxed), c.down.load(Relaxed)), (0, 0));
 
         // A new balancer, a resized one, or a member moved into another's slot: not reused.
         let added = vec![plan(b"p1_app", 4, &[b"a", b"b"]), plan(b"p1_new", 4, &[])];
@@ -265,6 +277,7 @@ mod tests {
         assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
 
         assert_eq!(seg.reap_process(child as u32), 4);
+        assert_eq!(member0.failed.load(Relaxed), 3, "the killed child's attempts failed");
         assert_eq!((member0.inflight(), member1.inflight()), (1, 0), "only the parent's attempt is left");
         assert_eq!(seg.reap_process(child as u32), 0, "reaping twice takes nothing more");
         assert!(seg.claim_process(child as u32 + 1_000_000).is_some(), "its slot is free again");

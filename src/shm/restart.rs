@@ -55,14 +55,20 @@ pub fn place(segment: &Segment, plan: &[BalancerPlan]) -> Option<Vec<usize>> {
     Some(slots)
 }
 
+/// Names each configured member's slot. A slot no configured member takes (room for members
+/// added at run time, `growth=`) is reset: what a member added there in an earlier generation
+/// left behind must not pass to the next member added there.
 fn name_members(segment: &Segment, plan: &[BalancerPlan], slots: &[usize]) {
     for (balancer, &slot) in plan.iter().zip(slots) {
         let Some(shared) = segment.balancer(slot) else {
             continue;
         };
-        for &(index, key) in &balancer.member_keys {
-            if let Some(member) = segment.member_of(shared, index as usize) {
-                member.key.store(key, Ordering::Relaxed);
+        for index in 0..shared.member_slots.load(Ordering::Acquire) {
+            let Some(member) = segment.member_of(shared, index as usize) else { continue };
+            match balancer.member_keys.iter().find(|&&(i, _)| i == index) {
+                Some(&(_, key)) => member.key.store(key, Ordering::Relaxed),
+                None if member.key.load(Ordering::Relaxed) != 0 => member.reset_identity(),
+                None => {}
             }
         }
     }
@@ -73,7 +79,8 @@ fn name_members(segment: &Segment, plan: &[BalancerPlan], slots: &[usize]) {
 /// matching balancers and members by name key.
 ///
 /// In-flight counts are not copied: the previous generation's children still hold those
-/// attempts and release them into the old segment.
+/// attempts and release them into the old segment. They are counted as `handed_over`, so that
+/// `selected = completed + failed + handed_over + inflight` stays exact.
 pub fn carry_over(old: &Segment, new: &Segment) {
     for slot in 0..new.capacity().balancers as usize {
         let Some(new_balancer) = new.balancer(slot) else {
@@ -97,6 +104,8 @@ pub fn carry_over(old: &Segment, new: &Segment) {
             }
             if let Some(previous) = old_members.iter().find(|m| m.key.load(Ordering::Relaxed) == member_key) {
                 member.restore(previous.totals());
+                // Finished in the old segment, where this generation does not see them.
+                member.handed_over.fetch_add(previous.inflight(), Ordering::Relaxed);
             }
         }
     }

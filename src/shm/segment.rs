@@ -258,7 +258,8 @@ impl Segment {
     }
 
     /// Process `pid` has exited (httpd's parent reaped it): takes back every attempt it never
-    /// released and frees its slot. Returns how many attempts were taken back.
+    /// released, counting them as failed, and frees its slot. Returns how many attempts were
+    /// taken back.
     pub fn reap_process(&self, pid: u32) -> i64 {
         let Some(slot) = (pid != 0).then(|| self.find_process(pid)).flatten() else {
             return 0;
@@ -271,6 +272,10 @@ impl Segment {
             let left = mine.swap(0, Ordering::AcqRel);
             if left != 0 {
                 member.inflight.fetch_sub(i64::from(left), Ordering::AcqRel);
+                // The process died with them: they failed.
+                if left > 0 {
+                    member.failed.fetch_add(left as u64, Ordering::Relaxed);
+                }
                 reclaimed += i64::from(left);
             }
         }

@@ -79,6 +79,10 @@ pub struct MemberStatus {
     pub peak_inflight: u64,
     pub completed: u64,
     pub failed: u64,
+    /// Attempts in flight when a graceful restart moved the counters to a new segment (the
+    /// previous generation finished them): `selected = completed + failed + handed_over +
+    /// inflight`.
+    pub handed_over: u64,
     /// httpd's own counters, as balancer-manager shows them (`Elected`, `Busy`).
     pub elected: u64,
     pub busy: u64,
@@ -160,6 +164,7 @@ pub(crate) mod tests {
                         peak_inflight: 3,
                         completed: 8,
                         failed: 0,
+                        handed_over: 0,
                         elected: 10,
                         busy: 2,
                     },
@@ -182,6 +187,7 @@ pub(crate) mod tests {
                         peak_inflight: 0,
                         completed: 0,
                         failed: 0,
+                        handed_over: 0,
                         elected: 0,
                         busy: 0,
                     },
