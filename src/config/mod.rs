@@ -485,4 +485,73 @@ mod tests {
             Some(Cap { limit: 5, per_loadfactor: false })
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn directive() -> impl Strategy<Value = Directive> {
+            prop::sample::select(Directive::ALL.to_vec())
+        }
+
+        proptest! {
+            /// Any arguments: an answer, never a panic; a refusal names the directive, and the
+            /// value when there is exactly one.
+            #[test]
+            fn every_directive_answers_any_arguments(
+                directive in directive(),
+                args in prop::collection::vec(".{0,12}", 0..4),
+            ) {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let result = directive.apply(&mut BalancerSettings::default(), &args, |_| Ok(1));
+                if let Err(message) = result {
+                    prop_assert!(message.starts_with(directive.name()), "{}", message);
+                    if let [value] = args[..] {
+                        prop_assert!(message.contains(&format!("\"{value}\"")) || message.contains("usage"), "{}", message);
+                    }
+                }
+            }
+
+            #[test]
+            fn durations_read_back_what_they_say(n in 0u64..100_000, unit in prop::sample::select(vec!["", "ms", "s", "m", "h"])) {
+                let millis = match unit { "ms" => n, "" | "s" => n * 1000, "m" => n * 60_000, _ => n * 3_600_000 };
+                prop_assert_eq!(parse_duration(&format!("{n}{unit}")), Ok(Duration::from_millis(millis)));
+            }
+
+            #[test]
+            fn max_inflight_takes_exactly_1_to_a_million(n in any::<i64>()) {
+                let mut s = BalancerSettings::default();
+                let accepted = Directive::MaxInflight.apply(&mut s, &[&n.to_string()], |_| Ok(0)).is_ok();
+                prop_assert_eq!(accepted, (1..=1_000_000).contains(&n));
+            }
+
+            #[test]
+            fn balance_factor_takes_1_to_100_or_off(c in any::<f64>()) {
+                let mut s = BalancerSettings::default();
+                let accepted = Directive::HashBalanceFactor.apply(&mut s, &[&c.to_string()], |_| Ok(0)).is_ok();
+                prop_assert_eq!(accepted, (1.0..=100.0).contains(&c));
+                if accepted {
+                    prop_assert!(s.balance_factor().is_some_and(f64::is_finite));
+                }
+            }
+
+            #[test]
+            fn a_cap_is_never_zero_and_grows_with_the_loadfactor(limit in 1u32..=1_000_000, a in 1u32..=10_000, b in 1u32..=10_000) {
+                let cap = Cap { limit, per_loadfactor: true };
+                prop_assert!(cap.for_member(a) >= 1);
+                if a <= b {
+                    prop_assert!(cap.for_member(a) <= cap.for_member(b));
+                }
+                prop_assert_eq!(Cap { limit, per_loadfactor: false }.for_member(a), u64::from(limit));
+            }
+
+            /// A balancer name keyed twice is keyed once; any case and path name one balancer.
+            #[test]
+            fn balancer_keys_are_stable(name in "[a-zA-Z0-9._-]{1,20}", path in "(/[a-z]{0,5}){0,3}") {
+                let key = balancer_key(&format!("balancer://{name}{path}"));
+                prop_assert_eq!(balancer_key(&key), key.clone());
+                prop_assert_eq!(key, format!("balancer://{}", name.to_ascii_lowercase()));
+            }
+        }
+    }
 }

@@ -520,4 +520,55 @@ mod tests {
         // Keys admitted early stay admitted as the ramp grows.
         assert!(keys.iter().all(|&k| !ramp_admits(k, 0.3) || ramp_admits(k, 0.6)));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Every key's walk meets every member exactly once, the same way each time, and
+            /// ends without reading the whole table.
+            #[test]
+            fn every_walk_is_deterministic_and_meets_each_member_once(
+                weights in prop::collection::vec(1u32..1_000, 1..12),
+                keys in prop::collection::vec(any::<u64>(), 1..20),
+            ) {
+                let table = Table::build(&members(&weights));
+                let mut seen = Vec::new();
+                for key in keys {
+                    let mut walk = table.walk(key, &mut seen);
+                    let order: Vec<usize> = walk.by_ref().collect();
+                    prop_assert!(walk.examined() <= table.size() as u64);
+                    let mut sorted = order.clone();
+                    sorted.sort_unstable();
+                    prop_assert_eq!(sorted, (0..weights.len()).collect::<Vec<_>>());
+                    prop_assert_eq!(order, super::walk(&table, key));
+                }
+            }
+
+            /// A placement lands on a member that admitted the key and had room under its
+            /// limit, the first such one along the walk.
+            #[test]
+            fn a_key_goes_to_the_first_member_on_its_walk_that_takes_it(
+                weights in prop::collection::vec(1u32..1_000, 1..10),
+                pass_mask in any::<u16>(),
+                inflight in prop::collection::vec(0u64..6, 10),
+                limit in 0u64..6,
+                key in any::<u64>(),
+            ) {
+                let table = Table::build(&members(&weights));
+                let admits = |m: usize| pass_mask >> m & 1 == 0;
+                let placed = place_with(
+                    &table,
+                    key,
+                    |m| if admits(m) { Admission::UpTo(limit) } else { Admission::Pass },
+                    |m, limit| inflight[m] < limit,
+                );
+                let expected = super::walk(&table, key).into_iter().position(|m| admits(m) && inflight[m] < limit);
+                prop_assert_eq!(placed.map(|p| p.steps), expected);
+            }
+        }
+    }
 }

@@ -172,4 +172,28 @@ mod tests {
     fn huge_counts_do_not_overflow() {
         assert_eq!(compare(&c(u32::MAX, 10_000), &c(u32::MAX, 1)), Ordering::Less);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// The choice is a member with room whose key no other member with room beats.
+            #[test]
+            fn the_least_loaded_member_with_room_wins(
+                members in prop::collection::vec((0u32..50, 1u32..10_000, any::<bool>()), 1..30),
+                start in any::<usize>(),
+            ) {
+                let all: Vec<Candidate> =
+                    members.iter().map(|&(inflight, weight, full)| Candidate { full, ..c(inflight, weight) }).collect();
+                match choose(&all, start) {
+                    Some(p) => {
+                        prop_assert!(!all[p].full);
+                        prop_assert!(all.iter().filter(|o| !o.full).all(|o| compare(&all[p], o) != Ordering::Greater));
+                    }
+                    None => prop_assert!(all.iter().all(|o| o.full)),
+                }
+            }
+        }
+    }
 }

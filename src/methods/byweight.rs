@@ -473,4 +473,57 @@ mod tests {
     fn no_candidates_no_pick() {
         assert_eq!(Schedule::build(&[]).pick(3), None);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// From any ticket, one cycle gives every member exactly its reduced weight.
+            #[test]
+            fn every_cycle_is_exact_from_any_ticket(
+                weights in prop::collection::vec(1u32..10_000, 1..40),
+                start in any::<u64>(),
+            ) {
+                let schedule = Schedule::build(&weights);
+                let reduced = reduce(&weights);
+                let mut counts = vec![0u64; weights.len()];
+                for t in 0..schedule.len() as u64 {
+                    counts[schedule.pick(start.wrapping_add(t)).unwrap().0] += 1;
+                }
+                prop_assert_eq!(counts, reduced);
+            }
+
+            /// Whatever is offered or full, a pick never lands on a member that cannot take the
+            /// request, and finds one whenever one can.
+            #[test]
+            fn a_pick_never_lands_on_a_member_that_cannot_take_it(
+                weights in prop::collection::vec(1u32..2_000, 1..20),
+                offered_mask in any::<u32>(),
+                full_mask in any::<u32>(),
+                ticket in any::<u64>(),
+            ) {
+                let (segment, slot) = balancer(weights.len() as u32);
+                segment.balancer(slot).unwrap().turns.ticket.store(ticket, std::sync::atomic::Ordering::Relaxed);
+                let all = candidates(&weights);
+                let mut offered: Vec<_> = all.iter().copied().filter(|c| offered_mask >> c.worker_index & 1 == 1).collect();
+                if offered.is_empty() {
+                    offered.push(all[0]);
+                }
+                for c in &mut offered {
+                    c.full = full_mask >> c.worker_index & 1 == 1;
+                }
+                let mut local = LocalState::default();
+                let settings = BalancerSettings::default();
+                let choice = pick_offered(&ByWeight, &segment, slot, &settings, &mut local, &all, &offered, None, &mut Counts::default());
+                match choice {
+                    Some(choice) => prop_assert!(!offered[choice.position].full),
+                    None => prop_assert!(offered.iter().all(|c| c.full)),
+                }
+                unsafe { segment.unmap() };
+            }
+        }
+    }
 }
