@@ -110,6 +110,9 @@ pub struct ApacheConfig {
     pub body: String,
     /// The loopback port to listen on; `None` (the default) takes a free one.
     pub port: Option<u16>,
+    /// A program to run apache2 under (`valgrind ...`): apache2 then runs as one process
+    /// (`-X`), and gets two minutes to start.
+    pub under: Vec<String>,
 }
 
 impl ApacheConfig {
@@ -124,6 +127,7 @@ impl ApacheConfig {
             extra_modules: Vec::new(),
             body: body.to_string(),
             port: None,
+            under: Vec::new(),
         }
     }
 
@@ -268,7 +272,15 @@ impl Apache {
         };
         let conf_path = dir.join("httpd.conf");
         fs::write(&conf_path, config.render(&dir, port)).map_err(|e| format!("cannot write config: {e}"))?;
-        let child = Command::new(apache2_binary())
+        let mut command = match config.under.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(apache2_binary()).arg("-X");
+                command
+            }
+            None => Command::new(apache2_binary()),
+        };
+        let child = command
             .arg("-f")
             .arg(&conf_path)
             .args(["-D", "FOREGROUND"])
@@ -278,8 +290,9 @@ impl Apache {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", apache2_binary().display()))?;
+        let within = Duration::from_secs(if config.under.is_empty() { 30 } else { 120 });
         let mut apache = Apache { child: Some(child), dir, port, config };
-        apache.wait_ready(1, Duration::from_secs(30))?;
+        apache.wait_ready(1, within)?;
         Ok(apache)
     }
 
