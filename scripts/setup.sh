@@ -22,6 +22,7 @@ LBRS_APT_PACKAGES=(apache2 apache2-dev libclang-dev build-essential curl ca-cert
 # What tests run for real, one line each:
 LBRS_TEST_PACKAGES=(
     iproute2 # network namespaces for the tests that need several hosts
+    valgrind # memcheck over apache2 with the module under load (tests/valgrind.rs)
 )
 LBRS_MIN_RUST_MINOR=85
 

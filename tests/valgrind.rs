@@ -4,9 +4,9 @@
 //! module. httpd's and APR's own findings (and libc's) are not the module's and are reported,
 //! not failed on.
 //!
-//! It takes a minute or two, and needs valgrind: scripts/valgrind.sh installs it and runs this
-//! test (`cargo test --test valgrind -- --ignored`), which scripts/test.sh does as part of the
-//! suite. docs/operating.md has the result of the last run.
+//! It takes about ten seconds, and needs valgrind (`scripts/setup.sh --tests` installs it);
+//! scripts/valgrind.sh runs it alone and shows valgrind's summary. docs/operating.md has the
+//! result of a run.
 
 use lbrs_harness::{Apache, ApacheConfig, Backend, Load, backends, balancer_block, wait_for};
 use std::fs;
@@ -46,8 +46,10 @@ fn errors(log: &str) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "slow; scripts/valgrind.sh runs it"]
 fn no_memory_error_in_the_module_under_load() {
+    let found =
+        std::process::Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(found, "valgrind is missing: run scripts/setup.sh --tests (or apt-get install valgrind)");
     let b = backends(&["a", "b", "c"]);
     let closed = lbrs_harness::apache::free_port().unwrap();
     let ours: Vec<(&Backend, &str)> = b.iter().map(|b| (b, "")).collect();
@@ -84,6 +86,7 @@ fn no_memory_error_in_the_module_under_load() {
     let mut answered = 0;
     for path in ["/w", "/i", "/l", "/h", "/f"] {
         let report = Load::new(path, 4, 600).deadline(Duration::from_secs(120)).run(apache.addr());
+        eprintln!("{path}: {:?}", report.per_status());
         answered += report.count_status(200);
         let resets = Load::new(&format!("{path}/__reset"), 2, 20).run(apache.addr());
         assert!(resets.count_status(200) == 0, "resets are not answered 200");
@@ -93,7 +96,7 @@ fn no_memory_error_in_the_module_under_load() {
             assert_eq!(apache.get(&format!("/lb-status{query}")).unwrap().status, 200);
         }
     }
-    assert!(answered >= 2900, "{answered} requests answered");
+    assert!(answered >= 2700, "{answered} requests answered");
     assert!(wait_for(Duration::from_secs(30), || apache.status().is_ok_and(|s| s["balancers"].is_array())));
     apache.stop();
 

@@ -382,7 +382,9 @@ impl Apache {
                 self.child = None;
                 return Err(format!("apache2 exited ({status}) while starting:\n{}", self.error_log()));
             }
-            if self.generations() >= generations && self.get("/lb-status").is_ok() {
+            // One process (-X) logs no generation line: answering is enough.
+            let started = !self.config.under.is_empty() || self.generations() >= generations;
+            if started && self.get("/lb-status").is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
