@@ -70,8 +70,43 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
             "<Proxy \"balancer://ghost\">\n    LBMaxInflight 5\n</Proxy>",
             &["LBMaxInflight in <Proxy \"balancer://ghost\">", "no balancer"],
         ),
+        // Every directive against negative, zero, huge, NaN, unit, empty and junk values.
+        ("    LBSlowStart NaN", "", &["LBSlowStart", "\"NaN\""]),
+        ("    LBSlowStart 1e3", "", &["LBSlowStart", "\"1e3\""]),
+        ("    LBSlowStart 99999999999999h", "", &["LBSlowStart", "\"99999999999999h\"", "too large"]),
+        ("    LBSlowStart +5s", "", &["LBSlowStart", "\"+5s\""]),
+        ("    LBSlowStart 5sec", "", &["LBSlowStart", "\"5sec\"", "unit"]),
+        ("    LBSlowStart \"\"", "", &["LBSlowStart", "usage"]),
+        ("    LBMaxInflight NaN", "", &["LBMaxInflight", "\"NaN\""]),
+        ("    LBMaxInflight 1e3", "", &["LBMaxInflight", "\"1e3\""]),
+        ("    LBMaxInflight 0x10", "", &["LBMaxInflight", "\"0x10\""]),
+        ("    LBMaxInflight 2.5", "", &["LBMaxInflight", "\"2.5\""]),
+        ("    LBMaxInflight 18446744073709551617", "", &["LBMaxInflight", "\"18446744073709551617\""]),
+        ("    LBMaxInflight 5 per-loadfactor extra", "", &["LBMaxInflight", "usage"]),
+        ("    LBHashKey \"%{nosuchfunction:REMOTE_ADDR}\"", "", &["LBHashKey", "nosuchfunction"]),
+        ("    LBHashBalanceFactor NaN", "", &["LBHashBalanceFactor", "\"NaN\""]),
+        ("    LBHashBalanceFactor inf", "", &["LBHashBalanceFactor", "\"inf\""]),
+        ("    LBHashBalanceFactor -1.25", "", &["LBHashBalanceFactor", "\"-1.25\""]),
+        ("    LBHashBalanceFactor 0", "", &["LBHashBalanceFactor", "\"0\""]),
+        ("    LBHashBalanceFactor 101", "", &["LBHashBalanceFactor", "\"101\""]),
+        ("    LBHashBalanceFactor 1.25 2", "", &["LBHashBalanceFactor", "usage"]),
+        ("    LBLatencyDecay 0", "", &["LBLatencyDecay", "\"0\""]),
+        ("    LBLatencyDecay 2h", "", &["LBLatencyDecay", "\"2h\""]),
+        ("    LBLatencyDecay -1s", "", &["LBLatencyDecay", "\"-1s\""]),
+        ("    LBLatencyDecay NaN", "", &["LBLatencyDecay", "\"NaN\""]),
+        ("    LBLatencyDecay", "", &["LBLatencyDecay", "usage"]),
+        // Misplaced: in other sections, or at the top of a virtual host.
+        ("", "<Directory \"/tmp\">\n    LBSlowStart 5s\n</Directory>", &["LBSlowStart", "\"/tmp/\""]),
+        (
+            "",
+            "<VirtualHost 127.0.0.1:1>\n    LBMaxInflight 5\n</VirtualHost>",
+            &["LBMaxInflight is only valid inside"],
+        ),
+        ("", "<Location \"/\">\n    LBHashKey \"%{REMOTE_ADDR}\"\n</Location>", &["LBHashKey", "\"/\""]),
+        ("", "<LocationMatch \"^/x\">\n    LBLatencyDecay 5s\n</LocationMatch>", &["LBLatencyDecay"]),
+        ("", "<Proxy \"balancer://*\">\n    LBSlowStart 5s\n</Proxy>", &["LBSlowStart is only valid"]),
     ];
-    assert!(cases.len() >= 12);
+    assert!(cases.len() >= 40, "{} cases", cases.len());
     for (inside, outside, expected) in cases {
         let body = with_balancer(inside, outside);
         let (ok, output) = config_test(&ApacheConfig::new(&body));
@@ -97,4 +132,41 @@ fn a_section_written_with_a_slash_or_in_capitals_is_the_same_balancer() {
     let apache = Apache::start(ApacheConfig::new(&body)).unwrap();
     let member = apache.member_status("balancer://app", &b[0].url()).unwrap();
     assert_eq!(member["max_inflight"], 7, "the setting applies: {member}");
+}
+
+/// What httpd would accept, the module accepts: duplicates (the last one counts, as for httpd's
+/// own directives), a balancer with no member, units, "off", and a thousand members.
+#[test]
+fn what_httpd_would_accept_is_accepted() {
+    let cases: &[(&str, &str)] = &[
+        ("    LBSlowStart 5s\n    LBSlowStart 10s", "LBSlowStart twice"),
+        ("    LBMaxInflight 1000000", "the largest cap"),
+        ("    LBMaxInflight 1 per-loadfactor", "the smallest cap per loadfactor"),
+        ("    LBHashBalanceFactor OFF", "off in capitals"),
+        ("    LBHashBalanceFactor 100", "the largest factor"),
+        ("    LBLatencyDecay 10ms", "the shortest decay"),
+        ("    LBLatencyDecay 1h", "the longest decay"),
+        ("    LBSlowStart 1ms", "the shortest ramp"),
+        ("    LBSlowStart 60m", "the longest ramp, in minutes"),
+        ("    LBHashKey \"%{HTTP:X-User}-%{REMOTE_ADDR}\"", "a composed key"),
+    ];
+    for (inside, what) in cases {
+        let (ok, output) = config_test(&ApacheConfig::new(&with_balancer(inside, "")));
+        assert!(ok, "{what}: {output}");
+    }
+    let empty =
+        "<Proxy \"balancer://empty\">\n    ProxySet lbmethod=byweight\n    LBMaxInflight 3\n</Proxy>\n";
+    let (ok, output) = config_test(&ApacheConfig::new(&format!("{empty}{}", with_balancer("", ""))));
+    assert!(ok, "a balancer without members: {output}");
+    let mut thousand = String::from("<Proxy \"balancer://big\">\n");
+    for i in 0..1000 {
+        thousand.push_str(&format!(
+            "    BalancerMember \"http://127.0.0.1:{}\" loadfactor={}\n",
+            20_000 + i,
+            1 + i % 100
+        ));
+    }
+    thousand.push_str("    ProxySet lbmethod=byweight\n    LBMaxInflight 10 per-loadfactor\n</Proxy>\n");
+    let (ok, output) = config_test(&ApacheConfig::new(&thousand));
+    assert!(ok, "a thousand members: {output}");
 }
