@@ -409,8 +409,8 @@ impl Drop for MachineGuard {
     }
 }
 
-/// Waits until `condition` holds, polling every 100 ms, for at most `within`; the last error
-/// if it never does.
+/// Runs `attempt` every 100 ms until it succeeds, for at most `within`; its last error if it
+/// never does.
 pub fn retry<T>(within: Duration, mut attempt: impl FnMut() -> Result<T, String>) -> Result<T, String> {
     let deadline = Instant::now() + within;
     loop {
