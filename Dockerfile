@@ -1,58 +1,41 @@
-# Debian's apache2 with mod_lbmethod_rs, built in the image against that same apache2.
+# syntax=docker/dockerfile:1
+# mod_lbmethod_rs on Debian 12's apache2, installed from its Debian package.
 #
 #   docker build -t mod-lbmethod-rs .
 #   docker run --rm -p 8080:80 mod-lbmethod-rs
 #   curl http://127.0.0.1:8080/            # answered by app1, app2 or app3 in a 1:2:3 ratio
 #
+# Two stages. The build stage turns this tree into libapache2-mod-lbmethod-rs_*.deb with
+# scripts/build-deb.sh. The runtime stage is debian:bookworm-slim with apache2 and that
+# package: no compiler, no Rust. Each RUN is one script, and tests/debian_package.rs runs the
+# same scripts outside Docker (the package build, its installation and configuration, the
+# entrypoint and the health check); docs/install.md says what that covers and what it cannot.
+#
 # The site is httpd-conf/example.conf with its members pointed at five small demo backends
-# that the same apache2 serves on 127.0.0.1:8081-8085 (demo-backends.conf below). For real
-# use, mount or copy your own site over /etc/apache2/sites-available/lbmethod-rs-example.conf
-# with your application servers as members.
+# that the same apache2 serves on 127.0.0.1:8081-8085. For real use, mount your own site over
+# /etc/apache2/sites-available/lbmethod-rs-example.conf with your servers as members.
 # The status page and balancer-manager answer local requests only:
-#   docker exec <container> curl -s 'http://127.0.0.1/lb-status?format=json'
-FROM debian:bookworm
+#   docker exec <container> apache2-healthcheck     # or any HTTP client inside the container
 
-# The packages, through the same script CI and developers run (it runs apt-get update).
-COPY scripts/setup.sh /src/scripts/setup.sh
-RUN bash /src/scripts/setup.sh --no-rust && rm -rf /var/lib/apt/lists/*
-
-# Rust, installed by rustup as docs/install.md says.
-ENV PATH=/root/.cargo/bin:$PATH
-RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
-
-# The sources (not target/: a local build would only bloat the context).
+# Debian 12 with Rust (rustup's, 1.85 or later) and its C toolchain.
+FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
-COPY include ./include
-COPY src ./src
-COPY benches ./benches
-COPY tests ./tests
-COPY harness ./harness
-COPY scripts ./scripts
-COPY httpd-conf ./httpd-conf
+COPY . .
+# Installs the build dependencies (apache2-dev, libclang-dev, debhelper, dpkg-dev, lintian),
+# builds the package against this stage's apache2-dev, and checks it with lintian.
+RUN scripts/build-deb.sh
 
-# The same build as CI and scripts/demo.sh, then the same install as on any Debian machine:
-# the module into $(apxs -q LIBEXECDIR), the .load/.conf pair into mods-available.
-RUN cargo build --release
-RUN scripts/install.sh
-
-# Enable it as an admin would, and replace the default site by the example site.
-RUN a2enmod proxy_balancer proxy_http lbmethod_rs \
- && a2dissite 000-default \
- && sed -e 's#http://10\.0\.0\.1\([1-4]\):8080#http://127.0.0.1:808\1#' \
-        -e 's#http://10\.0\.1\.11:8080#http://127.0.0.1:8085#' \
-        -e 's#ServerName app\.example\.com#ServerName localhost#' \
-        httpd-conf/example.conf > /etc/apache2/sites-available/lbmethod-rs-example.conf \
- && for n in 1 2 3 4 5; do \
-        mkdir -p /var/www/demo-backends/app$n \
-     && echo "app$n" > /var/www/demo-backends/app$n/index.html \
-     && printf 'Listen 127.0.0.1:808%s\n<VirtualHost 127.0.0.1:808%s>\n    DocumentRoot /var/www/demo-backends/app%s\n</VirtualHost>\n' \
-            $n $n $n >> /etc/apache2/sites-available/demo-backends.conf; \
-    done \
- && a2ensite demo-backends lbmethod-rs-example \
- && ln -sf /proc/self/fd/2 /var/log/apache2/error.log \
- && ln -sf /proc/self/fd/1 /var/log/apache2/other_vhosts_access.log \
- && apache2ctl -t
+FROM debian:bookworm-slim
+# apache2 and the package, then the image's Apache configuration. The build stage's tree is
+# mounted for this step only, so none of it stays in the image.
+RUN --mount=type=bind,from=build,source=/src,target=/src /src/docker/setup-image.sh --image
+COPY docker/entrypoint.sh /usr/local/bin/apache2-foreground
+COPY docker/healthcheck.sh /usr/local/bin/apache2-healthcheck
 
 EXPOSE 80
-CMD ["apache2ctl", "-D", "FOREGROUND"]
+# Apache's graceful stop: `docker stop` lets requests in flight finish (within its timeout,
+# 10 s unless `docker stop -t` says otherwise).
+STOPSIGNAL SIGWINCH
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["apache2-healthcheck"]
+# Apache is process 1 (the script execs it).
+ENTRYPOINT ["apache2-foreground"]

@@ -11,6 +11,14 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+# The Debian package owns these files when it is installed; copying over them would leave dpkg
+# with files it does not know, which a later purge deletes.
+if command -v dpkg-query >/dev/null 2>&1 &&
+    [ "$(dpkg-query -W -f='${Status}' libapache2-mod-lbmethod-rs 2>/dev/null)" = "install ok installed" ]; then
+    echo "install: the package libapache2-mod-lbmethod-rs is installed: upgrade it instead" \
+        "(scripts/build-deb.sh, then apt-get install; see docs/install.md)" >&2
+    exit 1
+fi
 # shellcheck source=scripts/setup.sh
 . scripts/setup.sh
 lbrs_setup

@@ -23,6 +23,9 @@ LBRS_APT_PACKAGES=(apache2 apache2-dev libclang-dev build-essential curl ca-cert
 LBRS_TEST_PACKAGES=(
     iproute2 # network namespaces for the tests that need several hosts
     valgrind # memcheck over apache2 with the module under load (tests/valgrind.rs)
+    debhelper # tests/debian_package.rs builds the .deb (scripts/build-deb.sh: dh, debhelper compat 13)
+    dpkg-dev  # dpkg-buildpackage, dpkg-shlibdeps and dpkg-deb for the same build
+    lintian   # tests/debian_package.rs checks the built package is lintian-clean
 )
 LBRS_MIN_RUST_MINOR=85
 

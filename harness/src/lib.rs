@@ -7,6 +7,7 @@ pub mod apache;
 pub mod backend;
 pub mod client;
 pub mod peers;
+pub mod system;
 
 pub use apache::{Apache, ApacheConfig, LoadOrder, Mpm, balancer_manager_set, config_test};
 pub use backend::{Backend, BackendSpec, BackendStats};
