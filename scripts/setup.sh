@@ -22,6 +22,8 @@ LBRS_APT_PACKAGES=(apache2 apache2-dev libclang-dev build-essential curl ca-cert
 # What tests run for real, one line each:
 LBRS_TEST_PACKAGES=(
     iproute2 # network namespaces for the tests that need several hosts
+    keepalived # the VRRP pair of tests/high_availability.rs (its service stays stopped: no config)
+    dnsmasq-base # the test's DNS server (the binary only: no system service holding port 53)
 )
 LBRS_MIN_RUST_MINOR=85
 
