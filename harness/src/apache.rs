@@ -110,6 +110,9 @@ pub struct ApacheConfig {
     pub body: String,
     /// The loopback port to listen on; `None` (the default) takes a free one.
     pub port: Option<u16>,
+    /// `Listen` arguments that replace the loopback port (e.g. `80`, `198.18.0.100:80`), for
+    /// a server in a network namespace.
+    pub listen: Vec<String>,
 }
 
 impl ApacheConfig {
@@ -124,6 +127,7 @@ impl ApacheConfig {
             extra_modules: Vec::new(),
             body: body.to_string(),
             port: None,
+            listen: Vec::new(),
         }
     }
 
@@ -166,6 +170,12 @@ impl ApacheConfig {
         self
     }
 
+    /// Adds a `Listen` line; once there is one, the loopback port is not listened on.
+    pub fn listen(mut self, address: &str) -> ApacheConfig {
+        self.listen.push(address.to_string());
+        self
+    }
+
     /// The whole httpd.conf for a server rooted at `dir` listening on `port`.
     pub fn render(&self, dir: &Path, port: u16) -> String {
         let modules = modules_dir();
@@ -174,10 +184,16 @@ impl ApacheConfig {
         let mut conf = String::new();
         conf.push_str(&format!(
             "ServerRoot {dir}\nDefaultRuntimeDir {dir}\nPidFile {dir}/httpd.pid\nErrorLog {dir}/error.log\n\
-             LogLevel {level}\nListen 127.0.0.1:{port}\nServerName 127.0.0.1\nTimeout 30\n",
+             LogLevel {level}\nServerName 127.0.0.1\nTimeout 30\n",
             dir = dir.display(),
             level = self.log_level,
         ));
+        if self.listen.is_empty() {
+            conf.push_str(&format!("Listen 127.0.0.1:{port}\n"));
+        }
+        for address in &self.listen {
+            conf.push_str(&format!("Listen {address}\n"));
+        }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             conf.push_str("User www-data\nGroup www-data\n");
