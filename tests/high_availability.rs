@@ -5,7 +5,8 @@
 //!
 //! - Active/passive: the virtual address answers through node A; stopping A's Apache moves it to
 //!   node B within a measured time, and a client loop fails only inside that window; A coming
-//!   back does not take the address back (`nopreempt`); no request is left in flight.
+//!   back does not take the address back (`nopreempt`); no request is left in flight; when B
+//!   drops off the network, A takes the address within the master-down time.
 //! - Active/active behind DNS: the name resolves to both virtual addresses, requests spread over
 //!   both nodes, `byhash` sends a key to the same backend through either node, a client that
 //!   tries the next address gets through while a node's Apache is down, its address moves to the
@@ -318,6 +319,17 @@ fn an_active_passive_pair_fails_over_within_seconds_and_the_first_node_does_not_
     assert_nothing_in_flight(&apache_a, a, "a");
     let served = assert_nothing_in_flight(&apache_b, b, "b");
     assert!(served.iter().map(|m| m.2).sum::<u64>() > 0, "node b served nothing: {served:?}");
+
+    // Node b drops off the network, as a machine that dies does: no advert with priority 0
+    // this time, so node a takes over when its master-down timer runs out (3 adverts + skew).
+    let cut_at = Instant::now();
+    b.ip(&["link", "set", "eth0", "down"]).or_fail("cutting node b off");
+    let taken = wait_until(Duration::from_secs(20), || holds(a, VIP_1))
+        .unwrap_or_else(|| panic!("node a did not take {VIP_1} within 20 s of node b's link going down"));
+    let takeover = taken - cut_at;
+    eprintln!("active/passive: {VIP_1} on node a {:.0} ms after node b's link went down", ms(takeover));
+    assert!(takeover < FAILOVER_BOUND, "takeover took {takeover:?}");
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"));
 }
 
 /// `curl` for `NAME` in the client's namespace, through its resolver: (node, address it
