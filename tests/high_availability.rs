@@ -10,7 +10,7 @@
 //! - Active/active behind DNS: the name resolves to both virtual addresses, requests spread over
 //!   both nodes, `byhash` sends a key to the same backend through either node, a client that
 //!   tries the next address gets through while a node's Apache is down, its address moves to the
-//!   other node, and goes home once the node is back.
+//!   other node, and goes home once the node is back; removing a node's health file drains it.
 //!
 //! Needs root (namespaces): without it, says why and passes. CI runs as root.
 
@@ -509,4 +509,19 @@ fn an_active_active_pair_behind_dns_spreads_requests_and_survives_a_node() {
     );
     assert_eq!(node_behind(client, VIP_2).as_deref(), Ok("b"));
     assert_nothing_in_flight(&apache_b, b, "b");
+
+    // Maintenance as health.conf describes it: removing the health file drains node a.
+    let drained_at = Instant::now();
+    fs::remove_file(health_a.path().join("ok"))
+        .map_err(|e| e.to_string())
+        .or_fail("removing the health file");
+    let drained =
+        wait_until(Duration::from_secs(20), || holds(b, VIP_1) && holds(b, VIP_2) && !holds(a, VIP_1))
+            .unwrap_or_else(|| panic!("node a kept an address after its health file went"));
+    eprintln!(
+        "active/active: node a drained (both addresses on node b) {:.0} ms after its health file went",
+        ms(drained - drained_at)
+    );
+    assert!(drained - drained_at < FAILOVER_BOUND, "draining took {:?}", drained - drained_at);
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("b"));
 }
