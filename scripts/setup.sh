@@ -26,6 +26,8 @@ LBRS_TEST_PACKAGES=(
     debhelper # tests/debian_package.rs builds the .deb (scripts/build-deb.sh: dh, debhelper compat 13)
     dpkg-dev  # dpkg-buildpackage, dpkg-shlibdeps and dpkg-deb for the same build
     lintian   # tests/debian_package.rs checks the built package is lintian-clean
+    keepalived # the VRRP pair of tests/high_availability.rs (its service stays stopped: no config)
+    dnsmasq-base # the test's DNS server (the binary only: no system service holding port 53)
 )
 LBRS_MIN_RUST_MINOR=85
 

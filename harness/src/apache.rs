@@ -113,6 +113,9 @@ pub struct ApacheConfig {
     /// A program to run apache2 under (`valgrind ...`): apache2 then runs as one process
     /// (`-X`), and gets two minutes to start.
     pub under: Vec<String>,
+    /// `Listen` arguments that replace the loopback port (e.g. `80`, `198.18.0.100:80`), for
+    /// a server in a network namespace.
+    pub listen: Vec<String>,
 }
 
 impl ApacheConfig {
@@ -128,6 +131,7 @@ impl ApacheConfig {
             body: body.to_string(),
             port: None,
             under: Vec::new(),
+            listen: Vec::new(),
         }
     }
 
@@ -170,6 +174,12 @@ impl ApacheConfig {
         self
     }
 
+    /// Adds a `Listen` line; once there is one, the loopback port is not listened on.
+    pub fn listen(mut self, address: &str) -> ApacheConfig {
+        self.listen.push(address.to_string());
+        self
+    }
+
     /// The whole httpd.conf for a server rooted at `dir` listening on `port`.
     pub fn render(&self, dir: &Path, port: u16) -> String {
         let modules = modules_dir();
@@ -178,13 +188,19 @@ impl ApacheConfig {
         let mut conf = String::new();
         conf.push_str(&format!(
             "ServerRoot {dir}\nDefaultRuntimeDir {dir}\nPidFile {dir}/httpd.pid\nErrorLog {dir}/error.log\n\
-             LogLevel {level}\nListen 127.0.0.1:{port}\nServerName 127.0.0.1\nTimeout 30\n",
+             LogLevel {level}\nServerName 127.0.0.1\nTimeout 30\n",
             dir = dir.display(),
             level = self.log_level,
         ));
         // Debian builds mod_unixd (User, Group) into httpd; a build from source has it as a module.
         if modules.join("mod_unixd.so").is_file() {
             conf.push_str(&load("unixd"));
+        }
+        if self.listen.is_empty() {
+            conf.push_str(&format!("Listen 127.0.0.1:{port}\n"));
+        }
+        for address in &self.listen {
+            conf.push_str(&format!("Listen {address}\n"));
         }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {

@@ -6,6 +6,8 @@
 pub mod apache;
 pub mod backend;
 pub mod client;
+pub mod ha;
+pub mod netns;
 pub mod peers;
 pub mod system;
 

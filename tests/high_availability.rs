@@ -1,0 +1,527 @@
+//! High availability beyond one balancer (docs/high-availability.md), with the real engines:
+//! two nodes each running apache2 with the module and keepalived with the files shipped in
+//! httpd-conf/ha/, backends, a client, and dnsmasq serving httpd-conf/ha/dns.zone, on a network
+//! of namespaces this test builds (addresses from 198.18.0.0/15; nothing leaves them).
+//!
+//! - Active/passive: the virtual address answers through node A; stopping A's Apache moves it to
+//!   node B within a measured time, and a client loop fails only inside that window; A coming
+//!   back does not take the address back (`nopreempt`); no request is left in flight; when B
+//!   drops off the network, A takes the address within the master-down time.
+//! - Active/active behind DNS: the name resolves to both virtual addresses, requests spread over
+//!   both nodes, `byhash` sends a key to the same backend through either node, a client that
+//!   tries the next address gets through while a node's Apache is down, its address moves to the
+//!   other node, and goes home once the node is back; removing a node's health file drains it.
+//!
+//! Needs root (namespaces): without it, says why and passes. CI runs as root.
+
+use lbrs_harness::client::Connection;
+use lbrs_harness::ha::{self, Dnsmasq, Keepalived, NsApache};
+use lbrs_harness::netns::{self, Lan, Netns, NsBackends, NsResolver, ScratchDir};
+use lbrs_harness::{ApacheConfig, BackendSpec, ms};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const NODE_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+const NODE_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
+const APPS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 21);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 31);
+const DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 53);
+const VIP_1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const VIP_2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
+/// The zone the shipped snippet is pasted into, and the name it defines there.
+const ORIGIN: &str = "ha.test";
+const NAME: &str = "app.ha.test";
+/// The failover time the product promises with `advert_int 1`.
+const FAILOVER_BOUND: Duration = Duration::from_secs(5);
+
+/// Fails the test with the error's text (multi-line logs stay readable), so that every guard
+/// still cleans up while unwinding, and prints its program's log.
+trait OrFail<T> {
+    fn or_fail(self, what: &str) -> T;
+}
+
+impl<T> OrFail<T> for Result<T, String> {
+    fn or_fail(self, what: &str) -> T {
+        match self {
+            Ok(value) => value,
+            Err(err) => panic!("{what}: {err}"),
+        }
+    }
+}
+
+fn can_run() -> bool {
+    if !netns::is_root() {
+        eprintln!("skipped: this test builds network namespaces, which needs root (CI runs as root)");
+        return false;
+    }
+    true
+}
+
+/// Polls `condition` every 25 ms for at most `within`; when it held, if it did.
+fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> Option<Instant> {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return Some(Instant::now());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn holds(ns: &Netns, address: Ipv4Addr) -> bool {
+    ns.has_address(address).unwrap_or(false)
+}
+
+/// The directory the health page is served from, with its `ok` file.
+fn health_dir() -> ScratchDir {
+    let dir = ScratchDir::new().or_fail("health directory");
+    fs::write(dir.path().join("ok"), "ok\n").map_err(|e| e.to_string()).or_fail("health file");
+    dir
+}
+
+/// A node's apache2: the shipped health page, a header naming the node, and `balancer`.
+fn start_node(
+    ns: &Netns,
+    label: &str,
+    health: &ScratchDir,
+    peer: Ipv4Addr,
+    balancer: &str,
+    listen: &[String],
+) -> NsApache {
+    let health_conf = ha::fill(
+        &ha::shipped("health.conf").or_fail("health.conf"),
+        &[("HEALTH_DIR", &health.path().display().to_string()), ("CHECKER_IPS", &peer.to_string())],
+    )
+    .or_fail("filling health.conf");
+    let body = format!("{health_conf}\nHeader always set X-Lbrs-Node \"{label}\"\n{balancer}");
+    let mut config =
+        ApacheConfig::new(&body).with_module("alias").with_module("headers").processes(2).threads(8);
+    for address in listen {
+        config = config.listen(address);
+    }
+    NsApache::start(ns, label, &config, 80).or_fail(&format!("starting apache2 on node {label}"))
+}
+
+fn balancer(ports: &[u16], settings: &str) -> String {
+    let mut block = String::from("<Proxy \"balancer://app\">\n");
+    for port in ports {
+        block.push_str(&format!("    BalancerMember \"http://{APPS}:{port}\"\n"));
+    }
+    block.push_str(&format!("    {settings}\n</Proxy>\nProxyPass \"/\" \"balancer://app/\"\n"));
+    block
+}
+
+fn start_backends(apps: &Netns, ports: &[u16]) -> NsBackends {
+    let specs = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let spec = BackendSpec::new(&format!("app{}", i + 1)).delay(Duration::from_millis(5));
+            (SocketAddr::from((APPS, *port)), spec)
+        })
+        .collect();
+    NsBackends::start(apps, specs).or_fail("starting the backends")
+}
+
+/// One request to `address`:80 from the calling thread's namespace: the node that answered.
+fn request(address: Ipv4Addr, headers: &[(&str, &str)]) -> Result<(String, String), String> {
+    let mut connection = Connection::open(SocketAddr::from((address, 80)), Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    let mut headers = headers.to_vec();
+    headers.push(("Connection", "close"));
+    let response = connection.request("GET", "/", &headers, b"").map_err(|e| e.to_string())?;
+    if response.status != 200 {
+        return Err(format!("status {}", response.status));
+    }
+    let node = response.header("X-Lbrs-Node").ok_or("no X-Lbrs-Node header")?.to_string();
+    let backend = response.header("X-Backend").ok_or("no X-Backend header")?.to_string();
+    Ok((node, backend))
+}
+
+/// The node that answers `address` for the client.
+fn node_behind(client: &Netns, address: Ipv4Addr) -> Result<String, String> {
+    client.run(move || request(address, &[]))?.map(|(node, _)| node)
+}
+
+/// Every member of every balancer on `apache`'s status page: (name, inflight, selected).
+fn members(apache: &NsApache, ns: &Netns) -> Vec<(String, u64, u64)> {
+    let status = apache.status(ns).or_fail("status page");
+    status["balancers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b["members"].as_array().cloned().unwrap_or_default())
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("?").to_string(),
+                m["inflight"].as_u64().unwrap_or(u64::MAX),
+                m["selected"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Waits (at most 5 s) until nothing is in flight on the node's status page; its members.
+fn assert_nothing_in_flight(apache: &NsApache, ns: &Netns, node: &str) -> Vec<(String, u64, u64)> {
+    let settled = wait_until(Duration::from_secs(5), || members(apache, ns).iter().all(|m| m.1 == 0));
+    let members = members(apache, ns);
+    assert!(settled.is_some() && !members.is_empty(), "node {node}: requests left in flight: {members:?}");
+    members
+}
+
+fn keepalived_conf(file: &str, own: Ipv4Addr, peer: Ipv4Addr) -> String {
+    let (own, peer, vip_1, vip_2) = (own.to_string(), peer.to_string(), VIP_1.to_string(), VIP_2.to_string());
+    ha::fill(
+        &ha::shipped(file).or_fail(file),
+        &[
+            ("INTERFACE", "eth0"),
+            ("SELF_IP", &own),
+            ("PEER_IP", &peer),
+            ("VIRTUAL_IP", &vip_1),
+            ("VIRTUAL_IP_1", &vip_1),
+            ("VIRTUAL_IP_2", &vip_2),
+            ("PREFIX", "24"),
+        ],
+    )
+    .or_fail(&format!("filling {file}"))
+}
+
+/// One request of the client loop: when it started and ended, and the node or the error.
+struct Sample {
+    start: Instant,
+    end: Instant,
+    outcome: Result<String, String>,
+}
+
+/// Requests to `address` one after another (20 ms apart), until `stop`, at most `count` of them
+/// and for at most `time`.
+fn client_loop(address: Ipv4Addr, stop: &AtomicBool, count: usize, time: Duration) -> Vec<Sample> {
+    let begun = Instant::now();
+    let mut samples = Vec::new();
+    while samples.len() < count && begun.elapsed() < time && !stop.load(Ordering::SeqCst) {
+        let start = Instant::now();
+        let outcome = request(address, &[]).map(|(node, _)| node);
+        samples.push(Sample { start, end: Instant::now(), outcome });
+        thread::sleep(Duration::from_millis(20));
+    }
+    samples
+}
+
+#[test]
+fn an_active_passive_pair_fails_over_within_seconds_and_the_first_node_does_not_take_the_address_back() {
+    if !can_run() {
+        return;
+    }
+    let lan = Lan::build("ap", &[("a", NODE_A), ("b", NODE_B), ("apps", APPS), ("client", CLIENT)])
+        .or_fail("building the test network");
+    let (a, b, client) = (lan.host("a"), lan.host("b"), lan.host("client"));
+    let ports = [8081, 8082];
+    let _backends = start_backends(lan.host("apps"), &ports);
+
+    // Apache listens on the virtual address even while the other node holds it (which
+    // ip_nonlocal_bind allows), and on 127.0.0.1 for the health and status pages.
+    let listen = [format!("{VIP_1}:80"), "127.0.0.1:80".to_string()];
+    let body = balancer(&ports, "ProxySet lbmethod=byinflight");
+    let (health_a, health_b) = (health_dir(), health_dir());
+    for node in [a, b] {
+        node.sysctl("net.ipv4.ip_nonlocal_bind", "1").or_fail("ip_nonlocal_bind");
+    }
+    let mut apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
+    let apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
+
+    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B);
+    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A);
+    Keepalived::check(a, &conf_a).or_fail("keepalived-a.conf");
+    Keepalived::check(b, &conf_b).or_fail("keepalived-b.conf");
+    let keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("starting keepalived on node a");
+    assert!(wait_until(Duration::from_secs(20), || holds(a, VIP_1)).is_some(), "node a never took {VIP_1}");
+    let keepalived_b = Keepalived::start(b, "node b", &conf_b).or_fail("starting keepalived on node b");
+    let b_ready = wait_until(Duration::from_secs(20), || keepalived_b.count("Entering BACKUP STATE") > 0);
+    assert!(b_ready.is_some(), "node b never became the backup");
+    assert!(!holds(b, VIP_1), "both nodes hold {VIP_1}");
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"), "the virtual address answers through node a");
+
+    // A client keeps asking while node a's Apache stops.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_loop = Arc::clone(&stop);
+    let looping = client
+        .spawn(move || client_loop(VIP_1, &stop_loop, 3000, Duration::from_secs(45)))
+        .or_fail("starting the client loop");
+    thread::sleep(Duration::from_secs(1));
+    let stopped_at = Instant::now();
+    apache_a.stop();
+    let moved_at = wait_until(Duration::from_secs(20), || holds(b, VIP_1));
+    let a_released = !holds(a, VIP_1);
+    thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let samples = looping
+        .join()
+        .map_err(|_| "the client loop panicked".to_string())
+        .and_then(|r| r)
+        .or_fail("client loop");
+    let moved_at = moved_at.unwrap_or_else(|| panic!("{VIP_1} did not move to node b within 20 s"));
+    assert!(a_released, "node a kept {VIP_1} after node b took it");
+
+    let failover = moved_at - stopped_at;
+    let failed: Vec<&Sample> = samples.iter().filter(|s| s.outcome.is_err()).collect();
+    let last_failure = failed.iter().map(|s| s.end).max().map_or(Duration::ZERO, |end| end - stopped_at);
+    eprintln!(
+        "active/passive failover: {VIP_1} moved to node b {:.0} ms after Apache stopped on node a; \
+         {} of {} requests failed, the last ending {:.0} ms after the stop (first errors: {:?})",
+        ms(failover),
+        failed.len(),
+        samples.len(),
+        ms(last_failure),
+        failed.iter().take(3).map(|s| s.outcome.clone().err().unwrap_or_default()).collect::<Vec<_>>(),
+    );
+    assert!(failover < FAILOVER_BOUND, "failover took {failover:?}");
+    // Requests that start after the move (with a second for gratuitous ARP to land) all succeed.
+    let settled = moved_at + Duration::from_secs(1);
+    for sample in &failed {
+        assert!(
+            sample.end >= stopped_at && sample.start <= settled,
+            "a request failed outside the failover window ({:.0} ms to {:.0} ms after the stop): {:?}",
+            ms(sample.start.saturating_duration_since(stopped_at)),
+            ms(sample.end.saturating_duration_since(stopped_at)),
+            sample.outcome
+        );
+    }
+    let before: Vec<&Sample> = samples.iter().filter(|s| s.end < stopped_at).collect();
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.start > settled).collect();
+    assert!(
+        before.len() >= 10 && after.len() >= 20,
+        "too few requests: {} before, {} after",
+        before.len(),
+        after.len()
+    );
+    assert!(before.iter().all(|s| s.outcome.as_deref() == Ok("a")), "before the stop, node a answered");
+    assert!(after.iter().all(|s| s.outcome.as_deref() == Ok("b")), "after the move, node b answered");
+
+    // Node a's Apache comes back: its keepalived leaves FAULT for BACKUP and stays there.
+    let backups = keepalived_a.count("Entering BACKUP STATE");
+    apache_a.start_again(a).or_fail("restarting apache2 on node a");
+    let back = wait_until(Duration::from_secs(20), || keepalived_a.count("Entering BACKUP STATE") > backups);
+    assert!(back.is_some(), "node a's keepalived did not become a backup again");
+    // With preemption, node a (priority 150) would take the address at b's next advert (1 s).
+    thread::sleep(Duration::from_secs(5));
+    assert!(holds(b, VIP_1) && !holds(a, VIP_1), "node a took {VIP_1} back (nopreempt)");
+    assert_eq!(keepalived_a.count("Entering MASTER STATE"), 1, "node a became master again");
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("b"));
+
+    assert_nothing_in_flight(&apache_a, a, "a");
+    let served = assert_nothing_in_flight(&apache_b, b, "b");
+    assert!(served.iter().map(|m| m.2).sum::<u64>() > 0, "node b served nothing: {served:?}");
+
+    // Node b drops off the network, as a machine that dies does: no advert with priority 0
+    // this time, so node a takes over when its master-down timer runs out (3 adverts + skew).
+    let cut_at = Instant::now();
+    b.ip(&["link", "set", "eth0", "down"]).or_fail("cutting node b off");
+    let taken = wait_until(Duration::from_secs(20), || holds(a, VIP_1))
+        .unwrap_or_else(|| panic!("node a did not take {VIP_1} within 20 s of node b's link going down"));
+    let takeover = taken - cut_at;
+    eprintln!("active/passive: {VIP_1} on node a {:.0} ms after node b's link went down", ms(takeover));
+    assert!(takeover < FAILOVER_BOUND, "takeover took {takeover:?}");
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"));
+}
+
+/// `curl` for `NAME` in the client's namespace, through its resolver: (node, address it
+/// connected to, curl's verbose account).
+fn curl_by_name(client: &Netns) -> Result<(String, String, String), String> {
+    let output = netns::run(
+        client.command("curl").args([
+            "-4",
+            "-sS",
+            "-v",
+            "--connect-timeout",
+            "3",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-w",
+            "remote_ip=%{remote_ip}\n",
+            &format!("http://{NAME}/"),
+        ]),
+        Duration::from_secs(10),
+    )?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if !output.status.success() || !stdout.starts_with("HTTP/1.1 200") {
+        return Err(format!("curl failed ({}):\n{stdout}\n{stderr}", output.status));
+    }
+    let field = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|line| {
+                line.get(..prefix.len())
+                    .filter(|p| p.eq_ignore_ascii_case(prefix))
+                    .map(|_| line[prefix.len()..].trim())
+            })
+            .unwrap_or("")
+            .to_string()
+    };
+    Ok((field("X-Lbrs-Node:"), field("remote_ip="), stderr))
+}
+
+#[test]
+fn an_active_active_pair_behind_dns_spreads_requests_and_survives_a_node() {
+    if !can_run() {
+        return;
+    }
+    let lan =
+        Lan::build("aa", &[("a", NODE_A), ("b", NODE_B), ("apps", APPS), ("dns", DNS), ("client", CLIENT)])
+            .or_fail("building the test network");
+    let (a, b, client) = (lan.host("a"), lan.host("b"), lan.host("client"));
+    let ports = [8081, 8082, 8083];
+    let _backends = start_backends(lan.host("apps"), &ports);
+
+    // `Listen 80`: every address of the node, whichever virtual addresses it holds.
+    let listen = ["80".to_string()];
+    let body = balancer(&ports, "LBHashKey \"%{HTTP:X-User}\"\n    ProxySet lbmethod=byhash");
+    let (health_a, health_b) = (health_dir(), health_dir());
+    let apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
+    let mut apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
+
+    let conf_a = keepalived_conf("keepalived-active-active-a.conf", NODE_A, NODE_B);
+    let conf_b = keepalived_conf("keepalived-active-active-b.conf", NODE_B, NODE_A);
+    Keepalived::check(a, &conf_a).or_fail("keepalived-active-active-a.conf");
+    Keepalived::check(b, &conf_b).or_fail("keepalived-active-active-b.conf");
+    let _keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("starting keepalived on node a");
+    let _keepalived_b = Keepalived::start(b, "node b", &conf_b).or_fail("starting keepalived on node b");
+    // Each node holds its own address (after preempt_delay, if the other node got there first).
+    let each_its_own = || holds(a, VIP_1) && holds(b, VIP_2) && !holds(a, VIP_2) && !holds(b, VIP_1);
+    assert!(
+        wait_until(Duration::from_secs(30), each_its_own).is_some(),
+        "the nodes never held one address each"
+    );
+
+    // DNS: the shipped zone snippet, served by dnsmasq to the client.
+    let zone = ha::fill(
+        &ha::shipped("dns.zone").or_fail("dns.zone"),
+        &[("VIRTUAL_IP_1", &VIP_1.to_string()), ("VIRTUAL_IP_2", &VIP_2.to_string())],
+    )
+    .or_fail("filling dns.zone");
+    let records = ha::a_records(&zone, ORIGIN).or_fail("dns.zone");
+    assert_eq!(
+        records.iter().map(|r| (r.0.as_str(), r.1)).collect::<Vec<_>>(),
+        [(NAME, VIP_1), (NAME, VIP_2)],
+        "dns.zone has one name with two A records"
+    );
+    let _dnsmasq = Dnsmasq::start(lan.host("dns"), DNS, &records).or_fail("starting dnsmasq");
+    let _resolver = NsResolver::create(client, DNS).or_fail("the client's resolv.conf");
+    let resolved = netns::checked(client.command("getent").args(["ahostsv4", NAME])).or_fail("resolving");
+    let addresses: BTreeSet<&str> = resolved.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(
+        addresses,
+        BTreeSet::from([VIP_1.to_string().as_str(), VIP_2.to_string().as_str()]),
+        "{NAME} resolves to both addresses"
+    );
+
+    // Clients that look the name up each time spread over both nodes (dnsmasq rotates the
+    // records), each address answered by its own node.
+    let mut nodes = BTreeMap::<String, usize>::new();
+    for _ in 0..8 {
+        let (node, address, _) = curl_by_name(client).or_fail("curl by name");
+        assert_eq!(
+            node,
+            if address == VIP_1.to_string() { "a" } else { "b" },
+            "{address} answered by node {node}"
+        );
+        *nodes.entry(node).or_default() += 1;
+    }
+    eprintln!("active/active: 8 requests by name, per node: {nodes:?}");
+    assert!(nodes.len() == 2, "requests did not reach both nodes: {nodes:?}");
+
+    // byhash builds the same table on both nodes: a key reaches the same backend through either.
+    let spread = client
+        .run(|| -> Result<Vec<(String, String, String)>, String> {
+            (0..24)
+                .map(|i| {
+                    let key = format!("user-{i}");
+                    let (node_1, via_1) = request(VIP_1, &[("X-User", &key)])?;
+                    let (node_2, via_2) = request(VIP_2, &[("X-User", &key)])?;
+                    if (node_1.as_str(), node_2.as_str()) != ("a", "b") {
+                        return Err(format!("{key}: answered by {node_1} and {node_2}"));
+                    }
+                    Ok((key, via_1, via_2))
+                })
+                .collect()
+        })
+        .and_then(|r| r)
+        .or_fail("byhash through both nodes");
+    let differ: Vec<_> = spread.iter().filter(|(_, one, two)| one != two).collect();
+    assert!(differ.is_empty(), "keys reached different backends through the two nodes: {differ:?}");
+    let used: BTreeSet<&str> = spread.iter().map(|(_, backend, _)| backend.as_str()).collect();
+    assert!(used.len() >= 2, "24 keys all hashed to {used:?}");
+
+    // Node b's Apache stops. Until its keepalived notices, its address refuses connections: a
+    // client that tries the next address of the name still gets through, to node a. The move
+    // of the address is watched meanwhile.
+    let stopped_at = Instant::now();
+    apache_b.stop();
+    let (moved_at, curls) = thread::scope(|scope| {
+        let watcher = scope.spawn(|| wait_until(Duration::from_secs(20), || holds(a, VIP_2)));
+        let curls: Vec<_> = (0..4).map(|_| (curl_by_name(client), Instant::now() - stopped_at)).collect();
+        (watcher.join().ok().flatten(), curls)
+    });
+    let mut moved_on = Vec::new();
+    for (curl, after) in curls {
+        let (node, address, verbose) = curl.or_fail("curl by name with node b down");
+        assert_eq!(node, "a", "{verbose}");
+        // Connected to the first address after trying the second: it moved on.
+        if address == VIP_1.to_string() && verbose.contains(&format!("Trying {VIP_2}:80")) {
+            moved_on.push(format!("{:.0} ms", ms(after)));
+        }
+    }
+    let moved_at = moved_at.unwrap_or_else(|| panic!("{VIP_2} did not move to node a within 20 s"));
+    let failover = moved_at - stopped_at;
+    eprintln!(
+        "active/active failover: {VIP_2} moved to node a {:.0} ms after Apache stopped on node b; before \
+         that, {} of 4 clients found it refusing and got through on {VIP_1} (at {})",
+        ms(failover),
+        moved_on.len(),
+        moved_on.join(", ")
+    );
+    assert!(!moved_on.is_empty(), "no client tried {VIP_2} first and moved on (dnsmasq rotates the records)");
+    assert!(failover < FAILOVER_BOUND, "failover took {failover:?}");
+    assert_eq!(node_behind(client, VIP_2).as_deref(), Ok("a"));
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"));
+    assert_nothing_in_flight(&apache_a, a, "a");
+
+    // Node b comes back and, after preempt_delay, takes its own address home.
+    let restarted_at = Instant::now();
+    apache_b.start_again(b).or_fail("restarting apache2 on node b");
+    let home = wait_until(Duration::from_secs(25), each_its_own);
+    let home = home.unwrap_or_else(|| panic!("{VIP_2} did not go back to node b within 25 s"));
+    eprintln!(
+        "active/active: {VIP_2} back on node b {:.0} ms after its Apache restarted",
+        ms(home - restarted_at)
+    );
+    assert_eq!(node_behind(client, VIP_2).as_deref(), Ok("b"));
+    assert_nothing_in_flight(&apache_b, b, "b");
+
+    // Maintenance as health.conf describes it: removing the health file drains node a.
+    let drained_at = Instant::now();
+    fs::remove_file(health_a.path().join("ok"))
+        .map_err(|e| e.to_string())
+        .or_fail("removing the health file");
+    let drained =
+        wait_until(Duration::from_secs(20), || holds(b, VIP_1) && holds(b, VIP_2) && !holds(a, VIP_1))
+            .unwrap_or_else(|| panic!("node a kept an address after its health file went"));
+    eprintln!(
+        "active/active: node a drained (both addresses on node b) {:.0} ms after its health file went",
+        ms(drained - drained_at)
+    );
+    assert!(drained - drained_at < FAILOVER_BOUND, "draining took {:?}", drained - drained_at);
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("b"));
+}
