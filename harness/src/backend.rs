@@ -5,7 +5,8 @@
 //!
 //! Every response carries `X-Backend: <name>` and the name as its body. A request whose path
 //! contains `/__reset` gets its connection reset without an answer (a crashing backend); one
-//! whose path contains `/health` gets 503 while the backend is marked unhealthy.
+//! whose path contains `/health` gets 503 while the backend is marked unhealthy, and every request
+//! does while it is in maintenance.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -58,6 +59,7 @@ struct Shared {
     max_inflight: AtomicU64,
     stopping: AtomicBool,
     unhealthy: AtomicBool,
+    maintenance: AtomicBool,
     connections: Mutex<Connections>,
 }
 
@@ -88,6 +90,7 @@ impl Backend {
             max_inflight: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             unhealthy: AtomicBool::new(false),
+            maintenance: AtomicBool::new(false),
             connections: Mutex::new(Connections::default()),
         });
         let accept_shared = Arc::clone(&shared);
@@ -120,6 +123,12 @@ impl Backend {
     /// Changes the service time from now on.
     pub fn set_delay(&self, delay: Duration) {
         self.shared.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Makes every request answer 503 at once (true), as an application behind a maintenance
+    /// page does, or serve again (false).
+    pub fn set_maintenance(&self, on: bool) {
+        self.shared.maintenance.store(on, Ordering::SeqCst);
     }
 
     /// Makes `/health` answer 503 (false) or 200 (true), for health checks.
@@ -216,7 +225,8 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
             reset(&writer);
             return Ok(());
         }
-        if request.path.contains("/health") && shared.unhealthy.load(Ordering::SeqCst) {
+        let maintenance = shared.maintenance.load(Ordering::SeqCst);
+        if maintenance || (request.path.contains("/health") && shared.unhealthy.load(Ordering::SeqCst)) {
             let response = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
             writer.write_all(response.as_bytes())?;
             continue;

@@ -80,7 +80,6 @@ unsafe fn balancer_status(
         let slot = slot_index_known(runtime, balancer).and_then(|s| runtime.generation.slot(s));
         let default_settings = BalancerSettings::default();
         let settings = slot.as_ref().map_or(&default_settings, |s| s.settings);
-        let decay = settings.latency_decay().as_micros() as u64;
         // Read under the balancer's thread lock, as the finder reads them.
         let (workers, table) = proxy::with_thread_lock(balancer, || {
             let workers: Vec<*mut ffi::proxy_worker> = proxy::workers(balancer).collect();
@@ -114,7 +113,7 @@ unsafe fn balancer_status(
             .map(|(state, member)| Scored {
                 inflight: member.map_or(0, |m| m.inflight()),
                 weight: slow_start::member_weight(state.lbfactor, *member, settings.slow_start, now),
-                latency_us: member.and_then(|m| bylatency::estimate(m, now, decay)),
+                latency_us: member.and_then(bylatency::estimate),
             })
             .collect();
         let scores = method.map_or_else(|| vec![None; scored.len()], |m| m.method.scores(&scored));

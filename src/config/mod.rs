@@ -27,8 +27,10 @@ pub struct BalancerSettings {
 
 /// `LBHashBalanceFactor` when not written (HAProxy's and the paper's usual value).
 pub const DEFAULT_HASH_BALANCE_FACTOR: f64 = 1.25;
-/// `LBLatencyDecay` when not written (Finagle's default).
-pub const DEFAULT_LATENCY_DECAY: Duration = Duration::from_secs(10);
+/// `LBLatencyDecay` when not written: how long an estimate takes to come down (by 1/e) once a
+/// member answers fast again. Short, because a slow sample raises it at once and `bylatency`
+/// probes avoided members once a second (see `methods::bylatency`).
+pub const DEFAULT_LATENCY_DECAY: Duration = Duration::from_millis(250);
 
 impl BalancerSettings {
     /// The load bound's factor, `None` when the bound is off.
@@ -233,7 +235,7 @@ impl Directive {
                 c"LBHashBalanceFactor <c>|off: byhash skips a member above c times the average load (default 1.25)"
             }
             Directive::LatencyDecay => {
-                c"LBLatencyDecay <time>: how fast bylatency forgets a latency sample (default 10s)"
+                c"LBLatencyDecay <time>: how fast bylatency's latency estimate comes down again (default 250ms)"
             }
         }
     }
@@ -395,7 +397,7 @@ mod tests {
         Directive::HashBalanceFactor.apply(&mut s, &["off"], no_compiler).unwrap();
         assert_eq!(s.balance_factor(), None);
         assert_eq!(BalancerSettings::default().balance_factor(), Some(1.25));
-        assert_eq!(BalancerSettings::default().latency_decay(), Duration::from_secs(10));
+        assert_eq!(BalancerSettings::default().latency_decay(), Duration::from_millis(250));
 
         let bad: &[(Directive, &[&str], &str)] = &[
             (Directive::SlowStart, &["abc"], "\"abc\""),

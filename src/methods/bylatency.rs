@@ -1,318 +1,365 @@
-//! `bylatency`: power of two distinct choices on a peak-EWMA latency cost (Finagle's
-//! "P2C + peak EWMA", the method behind Linkerd's and Envoy's latency-aware balancing).
+//! `bylatency`: least in flight among the members that answer about as fast as the fastest;
+//! a member much slower than that is avoided in proportion to how much slower it is, and
+//! probed once a second so that its recovery is seen at once.
 //!
-//! Each member has a latency estimate shared by every process (kept in its member slot, updated
-//! by [`record`] as each attempt ends): a sample above the estimate replaces it at once
-//! (peak sensitivity: a member that turns slow is avoided from its first slow answer), a lower
-//! one pulls it down as an exponentially weighted moving average over an uneven time series,
-//! `w = exp(-dt / decay)`, `estimate = sample * (1 - w) + estimate * w`. While a member has
-//! nothing in flight its estimate also decays toward zero with time, so an idle member (one
-//! that was slow once, or was never tried) is tried again sooner or later: no member starves
-//! for good, the failure of latency balancers that only learn from traffic they send.
+//! **The estimate.** Each member has a latency estimate shared by every process (kept in its
+//! member slot, updated by [`record`] as each attempt ends, from the pick to the response's
+//! first byte): Finagle's peak EWMA, with the peak confirmed. Two samples in a row above twice
+//! the estimate raise it at once to the lower of them (a member that turns slow is avoided from
+//! its second slow answer, which under load comes right after the first; a single slow answer
+//! among fast ones, a scheduling hiccup, does not make it look slow, and the ordinary spread of
+//! answers does not make the estimates of equal members drift apart); any other sample moves it
+//! as an exponentially weighted moving average over an uneven time series,
+//! `w = exp(-dt / decay)`, `estimate = sample * (1 - w) + estimate * w`, `decay` being
+//! `LBLatencyDecay` (250 ms by default). A failed attempt counts as four times the estimate (a member failing fast must not
+//! look fast), and no estimate ever exceeds [`CEILING_US`] (60 s) or is anything but a finite
+//! positive number: whatever is read that is not (a segment from an older build, a value
+//! carried over a restart) counts as no sample.
 //!
-//! A pick draws two **distinct** candidates, each with probability proportional to its weight,
-//! and keeps the one with the lower `latency * (inflight + 1) / weight`. A member without a
-//! sample yet is given the average estimate of the others, neither zero (it would flood) nor
-//! infinity (it would starve).
+//! **The rule.** Among the candidates, the fastest estimate `best` sets the scale. A member
+//! within [`BAND`] (3) times `best`, or without a sample yet, ranks as `byinflight` does, on
+//! `(inflight + 1) / weight`; a slower member ranks on that times `latency / best`. The least
+//! rank wins; equal ranks take turns from a shared rotating start, as in `byinflight`. So:
 //!
-//! A failed attempt counts as at least four times the current estimate, so that a member that
-//! fails fast does not look fast.
+//! ```text
+//!     four members, one turns 16x slower:   the three others take everything, as long as
+//!                                           (inflight + 1) on them stays below 16 times the
+//!                                           slow member's (inflight + 1);
+//!     it recovers:                          its next probe answers fast, its estimate drops
+//!                                           to that answer (a second since its last sample
+//!                                           is four decay times), and it is back in the band
+//! ```
 //!
-//! Tests check the EWMA rules (peak, decay over uneven gaps, idle decay), that the two draws
-//! are never the same member, that draws follow the weights, and that the lower cost wins.
+//! **Probes.** A member outside the band is picked for one request as soon as a second has
+//! passed since its last probe (one process wins the probe, through an atomic timestamp in the
+//! member's slot). That request's answer, after a second without samples, weighs 98% in its
+//! estimate: a member that recovered, from slowness, from errors (httpd's retry timer, a health
+//! check, balancer-manager), or from answering 503, is back in the band within about a second.
+//! A member that is still slow costs one slow request a second.
+//!
+//! **Why not power of two choices.** P2C (Finagle's, Linkerd's, Envoy's) exists because a
+//! balancer usually sees stale or partial load: two random draws avoid herding on one stale
+//! minimum. Here every process reads exact shared in-flight counts, and a scan of every
+//! candidate costs about as much as two weighted draws (docs/benchmark.md: 16 members, tens of
+//! nanoseconds). Measured against P2C on peak EWMA (the previous version of this method), with
+//! equal members it spread 64 clients over 10 members as evenly as `byinflight` where P2C's
+//! busiest member got 1.39 times its idlest one's requests, and a member that recovered got its
+//! share back within about a second where P2C took over 10 seconds (docs/benchmark.md,
+//! `recover`, `down`, `steady`).
+//!
+//! Tests check the EWMA rules, the ceiling and the handling of non-finite values, that members
+//! in the band share as `byinflight` does, that a slow member is avoided but probed once a
+//! second, and that a probe that answers fast brings it back.
 
-use super::{Candidate, Choice, Method, Pick, Reason, Scored, mix};
+use super::{Candidate, Choice, Method, Pick, Reason, Scored};
 use crate::shm::MemberSlot;
 use std::sync::atomic::Ordering;
+
+/// A member this many times slower than the fastest is ranked on its slowness.
+pub const BAND: f64 = 3.0;
+/// How often a member outside the band gets a probe.
+pub const PROBE_INTERVAL_US: u64 = 1_000_000;
+/// The highest estimate (60 s): a failing member's estimate climbs to it and no further.
+pub const CEILING_US: f64 = 60_000_000.0;
+/// A failed attempt counts as this many times the estimate.
+const FAILURE_PENALTY: f64 = 4.0;
+/// Two samples in a row above this many times the estimate raise it at once.
+const PEAK: f64 = 2.0;
 
 /// The method.
 pub struct ByLatency;
 
 impl Method for ByLatency {
     fn choose(&self, pick: &mut Pick<'_>) -> Option<Choice> {
-        let decay = pick.settings.latency_decay().as_micros() as u64;
+        let estimate_of = |pick: &Pick<'_>, c: &Candidate| {
+            c.member.and_then(|m| pick.segment.member(m as usize)).and_then(estimate)
+        };
+        let best =
+            pick.candidates().iter().filter_map(|c| estimate_of(pick, c)).fold(f64::INFINITY, f64::min);
+        let start = pick.shared.turns.rotation.fetch_add(1, Ordering::Relaxed) as usize;
         for _ in 0..pick.candidates().len() {
-            let draw = pick.shared.turns.rotation.fetch_add(1, Ordering::Relaxed);
-            let (a, b) = draw_two(pick.candidates(), (mix(2 * draw), mix(2 * draw + 1)))?;
-            let latency = |i: usize| ranked_latency(pick, i, decay);
-            let (latency_a, latency_b) = (latency(a), latency(b));
-            let candidates = pick.candidates();
-            let cost_of = |i: usize, l: f64| cost(l, candidates[i].inflight.into(), candidates[i].weight);
-            let (position, other, chosen_latency, other_latency) =
-                if cost_of(b, latency_b) < cost_of(a, latency_a) {
-                    (b, a, latency_b, latency_a)
-                } else {
-                    (a, b, latency_a, latency_b)
-                };
-            let score_of = |i: usize, l: f64| score(l, candidates[i].inflight.into(), candidates[i].weight);
-            let reason = Reason::Latency {
-                score: score_of(position, chosen_latency),
-                other_score: score_of(other, other_latency),
-                latency_us: chosen_latency,
-            };
-            if pick.reserve(position) {
+            // A member outside the band that is due for a probe gets this request.
+            if let Some(position) = due_probe(pick, best, &estimate_of)
+                && pick.reserve(position)
+            {
+                let candidate = pick.candidates()[position];
+                let latency_us = estimate_of(pick, &candidate);
+                let reason =
+                    Reason::Latency { rank: rank(&candidate, latency_us, best), latency_us, probe: true };
                 return Some(Choice { position, reason });
+            }
+            let count = pick.candidates().len();
+            let mut chosen: Option<(usize, f64)> = None;
+            for offset in 0..count {
+                let position = (start + offset) % count;
+                let candidate = &pick.candidates()[position];
+                if candidate.full {
+                    continue;
+                }
+                let rank = rank(candidate, estimate_of(pick, candidate), best);
+                if chosen.is_none_or(|(_, least)| rank < least) {
+                    chosen = Some((position, rank));
+                }
+            }
+            let (position, rank) = chosen?;
+            if pick.reserve(position) {
+                let latency_us = estimate_of(pick, &pick.candidates()[position]);
+                return Some(Choice { position, reason: Reason::Latency { rank, latency_us, probe: false } });
             }
         }
         None
     }
 
-    /// `latency_ms x (inflight + 1) / loadfactor`, members without samples on the average.
+    /// The rank the method picks on, with the loadfactor as configured: `(inflight + 1) /
+    /// loadfactor`, times `latency / fastest` for a member outside the band.
     fn scores(&self, members: &[Scored]) -> Vec<Option<f64>> {
-        let estimates: Vec<Option<f64>> = members.iter().map(|m| m.latency_us).collect();
-        let neutral = neutral_latency(&estimates);
-        members.iter().map(|m| Some(score(m.latency_us.unwrap_or(neutral), m.inflight, m.weight))).collect()
+        let best = members.iter().filter_map(|m| m.latency_us).fold(f64::INFINITY, f64::min);
+        members
+            .iter()
+            .map(|m| {
+                let load = (m.inflight + 1) as f64 / (f64::from(m.weight.max(1)) / 100.0);
+                Some(load * slowness(m.latency_us, best))
+            })
+            .collect()
     }
 }
 
-/// The latency candidate `position` is ranked on: its estimate, or for a member without one the
-/// average of the others' (see [`neutral_latency`]).
-fn ranked_latency(pick: &Pick<'_>, position: usize, decay_us: u64) -> f64 {
-    let estimate_of = |c: &Candidate| {
-        c.member
-            .and_then(|m| pick.segment.member(m as usize))
-            .and_then(|m| estimate(m, pick.now_us, decay_us))
-    };
-    match estimate_of(&pick.candidates()[position]) {
-        Some(latency) => latency,
-        None => {
-            let mut sum = 0.0;
-            let mut known = 0usize;
-            for latency in pick.candidates().iter().filter_map(estimate_of) {
-                sum += latency;
-                known += 1;
-            }
-            if known == 0 { 1.0 } else { sum / known as f64 }
-        }
+/// How much a member's rank is multiplied for being slow: 1 within the band (or without a
+/// sample), else its latency over the fastest's.
+fn slowness(latency_us: Option<f64>, best_us: f64) -> f64 {
+    match latency_us {
+        Some(latency) if best_us.is_finite() && latency > BAND * best_us => latency / best_us,
+        _ => 1.0,
     }
+}
+
+/// A candidate's rank: `(inflight + 1) / weight`, times its [`slowness`].
+fn rank(candidate: &Candidate, latency_us: Option<f64>, best_us: f64) -> f64 {
+    (f64::from(candidate.inflight) + 1.0) / f64::from(candidate.weight.max(1)) * slowness(latency_us, best_us)
+}
+
+/// A candidate outside the band whose last probe is a [`PROBE_INTERVAL_US`] ago, claimed for
+/// this pick (an atomic swap of its probe time, so one process probes it).
+fn due_probe(
+    pick: &Pick<'_>,
+    best: f64,
+    estimate_of: &impl Fn(&Pick<'_>, &Candidate) -> Option<f64>,
+) -> Option<usize> {
+    pick.candidates().iter().position(|candidate| {
+        if candidate.full || slowness(estimate_of(pick, candidate), best) == 1.0 {
+            return false;
+        }
+        let Some(member) = candidate.member.and_then(|m| pick.segment.member(m as usize)) else {
+            return false;
+        };
+        let last = member.probe_us.load(Ordering::Relaxed);
+        pick.now_us.saturating_sub(last) >= PROBE_INTERVAL_US
+            && member
+                .probe_us
+                .compare_exchange(last, pick.now_us, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    })
 }
 
 /// Takes one latency sample into the member's peak EWMA, as its attempt ends.
 pub fn record(member: &MemberSlot, sample_us: f64, failed: bool, now_us: u64, decay_us: u64) {
-    let sample_us = sample_us.max(1.0);
+    let sample_us = if sample_us.is_finite() { sample_us.clamp(1.0, CEILING_US) } else { CEILING_US };
     let previous_at = member.latency_at_us.swap(now_us, Ordering::AcqRel);
     let elapsed = now_us.saturating_sub(previous_at);
+    let mut taken = sample_us;
     let _ = member.latency_bits.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
-        let current = (bits != 0).then(|| f64::from_bits(bits));
-        let sample = if failed { sample_us.max(4.0 * current.unwrap_or(0.0)) } else { sample_us };
-        Some(updated(current, sample, elapsed, decay_us).to_bits())
+        let current = sane(bits);
+        taken = match (failed, current) {
+            (true, Some(current)) => sample_us.max(FAILURE_PENALTY * current).min(CEILING_US),
+            _ => sample_us,
+        };
+        let previous = sane(member.last_sample_bits.load(Ordering::Acquire));
+        Some(updated(current, previous, taken, elapsed, decay_us).clamp(1.0, CEILING_US).to_bits())
     });
+    member.last_sample_bits.store(taken.to_bits(), Ordering::Release);
     member.latency_samples.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The member's estimate to rank it on at `now_us`; an idle member's fades with the time since
-/// its last sample. `None` before the first sample.
-pub fn estimate(member: &MemberSlot, now_us: u64, decay_us: u64) -> Option<f64> {
-    let bits = member.latency_bits.load(Ordering::Acquire);
-    if bits == 0 {
-        return None;
-    }
-    let estimate = f64::from_bits(bits);
-    if member.inflight() > 0 {
-        return Some(estimate);
-    }
-    let idle = now_us.saturating_sub(member.latency_at_us.load(Ordering::Acquire));
-    Some(faded(estimate, idle, decay_us))
+/// The member's estimate in microseconds; `None` before the first sample.
+pub fn estimate(member: &MemberSlot) -> Option<f64> {
+    sane(member.latency_bits.load(Ordering::Acquire))
 }
 
-/// The new estimate after a sample of `sample_us`, `elapsed_us` after the last update.
-pub fn updated(estimate_us: Option<f64>, sample_us: f64, elapsed_us: u64, decay_us: u64) -> f64 {
-    match estimate_us {
-        None => sample_us,
-        Some(current) if sample_us > current => sample_us,
-        Some(current) => {
-            let weight = keep_weight(elapsed_us, decay_us);
+/// An estimate read from shared memory: a finite positive number up to the ceiling, or no
+/// sample (zero bits, or anything else).
+fn sane(bits: u64) -> Option<f64> {
+    let value = f64::from_bits(bits);
+    (bits != 0 && value.is_finite() && value > 0.0).then(|| value.min(CEILING_US))
+}
+
+/// The new estimate after a sample of `sample_us`, `elapsed_us` after the last update, the
+/// sample before it being `previous_us`.
+pub fn updated(
+    estimate_us: Option<f64>,
+    previous_us: Option<f64>,
+    sample_us: f64,
+    elapsed_us: u64,
+    decay_us: u64,
+) -> f64 {
+    match (estimate_us, previous_us) {
+        (None, _) => sample_us,
+        // A peak confirmed by the sample before: up at once, to the lower of the two.
+        (Some(current), Some(previous)) if sample_us > PEAK * current && previous > PEAK * current => {
+            sample_us.min(previous)
+        }
+        (Some(current), _) => {
+            let weight = (-(elapsed_us as f64) / decay_us.max(1) as f64).exp();
             sample_us * (1.0 - weight) + current * weight
         }
     }
 }
 
-/// The estimate of an idle member, `idle_us` after its last sample: it fades toward zero.
-pub fn faded(estimate_us: f64, idle_us: u64, decay_us: u64) -> f64 {
-    estimate_us * keep_weight(idle_us, decay_us)
-}
-
-/// How much of the old estimate survives `elapsed_us`: `exp(-elapsed / decay)`.
-fn keep_weight(elapsed_us: u64, decay_us: u64) -> f64 {
-    (-(elapsed_us as f64) / decay_us.max(1) as f64).exp()
-}
-
-/// The cost the pick compares: `latency * (inflight + 1) / weight`.
-pub fn cost(latency_us: f64, inflight: u64, weight: u32) -> f64 {
-    latency_us * (inflight + 1) as f64 / f64::from(weight.max(1))
-}
-
-/// [`cost`] in the unit the status page and the debug log show it, milliseconds x (inflight +
-/// 1) / loadfactor: a weight is a loadfactor in hundredths.
-pub fn score(latency_us: f64, inflight: u64, weight: u32) -> f64 {
-    cost(latency_us, inflight, weight) / 10.0
-}
-
-/// What a member without a sample yet is ranked on: the average of the others' estimates
-/// (1 µs if nobody has one: then in-flight and weight decide), neither zero (it would flood)
-/// nor infinity (it would starve).
-pub fn neutral_latency(estimates: &[Option<f64>]) -> f64 {
-    let known: Vec<f64> = estimates.iter().filter_map(|&e| e).collect();
-    if known.is_empty() { 1.0 } else { known.iter().sum::<f64>() / known.len() as f64 }
-}
-
-/// Two distinct non-full candidates drawn with probability proportional to weight, using the
-/// two random numbers given. `None` if no candidate is free; one candidate twice if only one is.
-pub fn draw_two(candidates: &[Candidate], random: (u64, u64)) -> Option<(usize, usize)> {
-    let weight = |i: usize| if candidates[i].full { 0 } else { u64::from(candidates[i].weight.max(1)) };
-    let total: u64 = (0..candidates.len()).map(weight).sum();
-    let first = weighted(candidates.len(), total, random.0, weight)?;
-    let without_first = |i: usize| if i == first { 0 } else { weight(i) };
-    let second = weighted(candidates.len(), total - weight(first), random.1, without_first).unwrap_or(first);
-    Some((first, second))
-}
-
-/// One of positions `0..count` drawn with probability `weight(i) / total` (`total` is the sum
-/// of the weights); `None` when every weight is 0.
-fn weighted(count: usize, total: u64, random: u64, weight: impl Fn(usize) -> u64) -> Option<usize> {
-    if total == 0 {
-        return None;
-    }
-    let mut point = random % total;
-    for i in 0..count {
-        if point < weight(i) {
-            return Some(i);
-        }
-        point -= weight(i);
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const DECAY: u64 = 10_000_000; // 10 s
-
     use crate::config::BalancerSettings;
     use crate::methods::LocalState;
-    use crate::methods::testing::{Counts, balancer, candidates, pick_once};
+    use crate::methods::testing::{Counts, balancer, candidates};
+    use crate::shm::Segment;
 
-    fn c(weight: u32, inflight: u32) -> Candidate {
-        Candidate { inflight, ..candidates(&[weight])[0] }
-    }
+    const DECAY: u64 = 250_000;
 
     #[test]
-    fn a_higher_sample_replaces_the_estimate_at_once() {
-        assert_eq!(updated(Some(5_000.0), 50_000.0, 1, DECAY), 50_000.0);
-        assert_eq!(updated(None, 7_000.0, 0, DECAY), 7_000.0, "the first sample is the estimate");
+    fn two_samples_in_a_row_above_twice_the_estimate_raise_it_at_once() {
+        assert_eq!(updated(Some(5_000.0), Some(60_000.0), 50_000.0, 1, DECAY), 50_000.0);
+        assert_eq!(updated(Some(5_000.0), Some(40_000.0), 50_000.0, 1, DECAY), 40_000.0, "to the lower");
+        let spread = updated(Some(5_000.0), Some(8_000.0), 9_000.0, 1_000, DECAY);
+        assert!(spread < 5_100.0, "{spread}: less than twice the estimate is ordinary spread");
+        assert_eq!(updated(None, None, 7_000.0, 0, DECAY), 7_000.0, "the first sample is the estimate");
+        // One slow sample after a fast one barely moves it.
+        let hiccup = updated(Some(5_000.0), Some(5_000.0), 50_000.0, 1_000, DECAY);
+        assert!(hiccup < 5_200.0, "{hiccup}");
     }
 
     #[test]
     fn a_lower_sample_pulls_it_down_by_the_time_since_the_last() {
-        // Right after the last sample the old estimate dominates; after one decay time the
-        // sample weighs 1 - 1/e; after a long gap it is nearly all that counts.
-        let soon = updated(Some(50_000.0), 5_000.0, 1_000, DECAY);
-        let later = updated(Some(50_000.0), 5_000.0, DECAY, DECAY);
-        let much_later = updated(Some(50_000.0), 5_000.0, 100 * DECAY, DECAY);
-        assert!(soon > 49_900.0, "{soon}");
+        let soon = updated(Some(50_000.0), None, 5_000.0, 1_000, DECAY);
+        let later = updated(Some(50_000.0), None, 5_000.0, DECAY, DECAY);
+        let a_second_later = updated(Some(50_000.0), None, 5_000.0, 1_000_000, DECAY);
+        assert!(soon > 49_000.0, "{soon}");
+        assert!((later - (5_000.0 * (1.0 - (-1f64).exp()) + 50_000.0 * (-1f64).exp())).abs() < 1e-6);
         assert!(
-            (later - (5_000.0 * (1.0 - (-1f64).exp()) + 50_000.0 * (-1f64).exp())).abs() < 1e-6,
-            "{later}"
+            a_second_later < 5_000.0 * 1.02 + 50_000.0 * 0.02,
+            "{a_second_later}: a probe a second later counts 98%"
         );
-        assert!((much_later - 5_000.0).abs() < 1e-6, "{much_later}");
     }
 
     #[test]
-    fn fast_samples_bring_a_slow_estimate_down_with_time_not_with_their_number() {
-        // A fast sample every 100 ms for three decay times: the slow past weighs e^-3.
-        let mut estimate = 100_000.0;
-        for _ in 0..300 {
-            estimate = updated(Some(estimate), 5_000.0, 100_000, DECAY);
-        }
-        let expected = 100_000.0 * (-3f64).exp() + 5_000.0 * (1.0 - (-3f64).exp());
-        assert!((estimate - expected).abs() < 1.0, "{estimate} vs {expected}");
-        // The same three decay times in three samples land in the same place.
-        let mut coarse = 100_000.0;
-        for _ in 0..3 {
-            coarse = updated(Some(coarse), 5_000.0, DECAY, DECAY);
-        }
-        assert!((coarse - expected).abs() < 1.0, "{coarse}");
-    }
-
-    #[test]
-    fn an_idle_estimate_fades_so_the_member_is_tried_again() {
-        let slow = 500_000.0;
-        let fast = 5_000.0;
-        assert!(faded(slow, 0, DECAY) == slow);
-        // After about decay * ln(100) of idleness the slow member looks as cheap as a fast one.
-        let idle = (DECAY as f64 * (slow / fast).ln()) as u64 + 1;
-        assert!(faded(slow, idle, DECAY) <= fast);
-    }
-
-    #[test]
-    fn members_without_samples_get_the_average_not_zero_or_infinity() {
-        assert_eq!(neutral_latency(&[Some(10_000.0), None, Some(30_000.0)]), 20_000.0);
-        assert_eq!(neutral_latency(&[None; 3]), 1.0);
-    }
-
-    #[test]
-    fn the_estimate_lives_in_the_member_slot_and_fades_while_idle() {
+    fn estimates_stay_finite_and_bounded_through_thousands_of_failures_and_long_idling() {
         let (segment, _) = balancer(1);
         let member = segment.member(0).unwrap();
-        assert_eq!(estimate(member, 0, DECAY), None);
-        record(member, 40_000.0, false, 1_000_000, DECAY);
-        assert_eq!(estimate(member, 1_000_000, DECAY), Some(40_000.0));
-        assert!(estimate(member, 1_000_000 + DECAY, DECAY).unwrap() < 40_000.0 / 2.0, "idle: fades");
-        member.begin_attempt(None);
-        assert_eq!(estimate(member, 1_000_000 + DECAY, DECAY), Some(40_000.0), "busy: holds");
-        member.end_attempt(false, None);
-        // A fast failure does not make the member look fast.
-        record(member, 10.0, true, 1_000_001, DECAY);
-        assert!(estimate(member, 1_000_001, DECAY).unwrap() >= 160_000.0);
+        record(member, 5_000.0, false, 1, DECAY);
+        let mut now = 1;
+        for _ in 0..10_000 {
+            now += 100;
+            record(member, 300.0, true, now, DECAY);
+            let value = estimate(member).unwrap();
+            assert!(value.is_finite() && value <= CEILING_US, "{value}");
+        }
+        assert_eq!(estimate(member), Some(CEILING_US), "failures climb to the ceiling, no further");
+        // A year idle, then a good answer: it is the estimate again.
+        now += 365 * 24 * 3600 * 1_000_000;
+        record(member, 5_000.0, false, now, DECAY);
+        assert!((estimate(member).unwrap() - 5_000.0).abs() < 1.0);
+        for bad in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
+            record(member, bad, false, now + 1, DECAY);
+            assert!(estimate(member).is_some_and(|v| v.is_finite() && v > 0.0 && v <= CEILING_US));
+        }
+        // Garbage in the slot (an older build's, a carried-over value) reads as no sample.
+        for bits in [f64::NAN.to_bits(), f64::INFINITY.to_bits(), (-3.0f64).to_bits(), 1] {
+            member.latency_bits.store(bits, Ordering::Relaxed);
+            assert!(estimate(member).is_none_or(|v| v.is_finite() && v > 0.0), "{bits:#x}");
+            record(member, 5_000.0, false, now + 2, DECAY);
+            assert!(estimate(member).is_some_and(f64::is_finite));
+        }
         unsafe { segment.unmap() };
     }
 
-    #[test]
-    fn the_lower_cost_of_two_wins() {
-        // Two members, both always drawn: the faster (by its recorded estimate) wins.
-        let (segment, slot) = balancer(2);
+    /// Candidates for the members of `segment`'s balancer, with these latencies recorded.
+    fn with_latencies(segment: &Segment, slot: usize, latencies: &[Option<f64>]) -> Vec<Candidate> {
         let shared = segment.balancer(slot).unwrap();
-        let mut two = candidates(&[100, 100]);
-        for (i, latency) in [(0usize, 10_000.0), (1, 2_000.0)] {
+        let mut all = candidates(&vec![100; latencies.len()]);
+        for (i, latency) in latencies.iter().enumerate() {
             let index = segment.member_index(shared, i).unwrap();
-            two[i].member = Some(index as u32);
-            record(segment.member(index).unwrap(), latency, false, 1_000_000, DECAY);
+            all[i].member = Some(index as u32);
+            if let Some(latency) = latency {
+                record(segment.member(index).unwrap(), *latency, false, 1, DECAY);
+                record(segment.member(index).unwrap(), *latency, false, 2, DECAY);
+            }
         }
-        let mut local = LocalState::default();
+        all
+    }
+
+    /// `picks` picks at time `now`, each attempt held (in flight) until the end.
+    fn picks(segment: &Segment, slot: usize, all: &[Candidate], count: usize, now: u64) -> Vec<usize> {
         let settings = BalancerSettings::default();
-        for _ in 0..20 {
+        let mut local = LocalState::default();
+        let mut inflight = vec![0u32; all.len()];
+        let mut chosen = vec![0; all.len()];
+        for _ in 0..count {
+            let current: Vec<Candidate> =
+                all.iter().zip(&inflight).map(|(c, &n)| Candidate { inflight: n, ..*c }).collect();
+            local.sync_members(current.len(), |_| {});
+            local.candidates_mut().extend_from_slice(&current);
+            let shared = segment.balancer(slot).unwrap();
             let mut reserve = Counts::default();
-            let choice =
-                pick_once(&ByLatency, &segment, slot, &settings, &mut local, &two, None, &mut reserve);
-            assert_eq!(choice.unwrap().position, 1);
+            let mut pick = Pick::new(shared, &settings, segment, now, None, &mut local, &mut reserve);
+            let position = ByLatency.choose(&mut pick).unwrap().position;
+            inflight[position] += 1;
+            chosen[position] += 1;
         }
+        chosen
+    }
+
+    #[test]
+    fn members_in_the_band_share_as_byinflight_does() {
+        let (segment, slot) = balancer(4);
+        let all = with_latencies(&segment, slot, &[Some(5_000.0), Some(9_000.0), Some(14_000.0), None]);
+        // All within 3 times the fastest (or without a sample): in flight evens out.
+        assert_eq!(picks(&segment, slot, &all, 40, 2), vec![10, 10, 10, 10]);
         unsafe { segment.unmap() };
     }
 
     #[test]
-    fn the_two_choices_are_always_distinct() {
-        let candidates = [c(100, 0), c(100, 0)];
-        for n in 0..10_000 {
-            let (a, b) = draw_two(&candidates, (mix(2 * n), mix(2 * n + 1))).unwrap();
-            assert_ne!(a, b);
-        }
-        let mut one_free = [c(100, 0), c(100, 0), c(100, 0)];
-        one_free[0].full = true;
-        one_free[2].full = true;
-        assert_eq!(draw_two(&one_free, (1, 2)), Some((1, 1)));
-        one_free[1].full = true;
-        assert_eq!(draw_two(&one_free, (1, 2)), None);
+    fn a_slow_member_is_avoided_but_probed_once_a_second() {
+        let (segment, slot) = balancer(4);
+        let all =
+            with_latencies(&segment, slot, &[Some(5_000.0), Some(5_000.0), Some(5_000.0), Some(80_000.0)]);
+        // 16 times slower: the first pick probes it (never probed), then nothing for 30
+        // requests in flight over the others (it would take 11 each to rank them above it).
+        let first = picks(&segment, slot, &all, 31, 2_000_000);
+        assert_eq!(first[3], 1, "{first:?}: one probe");
+        let same_second = picks(&segment, slot, &all, 30, 2_500_000);
+        assert_eq!(same_second[3], 0, "{same_second:?}: no second probe within the second");
+        let next_second = picks(&segment, slot, &all, 30, 3_100_000);
+        assert_eq!(next_second[3], 1, "{next_second:?}: a probe a second later");
+        unsafe { segment.unmap() };
     }
 
     #[test]
-    fn draws_follow_the_weights() {
-        let candidates = [c(100, 0), c(300, 0)];
-        let mut firsts = [0u32; 2];
-        for n in 0..40_000 {
-            firsts[draw_two(&candidates, (mix(n), mix(n + 1_000_000))).unwrap().0] += 1;
-        }
-        let share = f64::from(firsts[1]) / 40_000.0;
-        assert!((share - 0.75).abs() < 0.01, "{share}");
+    fn a_probe_that_answers_fast_brings_the_member_back() {
+        let (segment, slot) = balancer(2);
+        let all = with_latencies(&segment, slot, &[Some(5_000.0), Some(80_000.0)]);
+        let slow = segment.member(all[1].member.unwrap() as usize).unwrap();
+        // Its probe, a second after its last sample, answers in 5 ms.
+        record(slow, 5_000.0, false, 1_000_001, DECAY);
+        assert!(estimate(slow).unwrap() < 3.0 * 5_000.0, "{:?}", estimate(slow));
+        assert_eq!(picks(&segment, slot, &all, 20, 1_000_002), vec![10, 10]);
+        unsafe { segment.unmap() };
+    }
+
+    #[test]
+    fn scores_show_the_rank() {
+        let members = [
+            Scored { inflight: 1, weight: 100, latency_us: Some(5_000.0) },
+            Scored { inflight: 1, weight: 200, latency_us: None },
+            Scored { inflight: 0, weight: 100, latency_us: Some(50_000.0) },
+        ];
+        assert_eq!(ByLatency.scores(&members), vec![Some(2.0), Some(1.0), Some(10.0)]);
     }
 }

@@ -133,9 +133,9 @@ pub enum Reason {
     Drawn { ticket: u64 },
     /// `byinflight`: the chosen member's in-flight count and weight (its key is their ratio).
     LeastInflight { inflight: u32, weight: u32 },
-    /// `bylatency`: the scores ([`bylatency::score`]) of the two members drawn, the chosen
-    /// one first, and the chosen one's latency estimate in microseconds.
-    Latency { score: f64, other_score: f64, latency_us: f64 },
+    /// `bylatency`: the chosen member's rank (`(inflight + 1) / weight`, times its slowness
+    /// outside the band), its latency estimate in microseconds, and whether it was a probe.
+    Latency { rank: f64, latency_us: Option<f64>, probe: bool },
     /// `byhash`: steps along the key's walk, and whether a loaded member was passed by.
     Hash { steps: usize, diverted: bool },
 }
@@ -154,10 +154,15 @@ impl fmt::Display for Reason {
             Reason::LeastInflight { inflight, weight } => {
                 write!(f, "least (inflight+1)/weight: ({inflight}+1)/{weight}")
             }
-            Reason::Latency { score, other_score, latency_us } => write!(
+            Reason::Latency { probe: true, latency_us, .. } => write!(
                 f,
-                "score {score:.3} beats {other_score:.3} (latency {:.2} ms x (inflight+1) / loadfactor)",
-                latency_us / 1000.0
+                "probe of a member outside the latency band (latency {})",
+                latency_us.map_or("unknown".to_string(), |l| format!("{:.2} ms", l / 1000.0))
+            ),
+            Reason::Latency { rank, latency_us, .. } => write!(
+                f,
+                "least rank {rank:.4}: (inflight+1)/weight, times latency/fastest outside the band (latency {})",
+                latency_us.map_or("unknown".to_string(), |l| format!("{:.2} ms", l / 1000.0))
             ),
             Reason::Hash { steps: 0, .. } => write!(f, "the key's own member"),
             Reason::Hash { steps, diverted } => write!(

@@ -90,6 +90,10 @@ pub struct MemberSlot {
     pub latency_bits: AtomicU64,
     pub latency_at_us: AtomicU64,
     pub latency_samples: AtomicU64,
+    /// `bylatency`: the last sample taken (bits of an f64), and when the member last got a
+    /// probe (monotonic microseconds).
+    pub last_sample_bits: AtomicU64,
+    pub probe_us: AtomicU64,
 }
 
 /// One httpd child process: the owner of a row of in-flight contributions.
@@ -110,7 +114,7 @@ unsafe impl ShmSafe for AtomicI32 {}
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v05");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v06");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
 const _: () = assert!(size_of::<BalancerSlot>() == 3 * 64);
@@ -171,6 +175,7 @@ impl MemberSlot {
         });
         self.down.store(0, Ordering::Relaxed);
         self.ramp_start_us.store(0, Ordering::Relaxed);
+        self.last_sample_bits.store(0, Ordering::Relaxed);
     }
 
     /// Counts the start of one attempt on this member. `mine` is this process's own count for
