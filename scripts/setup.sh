@@ -28,6 +28,8 @@ LBRS_TEST_PACKAGES=(
     lintian   # tests/debian_package.rs checks the built package is lintian-clean
     keepalived # the VRRP pair of tests/high_availability.rs (its service stays stopped: no config)
     dnsmasq-base # the test's DNS server (the binary only: no system service holding port 53)
+    openssl  # tests/guide_tls.rs makes its certificate authority and certificates
+    ssl-cert # the snakeoil certificate that stands in for the readers' own in docs' TLS examples (apache2 -t)
 )
 LBRS_MIN_RUST_MINOR=85
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// Modules some examples use besides the ones every test configuration loads (mod_watchdog,
 /// which mod_proxy_hcheck needs, is built into Debian's apache2).
-const EXTRA_MODULES: [&str; 6] = ["headers", "proxy_hcheck", "reqtimeout", "setenvif", "status", "alias"];
+const EXTRA_MODULES: [&str; 9] =
+    ["headers", "proxy_hcheck", "reqtimeout", "setenvif", "status", "alias", "rewrite", "ssl", "http2"];
 
 struct Example {
     /// "docs/byhash.md:42": where the block starts.
@@ -52,15 +53,28 @@ fn apache_blocks(path: &Path) -> Vec<Example> {
     examples
 }
 
+/// Files the examples name as the reader's own (certificates, keys), which `apache2 -t`
+/// requires to exist: an existing file of the same kind stands in for each (Debian's
+/// ssl-cert package makes these).
+const STAND_INS: [(&str, &str); 3] = [
+    ("/etc/letsencrypt/live/app.example.com/fullchain.pem", "/etc/ssl/certs/ssl-cert-snakeoil.pem"),
+    ("/etc/letsencrypt/live/app.example.com/privkey.pem", "/etc/ssl/private/ssl-cert-snakeoil.key"),
+    ("/etc/apache2/backend-ca.pem", "/etc/ssl/certs/ssl-cert-snakeoil.pem"),
+];
+
 /// The example as the test configuration's body: its own LoadModule lines go (the test
 /// configuration loads the module under test and everything it needs).
 fn body(example: &Example) -> String {
-    example
+    let mut text = example
         .text
         .lines()
         .filter(|line| !line.trim_start().starts_with("LoadModule"))
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    for (theirs, ours) in STAND_INS {
+        text = text.replace(theirs, ours);
+    }
+    text
 }
 
 fn with_extra_modules(mut config: ApacheConfig) -> ApacheConfig {

@@ -6,7 +6,10 @@
 //! Every response carries `X-Backend: <name>` and the name as its body. A request whose path
 //! contains `/__reset` gets its connection reset without an answer (a crashing backend); one
 //! whose path contains `/health` gets 503 while the backend is marked unhealthy, and every request
-//! does while it is in maintenance.
+//! does while it is in maintenance. A request whose path contains `/__headers` gets, after the
+//! name, its request line and headers as the backend received them (to see what a proxy
+//! added); one whose path contains `/__redirect` gets a `302` to `http://<its Host>/landing`
+//! and a cookie for that host, as an application that builds its own URLs does.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -240,10 +243,21 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
                 thread::sleep(Duration::from_micros(delay));
             }
         });
-        let body = format!("{}\n", shared.name);
+        let mut body = format!("{}\n", shared.name);
+        let mut status = "200 OK".to_string();
+        let mut extra = String::new();
+        if request.path.contains("/__headers") {
+            body.push_str(&request.head_text);
+        } else if request.path.contains("/__redirect") {
+            let host = request.host.as_deref().unwrap_or("localhost");
+            let domain = host.rsplit_once(':').map_or(host, |(name, _)| name);
+            status = "302 Found".to_string();
+            extra =
+                format!("Location: http://{host}/landing\r\nSet-Cookie: app=1; Domain={domain}; Path=/\r\n");
+        }
         let response = if served {
             format!(
-                "HTTP/1.1 200 OK\r\nX-Backend: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
+                "HTTP/1.1 {status}\r\nX-Backend: {}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
                 shared.name,
                 body.len(),
                 if request.close { "Connection: close\r\n" } else { "" },
@@ -281,6 +295,10 @@ struct Request {
     path: String,
     head: bool,
     close: bool,
+    /// The `Host` header, if any.
+    host: Option<String>,
+    /// The request line and headers as received, one per line.
+    head_text: String,
 }
 
 /// Reads one request (line, headers, body by Content-Length). `None` at end of stream.
@@ -295,6 +313,8 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     let http10 = parts.next().is_some_and(|v| v == "HTTP/1.0");
     let mut length = 0usize;
     let mut close = http10;
+    let mut host = None;
+    let mut head_text = format!("{}\n", line.trim_end());
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 {
@@ -304,9 +324,13 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
         if header.is_empty() {
             break;
         }
+        head_text.push_str(header);
+        head_text.push('\n');
         if let Some((name, value)) = header.split_once(':') {
             let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
+            if name.eq_ignore_ascii_case("host") {
+                host = Some(value.to_string());
+            } else if name.eq_ignore_ascii_case("content-length") {
                 length = value.parse().unwrap_or(0);
             } else if name.eq_ignore_ascii_case("connection") {
                 close = value.eq_ignore_ascii_case("close");
@@ -316,7 +340,7 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     if length > 0 {
         io::copy(&mut reader.take(length as u64), &mut io::sink())?;
     }
-    Ok(Some(Request { path, head: method == "HEAD", close }))
+    Ok(Some(Request { path, head: method == "HEAD", close, host, head_text }))
 }
 
 /// A counting semaphore: at most `limit` holders; the rest wait in line.

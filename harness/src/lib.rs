@@ -9,12 +9,14 @@ pub mod client;
 pub mod ha;
 pub mod netns;
 pub mod peers;
+pub mod recipe;
 pub mod system;
 
 pub use apache::{Apache, ApacheConfig, LoadOrder, Mpm, balancer_manager_set, config_test};
 pub use backend::{Backend, BackendSpec, BackendStats};
 pub use client::{Load, LoadReport, Response};
 pub use peers::{HaproxyConfig, NginxConfig, PeerProxy};
+pub use recipe::Recipe;
 
 use std::time::{Duration, Instant};
 
