@@ -24,11 +24,20 @@ pub struct BackendSpec {
     pub slots: usize,
     /// Service time of each request.
     pub delay: Duration,
+    /// A request header whose value the backend echoes back as `X-Recorded` (empty when the
+    /// request had none), to show what the application received.
+    pub record_header: Option<String>,
 }
 
 impl BackendSpec {
     pub fn new(name: &str) -> BackendSpec {
-        BackendSpec { name: name.to_string(), slots: 0, delay: Duration::ZERO }
+        BackendSpec { name: name.to_string(), slots: 0, delay: Duration::ZERO, record_header: None }
+    }
+
+    /// Echoes the request header `name` back as `X-Recorded`.
+    pub fn record_header(mut self, name: &str) -> BackendSpec {
+        self.record_header = Some(name.to_string());
+        self
     }
 
     pub fn slots(mut self, slots: usize) -> BackendSpec {
@@ -52,6 +61,7 @@ pub struct BackendStats {
 
 struct Shared {
     name: String,
+    record_header: Option<String>,
     delay_us: AtomicU64,
     slots: Slots,
     requests: AtomicU64,
@@ -83,6 +93,7 @@ impl Backend {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             name: spec.name,
+            record_header: spec.record_header,
             delay_us: AtomicU64::new(spec.delay.as_micros() as u64),
             slots: Slots::new(spec.slots),
             requests: AtomicU64::new(0),
@@ -215,7 +226,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     loop {
-        let Some(request) = read_request(&mut reader)? else {
+        let Some(request) = read_request(&mut reader, shared.record_header.as_deref())? else {
             return Ok(());
         };
         if shared.stopping.load(Ordering::SeqCst) {
@@ -243,8 +254,12 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
         let body = format!("{}\n", shared.name);
         let response = if served {
             format!(
-                "HTTP/1.1 200 OK\r\nX-Backend: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
+                "HTTP/1.1 200 OK\r\nX-Backend: {}\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
                 shared.name,
+                match &request.recorded {
+                    Some(value) => format!("X-Recorded: {value}\r\n"),
+                    None => String::new(),
+                },
                 body.len(),
                 if request.close { "Connection: close\r\n" } else { "" },
                 if request.head { "" } else { &body },
@@ -279,12 +294,14 @@ fn reset(stream: &TcpStream) {
 
 struct Request {
     path: String,
+    /// The value of the recorded header (`Some("")` when recording and the header is absent).
+    recorded: Option<String>,
     head: bool,
     close: bool,
 }
 
 /// Reads one request (line, headers, body by Content-Length). `None` at end of stream.
-fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
+fn read_request(reader: &mut impl BufRead, record: Option<&str>) -> io::Result<Option<Request>> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Ok(None);
@@ -295,6 +312,7 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     let http10 = parts.next().is_some_and(|v| v == "HTTP/1.0");
     let mut length = 0usize;
     let mut close = http10;
+    let mut recorded = record.map(|_| String::new());
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 {
@@ -306,6 +324,9 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
         }
         if let Some((name, value)) = header.split_once(':') {
             let value = value.trim();
+            if record.is_some_and(|wanted| name.eq_ignore_ascii_case(wanted)) {
+                recorded = Some(value.to_string());
+            }
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.parse().unwrap_or(0);
             } else if name.eq_ignore_ascii_case("connection") {
@@ -316,7 +337,7 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     if length > 0 {
         io::copy(&mut reader.take(length as u64), &mut io::sink())?;
     }
-    Ok(Some(Request { path, head: method == "HEAD", close }))
+    Ok(Some(Request { path, recorded, head: method == "HEAD", close }))
 }
 
 /// A counting semaphore: at most `limit` holders; the rest wait in line.

@@ -6,6 +6,7 @@
 pub mod apache;
 pub mod backend;
 pub mod client;
+pub mod guide;
 pub mod ha;
 pub mod netns;
 pub mod peers;
