@@ -28,6 +28,7 @@ LBRS_TEST_PACKAGES=(
     lintian   # tests/debian_package.rs checks the built package is lintian-clean
     keepalived # the VRRP pair of tests/high_availability.rs (its service stays stopped: no config)
     dnsmasq-base # the test's DNS server (the binary only: no system service holding port 53)
+    haproxy # the L4 balancer sending the PROXY protocol in front of apache2 (tests/guide_upstream.rs runs its own)
 )
 LBRS_MIN_RUST_MINOR=85
 

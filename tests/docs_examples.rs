@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// Modules some examples use besides the ones every test configuration loads (mod_watchdog,
 /// which mod_proxy_hcheck needs, is built into Debian's apache2).
-const EXTRA_MODULES: [&str; 6] = ["headers", "proxy_hcheck", "reqtimeout", "setenvif", "status", "alias"];
+const EXTRA_MODULES: [&str; 7] =
+    ["headers", "proxy_hcheck", "reqtimeout", "setenvif", "status", "alias", "remoteip"];
 
 struct Example {
     /// "docs/byhash.md:42": where the block starts.
