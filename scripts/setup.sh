@@ -32,6 +32,7 @@ LBRS_TEST_PACKAGES=(
     libapache2-mod-evasive # the per-client rate limiter docs/security.md recommends (tests/guide_security.rs); left disabled in /etc/apache2, see below
     mailutils # satisfies libapache2-mod-evasive's dependency on a mailx without pulling in a mail server
     nftables # nft -c checks the guide's firewall rules (parsed only, never loaded; the service stays disabled)
+    jq # scripts/lbrs-maintenance.sh reads the status page's JSON (tests/guide_runbook.rs)
 )
 LBRS_MIN_RUST_MINOR=85
 
