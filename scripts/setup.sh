@@ -30,6 +30,11 @@ LBRS_TEST_PACKAGES=(
     dnsmasq-base # the test's DNS server (the binary only: no system service holding port 53)
     openssl  # tests/guide_tls.rs makes its certificate authority and certificates
     ssl-cert # the snakeoil certificate that stands in for the readers' own in docs' TLS examples (apache2 -t)
+    haproxy # the L4 balancer sending the PROXY protocol in front of apache2 (tests/guide_upstream.rs runs its own)
+    libapache2-mod-evasive # the per-client rate limiter docs/security.md recommends (tests/guide_security.rs); left disabled in /etc/apache2, see below
+    mailutils # satisfies libapache2-mod-evasive's dependency on a mailx without pulling in a mail server
+    nftables # nft -c checks the guide's firewall rules (parsed only, never loaded; the service stays disabled)
+    jq # scripts/lbrs-maintenance.sh reads the status page's JSON (tests/guide_runbook.rs)
 )
 LBRS_MIN_RUST_MINOR=85
 
@@ -152,7 +157,16 @@ lbrs_setup() {
             *) lbrs_say "unknown option $arg" && return 2 ;;
         esac
     done
+    # Debian enables mod_evasive when it installs it, with its default thresholds (a client
+    # that asks for one page a few times within a second is blocked): the system's apache2,
+    # which tests/debian_package.rs runs, must not get it. Disabled only if this run installs it.
+    local evasive_new
+    evasive_new=$(lbrs_missing_packages libapache2-mod-evasive)
     lbrs_setup_packages "${packages[@]}" || return
+    if [ -n "$evasive_new" ] && [ -e /etc/apache2/mods-enabled/evasive.load ] &&
+        [ -z "$(lbrs_missing_packages libapache2-mod-evasive)" ]; then
+        lbrs_as_root a2dismod -q evasive >/dev/null || lbrs_say "could not disable mod_evasive (a2dismod evasive)"
+    fi
     if [ "$rust" -eq 1 ]; then
         lbrs_setup_rust || return
     fi

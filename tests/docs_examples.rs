@@ -8,8 +8,23 @@ use std::path::{Path, PathBuf};
 
 /// Modules some examples use besides the ones every test configuration loads (mod_watchdog,
 /// which mod_proxy_hcheck needs, is built into Debian's apache2).
-const EXTRA_MODULES: [&str; 9] =
-    ["headers", "proxy_hcheck", "reqtimeout", "setenvif", "status", "alias", "rewrite", "ssl", "http2"];
+const EXTRA_MODULES: [&str; 15] = [
+    "headers",
+    "proxy_hcheck",
+    "reqtimeout",
+    "setenvif",
+    "status",
+    "alias",
+    "remoteip",
+    "rewrite",
+    "ssl",
+    "http2",
+    "evasive20",
+    "auth_basic",
+    "authn_core",
+    "authn_file",
+    "authz_user",
+];
 
 struct Example {
     /// "docs/byhash.md:42": where the block starts.

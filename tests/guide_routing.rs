@@ -4,8 +4,9 @@
 //! ProxyPassReverse rewriting what they send back.
 
 mod guide_common;
+use lbrs_harness::apache::ScratchDir;
 
-use guide_common::{TempDir, backend, get, seen_header, seen_request_line, show, start};
+use guide_common::{backend, get, seen_header, seen_request_line, show, start};
 use lbrs_harness::apache::free_port;
 use lbrs_harness::{Recipe, backends};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +17,7 @@ const DOC: &str = "docs/routing.md";
 #[test]
 fn by_path_each_rule_reaches_its_balancer_and_the_first_match_wins() {
     let b = backends(&["app1", "app2", "api1", "api2", "static1", "static2"]);
-    let downloads = TempDir::new("downloads");
+    let downloads = ScratchDir::new().expect("a scratch directory");
     fs::write(downloads.path().join("report.pdf"), "the report\n").unwrap();
     let mut recipe = Recipe::load(DOC, "by-path").replace("/srv/downloads/", &downloads.slash());
     for (address, member) in

@@ -4,8 +4,9 @@
 //! here lives in temporary directories that their guards remove.
 
 mod guide_common;
+use lbrs_harness::apache::ScratchDir;
 
-use guide_common::{TempDir, show};
+use guide_common::show;
 use lbrs_harness::apache::free_port;
 use lbrs_harness::{Apache, ApacheConfig, Backend, Recipe, backends, wait_for};
 use std::fs;
@@ -39,12 +40,12 @@ fn run(program: &str, args: &[&str], cwd: &Path) -> String {
 
 /// A certificate authority and the certificates it issues, in a temporary directory.
 struct Pki {
-    dir: TempDir,
+    dir: ScratchDir,
 }
 
 impl Pki {
     fn new() -> Pki {
-        let pki = Pki { dir: TempDir::new("pki") };
+        let pki = Pki { dir: ScratchDir::new().expect("a scratch directory") };
         run(
             "openssl",
             &[

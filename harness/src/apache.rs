@@ -566,3 +566,34 @@ pub(crate) fn scratch_dir() -> io::Result<PathBuf> {
 pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// A scratch directory removed with everything in it when dropped (kept when the test fails,
+/// for a look at what it holds).
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new() -> std::io::Result<ScratchDir> {
+        Ok(ScratchDir { path: scratch_dir()? })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory as text, with a trailing slash.
+    pub fn slash(&self) -> String {
+        format!("{}/", self.path.display())
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- scratch directory kept: {} -----", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}

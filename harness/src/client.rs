@@ -441,3 +441,78 @@ pub fn percentile(values: &mut [Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
     values[rank.clamp(1, values.len()) - 1]
 }
+
+/// A TCP connection to `addr` whose local end is bound to `local` (port chosen by the
+/// kernel): another loopback address (127.0.0.2, 127.0.0.3...) gives a test client another
+/// source address, as another host would have.
+pub fn connect_from(local: std::net::IpAddr, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let (std::net::IpAddr::V4(local), SocketAddr::V4(remote)) = (local, addr) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv4 addresses only"));
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, owned by the TcpStream below from the moment it exists.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket that nothing else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let bind_to = sockaddr(local, 0);
+    // SAFETY: bind on our socket with a correctly sized sockaddr_in.
+    if unsafe { libc::bind(fd, &bind_to as *const libc::sockaddr_in as *const libc::sockaddr, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let to = sockaddr(*remote.ip(), remote.port());
+    // SAFETY: as above; a blocking connect to a loopback address answers at once.
+    if unsafe { libc::connect(fd, &to as *const libc::sockaddr_in as *const libc::sockaddr, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// One request on a fresh connection from the local address `local` (see [`connect_from`]).
+pub fn request_from(
+    local: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<Response> {
+    let stream = connect_from(local, addr, Duration::from_secs(10))?;
+    let mut connection =
+        Connection { addr, reused: false, reader: BufReader::new(stream.try_clone()?), writer: stream };
+    let mut headers = headers.to_vec();
+    headers.push(("Connection", "close"));
+    connection.request(method, path, &headers, b"")
+}
+
+/// Sends `bytes` as they are on a fresh connection from `local`, then reads until the server
+/// closes the connection or `timeout` passes: what came back, parsed when it is an HTTP
+/// response. For what a well-behaved client never sends (a PROXY protocol header, a broken
+/// request).
+pub fn raw_exchange(
+    local: std::net::IpAddr,
+    addr: SocketAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> io::Result<Option<Response>> {
+    let stream = connect_from(local, addr, timeout)?;
+    (&stream).write_all(bytes)?;
+    let mut reader = BufReader::new(stream);
+    match read_response(&mut reader, false) {
+        Ok(response) => Ok(Some(response)),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(err) if err.kind() == io::ErrorKind::ConnectionReset => Ok(None),
+        Err(err) => Err(err),
+    }
+}

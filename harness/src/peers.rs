@@ -183,6 +183,17 @@ impl PeerProxy {
         Self::spawn("haproxy", command, dir, port)
     }
 
+    /// Starts HAProxy from a whole configuration, `render(port)`, which must bind
+    /// `127.0.0.1:port` (a free port chosen here), and waits until that port accepts.
+    pub fn haproxy_from(binary: &Path, render: impl FnOnce(u16) -> String) -> Result<PeerProxy, String> {
+        let (dir, port) = prepare()?;
+        let conf = dir.join("haproxy.cfg");
+        fs::write(&conf, render(port)).map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
+        let mut command = Command::new(binary);
+        command.arg("-db").arg("-f").arg(&conf);
+        Self::spawn("haproxy", command, dir, port)
+    }
+
     /// Starts nginx (master and workers, `daemon off`) and waits until its port accepts.
     pub fn nginx(binary: &Path, config: &NginxConfig) -> Result<PeerProxy, String> {
         let (dir, port) = prepare()?;

@@ -1,8 +1,9 @@
 //! The guide's recipes, taken from the documentation itself so that a test runs exactly the
-//! configuration a reader pastes. A recipe is the ```apache block right after a line
-//! `<!-- recipe: NAME -->` in a Markdown file. Its example addresses, ports and paths are
-//! replaced with the test's own by [`Recipe::replace`], which fails when the text to replace is
-//! not there, so a doc that changes its addresses cannot silently stop being tested.
+//! configuration (or command, or HAProxy file) a reader pastes. A recipe is the fenced block
+//! right after a line `<!-- recipe: NAME -->` in a Markdown file (blank lines may separate
+//! them). Its example addresses, ports and paths are replaced with the test's own by
+//! [`Recipe::replace`] or [`fill`], which fail when the text to replace is not there, so a doc
+//! that changes its addresses cannot silently stop being tested.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,14 +37,13 @@ impl Recipe {
     }
 
     /// Replaces every occurrence of `from` with `to`; panics if there is none.
-    pub fn replace(mut self, from: &str, to: &str) -> Recipe {
-        assert!(
-            self.text.contains(from),
-            "{}: the recipe no longer contains {from:?}:\n{}",
-            self.origin,
-            self.text
-        );
-        self.text = self.text.replace(from, to);
+    pub fn replace(self, from: &str, to: &str) -> Recipe {
+        self.fill(&[(from, to)])
+    }
+
+    /// [`Recipe::replace`] for each pair.
+    pub fn fill(mut self, replacements: &[(&str, &str)]) -> Recipe {
+        self.text = fill_text(&self.origin, &self.text, replacements);
         self
     }
 
@@ -52,15 +52,32 @@ impl Recipe {
     }
 }
 
-/// Every (name, block) of a Markdown text: the ```apache block that directly follows each
-/// `<!-- recipe: NAME -->` line.
+/// `text` with each (placeholder, value) replaced; panics if a placeholder does not occur.
+pub fn fill(text: &str, replacements: &[(&str, &str)]) -> String {
+    fill_text("a recipe", text, replacements)
+}
+
+fn fill_text(origin: &str, text: &str, replacements: &[(&str, &str)]) -> String {
+    let mut filled = text.to_string();
+    for (from, to) in replacements {
+        assert!(filled.contains(from), "{origin}: the recipe no longer contains {from:?}:\n{text}");
+        filled = filled.replace(from, to);
+    }
+    filled
+}
+
+/// Every (name, block) of a Markdown text: the fenced block that follows each
+/// `<!-- recipe: NAME -->` line (after blank lines, if any), without its fences.
 pub fn recipe_blocks(markdown: &str) -> Vec<(String, String)> {
     let mut recipes = Vec::new();
-    let mut lines = markdown.lines();
+    let mut lines = markdown.lines().peekable();
     while let Some(line) = lines.next() {
         let Some(name) = marker(line) else { continue };
-        if lines.next().map(str::trim) != Some("```apache") {
-            panic!("`<!-- recipe: {name} -->` is not directly followed by an ```apache block");
+        while lines.peek().is_some_and(|l| l.trim().is_empty()) {
+            lines.next();
+        }
+        if !lines.next().is_some_and(|l| l.trim_start().starts_with("```")) {
+            panic!("`<!-- recipe: {name} -->` is not followed by a fenced block");
         }
         let mut block = String::new();
         for line in lines.by_ref() {

@@ -1,13 +1,11 @@
 //! What the guide's tests (tests/guide_*.rs) share: requests with headers, the backend that
-//! answered, and temporary directories removed by their guard.
+//! answered, and the nftables check.
 
 #![allow(dead_code)]
 
 use lbrs_harness::client::{self, Response};
 use lbrs_harness::{Apache, ApacheConfig};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A GET with extra headers (a `Host` among them replaces the default) on a fresh connection.
 pub fn get(apache: &Apache, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -52,36 +50,25 @@ pub fn start(body: &str, modules: &[&str]) -> Apache {
         .unwrap_or_else(|e| panic!("apache2 did not start:\n{e}\n--- config body ---\n{body}"))
 }
 
-/// A temporary directory, readable by apache2's children, removed with everything in it when
-/// the guard is dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> TempDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lbrs-guide-{label}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir).expect("create a temporary directory");
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod the temporary directory");
-        TempDir(dir)
+/// `nft -c -f` on a block of nftables rules: parsed and checked, never loaded. `None` when
+/// nft cannot run here (not installed, or not root), with the reason printed.
+pub fn nft_check(block: &str) -> Option<Result<(), String>> {
+    let usable =
+        std::process::Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success())
+            && lbrs_harness::system::is_root();
+    if !usable {
+        eprintln!(
+            "skipped: nft -c needs the nftables package and root (scripts/setup.sh --tests installs it)"
+        );
+        return None;
     }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// The directory as a string, with a trailing slash.
-    pub fn slash(&self) -> String {
-        format!("{}/", self.0.display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+    let dir = lbrs_harness::apache::ScratchDir::new().expect("a scratch directory");
+    let file = dir.path().join("rules.nft");
+    fs::write(&file, block).expect("write the rules");
+    let output = std::process::Command::new("nft").arg("-c").arg("-f").arg(&file).output();
+    Some(match output {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+        Err(e) => Err(e.to_string()),
+    })
 }
