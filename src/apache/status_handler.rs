@@ -10,7 +10,7 @@ use crate::httpd::proxy;
 use crate::httpd::request;
 use crate::methods::{self, Scored, bylatency, slow_start};
 use crate::shm::monotonic_us;
-use crate::status::{self, BalancerStatus, Format, MemberStatus, Snapshot};
+use crate::status::{self, BalancerStatus, MemberStatus, Query, Snapshot};
 use std::ffi::c_int;
 use std::sync::atomic::Ordering;
 
@@ -36,15 +36,15 @@ unsafe fn handle(r: *mut ffi::request_rec) -> c_int {
             request::allow_get_only(r);
             return ffi::HTTP_METHOD_NOT_ALLOWED;
         }
-        let Some(format) = Format::from_query(request::args(r).as_deref()) else {
+        let Some(query) = Query::parse(request::args(r).as_deref()) else {
             return ffi::HTTP_BAD_REQUEST;
         };
         let Some(runtime) = runtime() else {
             return ffi::HTTP_SERVICE_UNAVAILABLE;
         };
-        let body = status::render(&snapshot(runtime), format);
+        let body = status::render(&snapshot(runtime), &query);
         request::set_header(r, "Cache-Control", "no-store");
-        request::send(r, format.content_type(), body.as_bytes());
+        request::send(r, query.format.content_type(), body.as_bytes());
     }
     ffi::OK
 }
@@ -61,7 +61,7 @@ unsafe fn snapshot(runtime: &Runtime) -> Snapshot {
         // SAFETY: as above.
         .map(|(server, balancer)| unsafe { balancer_status(runtime, server, balancer, now) })
         .collect();
-    Snapshot { module_version: env!("CARGO_PKG_VERSION"), balancers }
+    Snapshot { module_version: env!("CARGO_PKG_VERSION"), member_states: &proxy::STATE_WORDS, balancers }
 }
 
 /// # Safety
@@ -128,6 +128,8 @@ unsafe fn balancer_status(
                     name: proxy::worker_name(worker),
                     route: proxy::worker_route(worker),
                     status: state.status_word(),
+                    state: state.state_word(),
+                    up: state.usable(),
                     flags: state.flag_names().collect(),
                     loadfactor: f64::from(state.lbfactor) / 100.0,
                     effective_weight: f64::from(scored.weight) / 100.0,

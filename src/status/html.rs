@@ -5,10 +5,13 @@
 use super::{BalancerStatus, Snapshot};
 use std::fmt::Write;
 
-pub fn render_html(snapshot: &Snapshot) -> String {
+pub fn render_html(snapshot: &Snapshot, refresh: Option<u32>) -> String {
     let mut out = String::with_capacity(4096);
+    out.push_str("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">");
+    if let Some(seconds) = refresh {
+        let _ = write!(out, "<meta http-equiv=\"refresh\" content=\"{seconds}\">");
+    }
     out.push_str(concat!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">",
         "<title>mod_lbmethod_rs status</title>\n<style>",
         "body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:2em}",
         "th,td{border:1px solid #999;padding:2px 8px;text-align:right}",
@@ -129,7 +132,7 @@ mod tests {
 
     #[test]
     fn dynamic_text_is_escaped() {
-        let html = render_html(&sample());
+        let html = render_html(&sample(), None);
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("http://127.0.0.1:8082/?a=1&amp;b=&quot;2&quot;"));
