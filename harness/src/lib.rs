@@ -9,6 +9,7 @@ pub mod client;
 pub mod ha;
 pub mod netns;
 pub mod peers;
+pub mod prometheus;
 pub mod system;
 
 pub use apache::{Apache, ApacheConfig, LoadOrder, Mpm, balancer_manager_set, config_test};
