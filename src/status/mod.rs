@@ -4,9 +4,13 @@
 
 mod html;
 mod prometheus;
+mod server_status;
 
 pub use html::render_html;
 pub use prometheus::render_prometheus;
+// Only the glue uses it, and the glue is left out of test builds.
+#[cfg_attr(test, allow(unused_imports))]
+pub use server_status::{Form as ServerStatusForm, render_server_status};
 
 use serde::Serialize;
 
