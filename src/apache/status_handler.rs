@@ -46,6 +46,9 @@ unsafe fn handle(r: *mut ffi::request_rec) -> c_int {
         };
         let body = status::render(&snapshot(runtime), &query);
         request::set_header(r, "Cache-Control", "no-store");
+        for (name, value) in status::security_headers(query.format) {
+            request::set_header(r, name, &value);
+        }
         request::send(r, query.format.content_type(), body.as_bytes());
     }
     ffi::OK

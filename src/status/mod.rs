@@ -5,6 +5,7 @@
 mod html;
 mod prometheus;
 mod server_status;
+mod sha256;
 
 pub use html::render_html;
 pub use prometheus::render_prometheus;
@@ -169,6 +170,21 @@ impl Query {
         };
         Some(Query { format, refresh })
     }
+}
+
+/// Headers to send with an answer in `format`, besides its content type and `Cache-Control`:
+/// the HTML page's Content-Security-Policy, and for every format `nosniff` (a browser must not
+/// read JSON or metrics that name backends as HTML) and no referrer (the page's links would
+/// otherwise tell where the status page is).
+pub fn security_headers(format: Format) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("X-Content-Type-Options", "nosniff".to_string()),
+        ("Referrer-Policy", "no-referrer".to_string()),
+    ];
+    if format == Format::Html {
+        headers.push(("Content-Security-Policy", html::content_security_policy()));
+    }
+    headers
 }
 
 pub fn render(snapshot: &Snapshot, query: &Query) -> String {
