@@ -28,6 +28,8 @@ LBRS_TEST_PACKAGES=(
     lintian   # tests/debian_package.rs checks the built package is lintian-clean
     keepalived # the VRRP pair of tests/high_availability.rs (its service stays stopped: no config)
     dnsmasq-base # the test's DNS server (the binary only: no system service holding port 53)
+    prometheus # tests/prometheus.rs: promtool checks the metrics and monitoring/'s rules, and a real server scrapes Apache (its service is not started: policy-rc.d below)
+    chromium # tests/status_page_browser.rs loads the status page in headless Chromium (DevTools over a pipe)
 )
 LBRS_MIN_RUST_MINOR=85
 

@@ -5,6 +5,7 @@
 
 pub mod apache;
 pub mod backend;
+pub mod chromium;
 pub mod client;
 pub mod ha;
 pub mod netns;
