@@ -2,7 +2,7 @@
 //! Debian's `promtool check metrics`, a real Prometheus server scrapes it and answers queries
 //! with the right values, and the shipped alert rules and dashboard (monitoring/) pass promtool
 //! (`check rules`, and `test rules` with their unit tests) and use only metrics the module
-//! exposes.
+//! exposes; and no counter goes back across a graceful restart that moves the counters.
 
 use lbrs_harness::prometheus::{Prometheus, ScrapeJob, promtool};
 use lbrs_harness::{Apache, ApacheConfig, Backend, BackendSpec, Load, backends, balancer_block, wait_for};
@@ -301,4 +301,42 @@ fn a_real_prometheus_scrapes_in_flight_and_selected_counts() {
         "{}",
         prometheus.rules().unwrap_or_default()
     );
+}
+
+/// Every `_total` sample of an exposition, by its series (name and labels).
+fn counters(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| series.split('{').next().is_some_and(|name| name.ends_with("_total")))
+        .map(|(series, value)| (series.to_string(), value.parse().expect("a counter is an integer")))
+        .collect()
+}
+
+#[test]
+fn no_counter_goes_back_across_a_graceful_restart_that_changes_the_balancers() {
+    let slow = Backend::start(BackendSpec::new("slow").delay(Duration::from_millis(200))).unwrap();
+    let fast = Backend::start(BackendSpec::new("fast")).unwrap();
+    let mut body = balancer_block("capped", "/capped/", &[(&slow, "")], "lbmethod=byinflight");
+    body.push_str("<Proxy \"balancer://capped\">\n    LBMaxInflight 1\n</Proxy>\n");
+    let mut apache = Apache::start(ApacheConfig::new(&body)).unwrap();
+    let report = Load::new("/capped/", 4, 24).run(apache.addr());
+    let refused = report.count_status(503) as u64;
+    assert!(refused > 0 && report.count_status(200) > 0, "{:?}", report.per_status());
+    let shed = |apache: &Apache| apache.status().ok().and_then(|s| s["balancers"][0]["shed"].as_u64());
+    assert!(wait_for(Duration::from_secs(5), || shed(&apache) == Some(refused)), "{:?}", shed(&apache));
+    let before = counters(&exposition(&apache));
+    assert!(before.values().any(|&v| v > 0), "{before:?}");
+
+    // A balancer added: the counters move to a new shared segment, carried over by name.
+    body.push_str(&balancer_block("added", "/added/", &[(&fast, "")], "lbmethod=byweight"));
+    apache.reconfigure(&body).unwrap();
+    assert_eq!(apache.error_log().matches("new shared segment").count(), 2, "{}", apache.error_log());
+    let after = counters(&exposition(&apache));
+    for (series, value) in &before {
+        let now = after.get(series).copied();
+        println!("{series}: {value} -> {now:?}");
+        assert!(now.is_some_and(|now| now >= *value), "{series} went from {value} to {now:?}");
+    }
+    assert_eq!(shed(&apache), Some(refused), "shed counts are carried over");
 }
