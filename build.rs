@@ -152,6 +152,7 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "ap_rflush",
     "ap_check_cmd_context",
     "apr_dynamic_fn_retrieve",
+    "apr_optional_hook_add",
     "apr_pool_cleanup_register",
     "apr_pool_cleanup_run",
     "apr_pool_cleanup_kill",

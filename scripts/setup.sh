@@ -35,6 +35,8 @@ LBRS_TEST_PACKAGES=(
     mailutils # satisfies libapache2-mod-evasive's dependency on a mailx without pulling in a mail server
     nftables # nft -c checks the guide's firewall rules (parsed only, never loaded; the service stays disabled)
     jq # scripts/lbrs-maintenance.sh reads the status page's JSON (tests/guide_runbook.rs)
+    prometheus # tests/prometheus.rs: promtool checks the metrics and monitoring/'s rules, and a real server scrapes Apache (its service is not started: policy-rc.d below)
+    chromium # tests/status_page_browser.rs loads the status page in headless Chromium (DevTools over a pipe)
 )
 LBRS_MIN_RUST_MINOR=85
 

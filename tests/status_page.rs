@@ -1,5 +1,5 @@
-//! The status page (`SetHandler lbmethod-rs-status`) through real apache2: HTML and JSON from
-//! the same counters, escaping, methods and formats.
+//! The status page (`SetHandler lbmethod-rs-status`) through real apache2: HTML, JSON and
+//! Prometheus metrics from the same counters, escaping, headers, methods, formats and refresh.
 
 use lbrs_harness::{Apache, ApacheConfig, Load, backends, balancer_block, client, wait_for};
 use std::time::Duration;
@@ -38,6 +38,10 @@ fn html_and_json_show_the_same_counters() {
     assert_eq!(members[1]["loadfactor"], 2.5);
     assert_eq!(members[1]["lbset"], 1);
     assert_eq!(members[1]["flags"], serde_json::json!(["hot-standby"]));
+    assert_eq!(
+        (&members[1]["status"], &members[1]["state"], &members[1]["up"]),
+        (&"ok".into(), &"standby".into(), &true.into())
+    );
     assert_eq!(members[1]["selected"], 0);
     let builtin =
         json["balancers"].as_array().unwrap().iter().find(|b| b["name"] == "balancer://builtin").unwrap();
@@ -52,11 +56,27 @@ fn html_and_json_show_the_same_counters() {
     assert!(text.contains(&b[0].url()));
     assert!(text.contains("&lt;i&gt;r1&lt;/i&gt;&amp;x"), "route is escaped");
     assert!(!text.contains("<i>r1"), "no raw markup from the configuration");
-    assert!(text.contains("<td>10</td>"), "the selected count appears");
+    assert!(
+        text.contains("<td class=\"num\">10<div class=\"small\">10 done</div></td>"),
+        "the selected count appears"
+    );
+    let policy = html.header("content-security-policy").unwrap_or_default();
+    assert!(policy.starts_with("default-src 'none'; style-src 'sha256-"), "{policy}");
+    assert_eq!(html.header("x-content-type-options"), Some("nosniff"));
+    assert!(!text.contains("<script"), "no script on the page");
 
     let raw = apache.get("/lb-status?format=json").unwrap();
     assert_eq!(raw.header("content-type"), Some("application/json"));
     assert_eq!(raw.header("cache-control"), Some("no-store"));
+    assert_eq!(raw.header("content-security-policy"), None, "only the HTML page has one");
+
+    let metrics = apache.get("/lb-status?format=prometheus").unwrap();
+    assert_eq!(metrics.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let selected = format!(
+        "lbrs_member_selected_total{{server=\"127.0.0.1\",balancer=\"balancer://app\",member=\"{}\"}} 10\n",
+        b[0].url()
+    );
+    assert!(metrics.text().contains(&selected), "the same counters as JSON:\n{}", metrics.text());
 }
 
 #[test]
@@ -75,4 +95,15 @@ fn only_get_and_head_in_known_formats() {
     assert!(post.header("allow").is_some_and(|allow| allow.contains("GET")), "{:?}", post.headers);
 
     assert_eq!(apache.get("/lb-status?format=yaml").unwrap().status, 400);
+    assert_eq!(apache.get("/lb-status?refresh=5").unwrap().status, 200);
+    assert!(
+        apache
+            .get("/lb-status?refresh=5")
+            .unwrap()
+            .text()
+            .contains("<meta http-equiv=\"refresh\" content=\"5\">")
+    );
+    for bad in ["refresh=0.5", "refresh=3601", "refresh=5%3Cx"] {
+        assert_eq!(apache.get(&format!("/lb-status?{bad}")).unwrap().status, 400, "{bad}");
+    }
 }

@@ -486,7 +486,9 @@ pub fn balancer_manager_set(
     params: &[(&str, &str)],
 ) -> Result<(), String> {
     let page = apache.get(&format!("/balancer-manager?b={balancer}")).map_err(|e| e.to_string())?.text();
-    let nonce = page
+    // Each balancer has its own nonce: take the one in a link to this balancer's members.
+    let own = page.find(&format!("?b={balancer}&amp;")).map_or(page.as_str(), |at| &page[at..]);
+    let nonce = own
         .split("nonce=")
         .nth(1)
         .map(|rest| rest.chars().take_while(|c| c.is_ascii_hexdigit() || *c == '-').collect::<String>())

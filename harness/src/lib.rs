@@ -5,10 +5,12 @@
 
 pub mod apache;
 pub mod backend;
+pub mod chromium;
 pub mod client;
 pub mod ha;
 pub mod netns;
 pub mod peers;
+pub mod prometheus;
 pub mod recipe;
 pub mod system;
 

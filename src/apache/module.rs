@@ -9,6 +9,7 @@ use crate::ffi;
 use crate::httpd::guard::{catch, install_panic_hook};
 use crate::httpd::log::{Level, log_server};
 use crate::httpd::proxy::ProxyApi;
+use crate::httpd::status_hook;
 use crate::methods::METHODS;
 use std::ffi::{c_char, c_int, c_ulong, c_void};
 use std::ptr;
@@ -131,6 +132,8 @@ unsafe extern "C" fn register_hooks(pool: *mut ffi::apr_pool_t) {
             }
         }
         attempts::register_timing_filter();
+        // mod_status's optional hook, by name: no link to mod_status, which may not be loaded.
+        status_hook::register(status_handler::server_status_section);
         let (none, middle) = (ptr::null(), ffi::APR_HOOK_MIDDLE);
         // SAFETY: registering plain callbacks; the order list is a static.
         unsafe {

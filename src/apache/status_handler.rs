@@ -1,5 +1,6 @@
 //! The status handler (`SetHandler lbmethod-rs-status`): reads one snapshot of every balancer
-//! from httpd and the shared segment, and answers it in the format asked for.
+//! from httpd and the shared segment, and answers it in the format asked for. The same
+//! snapshot also makes this module's section of mod_status's `/server-status`.
 
 use super::finder::{slot_index_known, sync_members};
 use super::module::{Runtime, runtime};
@@ -8,9 +9,10 @@ use crate::ffi;
 use crate::httpd::guard::catch;
 use crate::httpd::proxy;
 use crate::httpd::request;
+use crate::httpd::status_hook;
 use crate::methods::{self, Scored, bylatency, slow_start};
 use crate::shm::monotonic_us;
-use crate::status::{self, BalancerStatus, Format, MemberStatus, Snapshot};
+use crate::status::{self, BalancerStatus, MemberStatus, Query, ServerStatusForm, Snapshot};
 use std::ffi::c_int;
 use std::sync::atomic::Ordering;
 
@@ -36,17 +38,46 @@ unsafe fn handle(r: *mut ffi::request_rec) -> c_int {
             request::allow_get_only(r);
             return ffi::HTTP_METHOD_NOT_ALLOWED;
         }
-        let Some(format) = Format::from_query(request::args(r).as_deref()) else {
+        let Some(query) = Query::parse(request::args(r).as_deref()) else {
             return ffi::HTTP_BAD_REQUEST;
         };
         let Some(runtime) = runtime() else {
             return ffi::HTTP_SERVICE_UNAVAILABLE;
         };
-        let body = status::render(&snapshot(runtime), format);
+        let body = status::render(&snapshot(runtime), &query);
         request::set_header(r, "Cache-Control", "no-store");
-        request::send(r, format.content_type(), body.as_bytes());
+        for (name, value) in status::security_headers(query.format) {
+            request::set_header(r, name, &value);
+        }
+        request::send(r, query.format.content_type(), body.as_bytes());
     }
     ffi::OK
+}
+
+/// mod_status's `status_hook`: this module's section of `/server-status`, with `ExtendedStatus
+/// On` (mod_status's default when it is loaded), in the form mod_status is answering in.
+pub unsafe extern "C" fn server_status_section(r: *mut ffi::request_rec, flags: c_int) -> c_int {
+    catch("server-status section", ffi::DECLINED, || {
+        if flags & status_hook::flags::EXTENDED == 0 {
+            return ffi::DECLINED;
+        }
+        let Some(runtime) = runtime() else {
+            return ffi::DECLINED;
+        };
+        let form = if flags & status_hook::flags::SHORT != 0 {
+            ServerStatusForm::Auto
+        } else if flags & status_hook::flags::NOTABLE != 0 {
+            ServerStatusForm::HtmlWithoutTables
+        } else {
+            ServerStatusForm::Html
+        };
+        // SAFETY: mod_status calls its hooks with the live request it is answering, in a child.
+        unsafe {
+            let section = status::render_server_status(&snapshot(runtime), form);
+            request::write(r, &section);
+        }
+        ffi::OK
+    })
 }
 
 /// Reads every balancer once.
@@ -61,7 +92,7 @@ unsafe fn snapshot(runtime: &Runtime) -> Snapshot {
         // SAFETY: as above.
         .map(|(server, balancer)| unsafe { balancer_status(runtime, server, balancer, now) })
         .collect();
-    Snapshot { module_version: env!("CARGO_PKG_VERSION"), balancers }
+    Snapshot { module_version: env!("CARGO_PKG_VERSION"), member_states: &proxy::STATE_WORDS, balancers }
 }
 
 /// # Safety
@@ -128,6 +159,8 @@ unsafe fn balancer_status(
                     name: proxy::worker_name(worker),
                     route: proxy::worker_route(worker),
                     status: state.status_word(),
+                    state: state.state_word(),
+                    up: state.usable(),
                     flags: state.flag_names().collect(),
                     loadfactor: f64::from(state.lbfactor) / 100.0,
                     effective_weight: f64::from(scored.weight) / 100.0,

@@ -7,6 +7,7 @@ pub mod guard;
 pub mod log;
 pub mod proxy;
 pub mod request;
+pub mod status_hook;
 
 use crate::ffi;
 use std::ffi::{c_int, c_void};

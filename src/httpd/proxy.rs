@@ -220,6 +220,22 @@ const FLAG_NAMES: [(u32, &str); 9] = [
     (bit(ffi::PROXY_WORKER_HOT_SPARE), "hot-spare"),
 ];
 
+/// Every word [`WorkerState::state_word`] gives, in the order it tests them. The metrics publish
+/// one 0/1 series per word, all of them every time, so a member's old state leaves no stale
+/// series behind.
+pub const STATE_WORDS: [&str; 10] = [
+    "stopped",
+    "disabled",
+    "shutdown",
+    "error",
+    "hcheck-failed",
+    "initializing",
+    "draining",
+    "standby",
+    "spare",
+    "ok",
+];
+
 impl WorkerState {
     fn has(&self, flag: i32) -> bool {
         self.status & bit(flag) != 0
@@ -263,6 +279,17 @@ impl WorkerState {
             "draining"
         } else {
             "ok"
+        }
+    }
+
+    /// [`WorkerState::status_word`], told apart by role where that word is `ok`: `standby` for
+    /// a hot standby (`+H`), `spare` for a hot spare (`+R`), which take requests only when
+    /// members of their set cannot. One of [`STATE_WORDS`].
+    pub fn state_word(&self) -> &'static str {
+        match self.status_word() {
+            "ok" if self.has(ffi::PROXY_WORKER_HOT_STANDBY) => "standby",
+            "ok" if self.has(ffi::PROXY_WORKER_HOT_SPARE) => "spare",
+            word => word,
         }
     }
 

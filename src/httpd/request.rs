@@ -109,6 +109,20 @@ pub unsafe fn send(r: *mut ffi::request_rec, content_type: &str, body: &[u8]) {
     }
 }
 
+/// Writes `text` into the response body (after whatever a handler already wrote: mod_status's
+/// page, for a section added through its hook). Nothing for HEAD.
+///
+/// # Safety
+/// `r` must be live and its response under way.
+pub unsafe fn write(r: *mut ffi::request_rec, text: &str) {
+    // SAFETY: ap_rwrite copies the bytes into the output brigade.
+    unsafe {
+        if !header_only(r) && !text.is_empty() {
+            ffi::ap_rwrite(text.as_ptr() as *const c_void, text.len().min(i32::MAX as usize) as i32, r);
+        }
+    }
+}
+
 /// This module's entry in `r->request_config` (null until set).
 ///
 /// # Safety

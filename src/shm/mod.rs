@@ -138,6 +138,8 @@ mod tests {
         }
         m1.end_attempt(false, None);
         ob.turns.ticket.store(42, Relaxed);
+        ob.events.shed.store(7, Relaxed);
+        ob.events.diverted.store(5, Relaxed);
 
         // New generation: another balancer first, and the members in the other order.
         let new = seg(2, 6);
@@ -154,6 +156,8 @@ mod tests {
         assert_eq!(b.handed_over.load(Relaxed), 2, "and is counted as handed over");
         assert_eq!(new.member_of(nb, 1).unwrap().selected.load(Relaxed), 0);
         assert_eq!(nb.turns.ticket.load(Relaxed), 42);
+        assert_eq!(nb.events.shed.load(Relaxed), 7, "shed counts never go back across a restart");
+        assert_eq!(nb.events.diverted.load(Relaxed), 5);
         unsafe {
             old.unmap();
             new.unmap();

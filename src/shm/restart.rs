@@ -75,8 +75,9 @@ fn name_members(segment: &Segment, plan: &[BalancerPlan], slots: &[usize]) {
 }
 
 /// When the previous segment cannot be reused (balancers were added or resized), copies what
-/// should survive a graceful restart (totals and the `byweight` ticket) into the new segment,
-/// matching balancers and members by name key.
+/// should survive a graceful restart (totals, the shed and diverted counts and the `byweight`
+/// ticket) into the new segment, matching balancers and members by name key. Every count that
+/// the status page and the metrics call a total so never goes back across a graceful restart.
 ///
 /// In-flight counts are not copied: the previous generation's children still hold those
 /// attempts and release them into the old segment. They are counted as `handed_over`, so that
@@ -91,6 +92,9 @@ pub fn carry_over(old: &Segment, new: &Segment) {
             continue;
         };
         new_balancer.turns.ticket.store(old_balancer.turns.ticket.load(Ordering::Relaxed), Ordering::Relaxed);
+        let (old_events, new_events) = (&old_balancer.events, &new_balancer.events);
+        new_events.shed.store(old_events.shed.load(Ordering::Relaxed), Ordering::Relaxed);
+        new_events.diverted.store(old_events.diverted.load(Ordering::Relaxed), Ordering::Relaxed);
         let old_members: Vec<&MemberSlot> = (0..old_balancer.member_slots.load(Ordering::Acquire))
             .filter_map(|i| old.member_of(old_balancer, i as usize))
             .collect();

@@ -1,9 +1,17 @@
 //! The status page (`SetHandler lbmethod-rs-status`): one snapshot of every balancer, rendered
-//! as HTML for people or JSON for tools. Building the snapshot reads httpd; rendering is here.
+//! as HTML for people, JSON for tools, Prometheus metrics, or a section of mod_status's
+//! `/server-status`. Building the snapshot reads httpd; rendering is here.
 
 mod html;
+mod prometheus;
+mod server_status;
+mod sha256;
 
 pub use html::render_html;
+pub use prometheus::render_prometheus;
+// Only the glue uses it, and the glue is left out of test builds.
+#[cfg_attr(test, allow(unused_imports))]
+pub use server_status::{Form as ServerStatusForm, render_server_status};
 
 use serde::Serialize;
 
@@ -11,6 +19,10 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub module_version: &'static str,
+    /// Every word a member's `state` can be (httpd's status bits as `httpd::proxy` reads
+    /// them), for formats that list them all (the metrics' 0/1 series, the page's legend).
+    #[serde(skip)]
+    pub member_states: &'static [&'static str],
     pub balancers: Vec<BalancerStatus>,
 }
 
@@ -51,6 +63,13 @@ pub struct MemberStatus {
     /// One word: `ok`, `draining`, or why the member cannot take requests (httpd's status bits
     /// read by `httpd::proxy::WorkerState`).
     pub status: &'static str,
+    /// `status`, told apart by role when that is `ok`: `standby` (`+H`) or `spare` (`+R`).
+    /// One of [`Snapshot::member_states`].
+    pub state: &'static str,
+    /// httpd counts the member usable (`PROXY_WORKER_IS_USABLE`): initialized, and not
+    /// stopped, disabled, shut down, in error or failing its health check. A draining member,
+    /// a standby and a spare are usable.
+    pub up: bool,
     /// Every status flag set, by name.
     pub flags: Vec<&'static str>,
     /// Configured weight as in the config (`loadfactor=`), changed live by balancer-manager.
@@ -93,16 +112,24 @@ pub struct MemberStatus {
 pub enum Format {
     Html,
     Json,
+    Prometheus,
+}
+
+/// The longest auto-refresh period the HTML page accepts (`?refresh=`), in seconds: one hour.
+pub const MAX_REFRESH_SECONDS: u32 = 3600;
+
+/// The first value of `name=` in a query string.
+fn parameter<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 impl Format {
     /// Reads `format=` from a query string; `None` for an unknown format.
     pub fn from_query(query: Option<&str>) -> Option<Format> {
-        let value =
-            query.unwrap_or("").split('&').find_map(|pair| pair.strip_prefix("format=")).unwrap_or("html");
-        match value {
+        match parameter(query, "format").unwrap_or("html") {
             "html" | "" => Some(Format::Html),
             "json" => Some(Format::Json),
+            "prometheus" => Some(Format::Prometheus),
             _ => None,
         }
     }
@@ -111,15 +138,61 @@ impl Format {
         match self {
             Format::Html => "text/html; charset=utf-8",
             Format::Json => "application/json",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
         }
     }
 }
 
-pub fn render(snapshot: &Snapshot, format: Format) -> String {
-    match format {
-        Format::Html => render_html(snapshot),
+/// What a status request asks for: a format, and for the HTML page an auto-refresh period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub format: Format,
+    /// `?refresh=N`: reload the HTML page every N seconds (1 to [`MAX_REFRESH_SECONDS`]);
+    /// `None` (the default, also `refresh=0` or `refresh=`) does not reload it.
+    pub refresh: Option<u32>,
+}
+
+impl Query {
+    /// Reads a query string; `None` when a value is not one the page accepts (an unknown
+    /// format, a refresh that is not a whole number of seconds from 0 to the maximum).
+    pub fn parse(query: Option<&str>) -> Option<Query> {
+        let format = Format::from_query(query)?;
+        let refresh = match parameter(query, "refresh") {
+            None | Some("") => None,
+            Some(text) if text.len() <= 4 && text.bytes().all(|b| b.is_ascii_digit()) => {
+                match text.parse::<u32>().ok()? {
+                    0 => None,
+                    n if n <= MAX_REFRESH_SECONDS => Some(n),
+                    _ => return None,
+                }
+            }
+            Some(_) => return None,
+        };
+        Some(Query { format, refresh })
+    }
+}
+
+/// Headers to send with an answer in `format`, besides its content type and `Cache-Control`:
+/// the HTML page's Content-Security-Policy, and for every format `nosniff` (a browser must not
+/// read JSON or metrics that name backends as HTML) and no referrer (the page's links would
+/// otherwise tell where the status page is).
+pub fn security_headers(format: Format) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("X-Content-Type-Options", "nosniff".to_string()),
+        ("Referrer-Policy", "no-referrer".to_string()),
+    ];
+    if format == Format::Html {
+        headers.push(("Content-Security-Policy", html::content_security_policy()));
+    }
+    headers
+}
+
+pub fn render(snapshot: &Snapshot, query: &Query) -> String {
+    match query.format {
+        Format::Html => render_html(snapshot, query.refresh),
         // Serializing plain structs of strings and numbers cannot fail.
         Format::Json => serde_json::to_string_pretty(snapshot).unwrap_or_default(),
+        Format::Prometheus => render_prometheus(snapshot),
     }
 }
 
@@ -130,6 +203,18 @@ pub(crate) mod tests {
     pub fn sample() -> Snapshot {
         Snapshot {
             module_version: "test",
+            member_states: &[
+                "stopped",
+                "disabled",
+                "shutdown",
+                "error",
+                "hcheck-failed",
+                "initializing",
+                "draining",
+                "standby",
+                "spare",
+                "ok",
+            ],
             balancers: vec![BalancerStatus {
                 name: "balancer://app".into(),
                 server: "localhost:80".into(),
@@ -149,6 +234,8 @@ pub(crate) mod tests {
                         name: "http://127.0.0.1:8081".into(),
                         route: "<script>alert(1)</script>".into(),
                         status: "ok",
+                        state: "ok",
+                        up: true,
                         flags: Vec::new(),
                         loadfactor: 1.5,
                         effective_weight: 0.75,
@@ -172,6 +259,8 @@ pub(crate) mod tests {
                         name: "http://127.0.0.1:8082/?a=1&b=\"2\"".into(),
                         route: String::new(),
                         status: "error",
+                        state: "error",
+                        up: false,
                         flags: vec!["error", "hot-standby"],
                         loadfactor: 1.0,
                         effective_weight: 1.0,
@@ -202,11 +291,35 @@ pub(crate) mod tests {
         assert_eq!(Format::from_query(Some("format=json")), Some(Format::Json));
         assert_eq!(Format::from_query(Some("x=1&format=json")), Some(Format::Json));
         assert_eq!(Format::from_query(Some("format=xml")), None);
+        assert_eq!(Format::from_query(Some("format=prometheus")), Some(Format::Prometheus));
+        assert_eq!(Format::from_query(Some("xformat=json")), Some(Format::Html), "not format=");
+        assert_eq!(
+            Format::from_query(Some("format=json&format=xml")),
+            Some(Format::Json),
+            "the first counts"
+        );
+    }
+
+    #[test]
+    fn refresh_is_bounded_and_validated() {
+        let refresh = |q: &str| Query::parse(Some(q)).map(|q| q.refresh);
+        assert_eq!(Query::parse(None), Some(Query { format: Format::Html, refresh: None }));
+        assert_eq!(refresh("refresh=5"), Some(Some(5)));
+        assert_eq!(refresh("format=html&refresh=3600"), Some(Some(3600)));
+        assert_eq!(refresh("refresh=0"), Some(None));
+        assert_eq!(refresh("refresh="), Some(None));
+        for bad in
+            ["refresh=3601", "refresh=-1", "refresh=1.5", "refresh=5s", "refresh=99999999999", "refresh=+5"]
+        {
+            assert_eq!(refresh(bad), None, "{bad}");
+        }
+        assert_eq!(Query::parse(Some("format=yaml&refresh=5")), None);
     }
 
     #[test]
     fn json_has_the_documented_shape() {
-        let json: serde_json::Value = serde_json::from_str(&render(&sample(), Format::Json)).unwrap();
+        let query = Query { format: Format::Json, refresh: None };
+        let json: serde_json::Value = serde_json::from_str(&render(&sample(), &query)).unwrap();
         let balancer = &json["balancers"][0];
         assert_eq!(balancer["name"], "balancer://app");
         assert_eq!(balancer["method"], "byweight");
@@ -216,6 +329,9 @@ pub(crate) mod tests {
         }
         assert_eq!(member["loadfactor"], 1.5);
         assert_eq!(balancer["members"][1]["status"], "error");
+        assert_eq!(balancer["members"][1]["state"], "error");
+        assert_eq!(balancer["members"][1]["up"], false);
+        assert!(json.get("member_states").is_none(), "the list of states is not part of the document");
         assert_eq!(balancer["members"][1]["flags"], serde_json::json!(["error", "hot-standby"]));
     }
 }
