@@ -29,7 +29,7 @@ fn varied_server(b: &[Backend]) -> Apache {
         "loadfactor=2 route=<script>\"x\"\\y</script>",
         "",
         "status=+H",
-        "retry=600",
+        "loadfactor=2 retry=600",
         "status=+D",
         "status=+N",
         "status=+R",
