@@ -10,7 +10,7 @@ use lbrs_harness::{
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Rounds of every contender, in turn, when a scenario runs more than one by default.
 pub const ROUNDS: usize = 2;
@@ -25,6 +25,7 @@ pub struct Options {
     pub scenarios: Vec<crate::Scenario>,
     pub requests: Option<u64>,
     pub concurrency: Option<usize>,
+    pub rounds: Option<usize>,
     pub mpms: Vec<Mpm>,
 }
 
@@ -35,6 +36,10 @@ impl Options {
 
     pub fn concurrency(&self, default: usize) -> usize {
         self.concurrency.unwrap_or(default)
+    }
+
+    pub fn rounds(&self, default: usize) -> usize {
+        self.rounds.unwrap_or(default)
     }
 }
 
@@ -72,6 +77,17 @@ pub fn install_interrupt_handler() {
 
 pub fn check_interrupted() -> Result<(), String> {
     if INTERRUPTED.load(Ordering::SeqCst) { Err("interrupted".into()) } else { Ok(()) }
+}
+
+/// Sleeps until `deadline`, waking early on Ctrl-C (the caller then finds the load failed).
+pub fn sleep_until(deadline: Instant) {
+    while check_interrupted().is_ok() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,9 +6,12 @@
 //! - `slow` (slow.rs): one member of four ten times slower: the least-loaded methods against
 //!   `bybusyness`, `byrequests`, HAProxy `leastconn` and nginx `least_conn`;
 //! - `hash` (hash.rs): `byhash` against HAProxy and nginx consistent hashing, key spread and
-//!   keys moved when a member leaves.
+//!   keys moved when a member leaves;
+//! - `recover` (recover.rs): a member turns slow for 10 s, then recovers: how fast each
+//!   least-loaded contender leaves it and gives it its share back.
 //!
-//! What they share (options, Ctrl-C, loads, the servers and backends) is in common.rs. In every
+//! What they share (options, Ctrl-C, loads, the servers and backends) is in common.rs; slicing a
+//! run by time (per-second shares, windows) is in windows.rs. In every
 //! scenario each run starts a fresh server, warms it up, and where there are rounds the
 //! contenders alternate, so that machine noise shows up as a difference between rounds of one
 //! contender.
@@ -25,8 +28,10 @@
 
 mod common;
 mod hash;
+mod recover;
 mod shares;
 mod slow;
+mod windows;
 
 use common::{Options, install_interrupt_handler};
 use lbrs_harness::Mpm;
@@ -34,18 +39,24 @@ use lbrs_harness::apache::module_under_test;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: lbrs-bench [--scenario shares|slow|hash|all] [--requests N] [--concurrency N]
-                  [--mpm event|prefork|both]
+usage: lbrs-bench [--scenario shares|slow|hash|recover|all] [--requests N] [--concurrency N]
+                  [--rounds N] [--mpm event|prefork|both]
 
 End-to-end comparisons through the real apache2 (build the module first: cargo build --release).
   --scenario S      shares: byweight against byrequests, shares of members at loadfactors 1:2:3;
                     slow: byinflight and bylatency against bybusyness, byrequests, HAProxy
                     leastconn and nginx least_conn with one member ten times slower;
                     hash: byhash against HAProxy and nginx consistent hashing, key spread,
-                    keys moved when a member leaves, throughput; all: the three (default)
+                    keys moved when a member leaves, throughput;
+                    recover: one member of four at 80 ms from 5 s to 15 s of a 25 s run:
+                    its share per second, p99 per window, time to get its share back;
+                    all: every scenario (default)
   --requests N      requests per measured run (default 30000 for shares, 20000 for slow and
-                    hash); a run also stops after 30 s
-  --concurrency N   closed-loop clients (default 8 for shares, 16 for slow, 8 for hash)
+                    hash); a run also stops after 30 s; recover runs 25 s whatever this says
+  --concurrency N   closed-loop clients (default 8 for shares, 16 for slow, 8 for hash,
+                    32 for recover)
+  --rounds N        rounds of every contender, in turn (default 2 for shares and slow,
+                    1 for recover); hash runs each contender once
   --mpm M           shares only: event, prefork (8 processes) or both (default both);
                     slow always runs event
 HAProxy and nginx are used when installed ($LBRS_HAPROXY, $LBRS_NGINX name other binaries;
@@ -56,10 +67,11 @@ pub enum Scenario {
     Shares,
     Slow,
     Hash,
+    Recover,
 }
 
 /// `--scenario all`, in the order they run.
-const ALL: [Scenario; 3] = [Scenario::Shares, Scenario::Slow, Scenario::Hash];
+const ALL: [Scenario; 4] = [Scenario::Shares, Scenario::Slow, Scenario::Hash, Scenario::Recover];
 
 /// The options, or `None` when help was asked for.
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -67,6 +79,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         scenarios: ALL.to_vec(),
         requests: None,
         concurrency: None,
+        rounds: None,
         mpms: vec![Mpm::Prefork, Mpm::Event],
     };
     while let Some(flag) = args.next() {
@@ -80,6 +93,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         match flag.as_str() {
             "--requests" => options.requests = Some(number()?),
             "--concurrency" => options.concurrency = Some(number()? as usize),
+            "--rounds" => options.rounds = Some(number()? as usize),
             "--mpm" => {
                 options.mpms = match value.as_str() {
                     "event" => vec![Mpm::Event],
@@ -93,6 +107,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                     "shares" => vec![Scenario::Shares],
                     "slow" => vec![Scenario::Slow],
                     "hash" => vec![Scenario::Hash],
+                    "recover" => vec![Scenario::Recover],
                     "all" => ALL.to_vec(),
                     _ => return Err(invalid()),
                 }
@@ -121,6 +136,7 @@ fn run(options: &Options) -> Result<(), String> {
             Scenario::Shares => shares::run(options)?,
             Scenario::Slow => slow::run(options)?,
             Scenario::Hash => hash::run(options)?,
+            Scenario::Recover => recover::run(options)?,
         }
     }
     Ok(())

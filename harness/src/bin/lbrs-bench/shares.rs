@@ -168,7 +168,7 @@ pub fn run(options: &Options) -> Result<(), String> {
     );
     let mut runs = Vec::new();
     for &mpm in &options.mpms {
-        for round in 1..=ROUNDS {
+        for round in 1..=options.rounds(ROUNDS) {
             for method in METHODS {
                 eprint!("{} {method} round {round} ... ", mpm.name());
                 let run = measure(options, &backends, mpm, method, round)?;

@@ -223,7 +223,7 @@ pub fn run(options: &Options) -> Result<(), String> {
         ms(SLOW_TIME),
     );
     let mut runs = Vec::new();
-    for round in 1..=ROUNDS {
+    for round in 1..=options.rounds(ROUNDS) {
         for &contender in &contenders {
             eprint!("slow {} round {round} ... ", contender.label());
             let run = measure_slow(options, &backends, &peers, contender, round)?;
