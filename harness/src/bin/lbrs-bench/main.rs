@@ -8,13 +8,14 @@
 //! - `hash` (hash.rs): `byhash` against HAProxy and nginx consistent hashing, key spread and
 //!   keys moved when a member leaves;
 //! - `recover` (recover.rs): a member turns slow for 10 s, then recovers: how fast each
-//!   least-loaded contender leaves it and gives it its share back.
+//!   least-loaded contender leaves it and gives it its share back;
+//! - `down` (down.rs): a member's backend refuses connections for 8 s, then comes back: errors
+//!   clients get, and how fast the member gets its share back.
 //!
 //! What they share (options, Ctrl-C, loads, the servers and backends) is in common.rs; slicing a
-//! run by time (per-second shares, windows) is in windows.rs. In every
-//! scenario each run starts a fresh server, warms it up, and where there are rounds the
-//! contenders alternate, so that machine noise shows up as a difference between rounds of one
-//! contender.
+//! run by time (per-second shares, windows) is in windows.rs. In every scenario each run starts
+//! a fresh server and warms it up; where there are rounds the contenders alternate, so that
+//! machine noise shows up as a difference between rounds of one contender.
 //!
 //! Build the module in release first (this binary loads target/release/libmod_lbmethod_rs.so):
 //!
@@ -22,11 +23,13 @@
 //! cargo build --release && cargo run --release -p lbrs-harness --bin lbrs-bench
 //! cargo run --release -p lbrs-harness --bin lbrs-bench -- --scenario shares --mpm prefork
 //! cargo run --release -p lbrs-harness --bin lbrs-bench -- --scenario slow
+//! cargo run --release -p lbrs-harness --bin lbrs-bench -- --scenario recover --rounds 2
 //! ```
 //!
 //! docs/benchmark.md explains the output.
 
 mod common;
+mod down;
 mod hash;
 mod recover;
 mod shares;
@@ -39,8 +42,8 @@ use lbrs_harness::apache::module_under_test;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: lbrs-bench [--scenario shares|slow|hash|recover|all] [--requests N] [--concurrency N]
-                  [--rounds N] [--mpm event|prefork|both]
+usage: lbrs-bench [--scenario NAME] [--requests N] [--concurrency N] [--rounds N]
+                  [--mpm event|prefork|both]
 
 End-to-end comparisons through the real apache2 (build the module first: cargo build --release).
   --scenario S      shares: byweight against byrequests, shares of members at loadfactors 1:2:3;
@@ -50,15 +53,18 @@ End-to-end comparisons through the real apache2 (build the module first: cargo b
                     keys moved when a member leaves, throughput;
                     recover: one member of four at 80 ms from 5 s to 15 s of a 25 s run:
                     its share per second, p99 per window, time to get its share back;
+                    down: one member of four refusing connections from 5 s to 13 s of a
+                    20 s run: its share per second, errors, time to get its share back;
                     all: every scenario (default)
-  --requests N      requests per measured run (default 30000 for shares, 20000 for slow and
-                    hash); a run also stops after 30 s; recover runs 25 s whatever this says
+  --requests N      requests per measured run (default 30000 for shares, 20000 for slow
+                    and hash); a run also stops after 30 s;
+                    recover and down run for a fixed time (25 s and 20 s)
   --concurrency N   closed-loop clients (default 8 for shares, 16 for slow, 8 for hash,
-                    32 for recover)
+                    32 for recover and down)
   --rounds N        rounds of every contender, in turn (default 2 for shares and slow,
-                    1 for recover); hash runs each contender once
+                    1 for recover and down); hash runs each contender once
   --mpm M           shares only: event, prefork (8 processes) or both (default both);
-                    slow always runs event
+                    the other scenarios run event
 HAProxy and nginx are used when installed ($LBRS_HAPROXY, $LBRS_NGINX name other binaries;
 a path that does not exist skips one).";
 
@@ -68,10 +74,12 @@ pub enum Scenario {
     Slow,
     Hash,
     Recover,
+    Down,
 }
 
 /// `--scenario all`, in the order they run.
-const ALL: [Scenario; 4] = [Scenario::Shares, Scenario::Slow, Scenario::Hash, Scenario::Recover];
+const ALL: [Scenario; 5] =
+    [Scenario::Shares, Scenario::Slow, Scenario::Hash, Scenario::Recover, Scenario::Down];
 
 /// The options, or `None` when help was asked for.
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -108,6 +116,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                     "slow" => vec![Scenario::Slow],
                     "hash" => vec![Scenario::Hash],
                     "recover" => vec![Scenario::Recover],
+                    "down" => vec![Scenario::Down],
                     "all" => ALL.to_vec(),
                     _ => return Err(invalid()),
                 }
@@ -137,6 +146,7 @@ fn run(options: &Options) -> Result<(), String> {
             Scenario::Slow => slow::run(options)?,
             Scenario::Hash => hash::run(options)?,
             Scenario::Recover => recover::run(options)?,
+            Scenario::Down => down::run(options)?,
         }
     }
     Ok(())
