@@ -10,7 +10,9 @@
 //! - `recover` (recover.rs): a member turns slow for 10 s, then recovers: how fast each
 //!   least-loaded contender leaves it and gives it its share back;
 //! - `down` (down.rs): a member's backend refuses connections for 8 s, then comes back: errors
-//!   clients get, and how fast the member gets its share back.
+//!   clients get, and how fast the member gets its share back;
+//! - `steady` (steady.rs): ten equal members, nothing happening: how evenly each method splits
+//!   the load, and at what latency.
 //!
 //! What they share (options, Ctrl-C, loads, the servers and backends) is in common.rs; slicing a
 //! run by time (per-second shares, windows) is in windows.rs. In every scenario each run starts
@@ -34,6 +36,7 @@ mod hash;
 mod recover;
 mod shares;
 mod slow;
+mod steady;
 mod windows;
 
 use common::{Options, install_interrupt_handler};
@@ -55,14 +58,15 @@ End-to-end comparisons through the real apache2 (build the module first: cargo b
                     its share per second, p99 per window, time to get its share back;
                     down: one member of four refusing connections from 5 s to 13 s of a
                     20 s run: its share per second, errors, time to get its share back;
+                    steady: 10 equal members: requests per member max/min, p50/p99;
                     all: every scenario (default)
   --requests N      requests per measured run (default 30000 for shares, 20000 for slow
-                    and hash); a run also stops after 30 s;
+                    and hash, 60000 for steady); a run also stops after 30 s;
                     recover and down run for a fixed time (25 s and 20 s)
   --concurrency N   closed-loop clients (default 8 for shares, 16 for slow, 8 for hash,
-                    32 for recover and down)
-  --rounds N        rounds of every contender, in turn (default 2 for shares and slow,
-                    1 for recover and down); hash runs each contender once
+                    32 for recover and down, 64 for steady)
+  --rounds N        rounds of every contender, in turn (default 2 for shares, slow and
+                    steady, 1 for recover and down); hash runs each contender once
   --mpm M           shares only: event, prefork (8 processes) or both (default both);
                     the other scenarios run event
 HAProxy and nginx are used when installed ($LBRS_HAPROXY, $LBRS_NGINX name other binaries;
@@ -75,11 +79,12 @@ pub enum Scenario {
     Hash,
     Recover,
     Down,
+    Steady,
 }
 
 /// `--scenario all`, in the order they run.
-const ALL: [Scenario; 5] =
-    [Scenario::Shares, Scenario::Slow, Scenario::Hash, Scenario::Recover, Scenario::Down];
+const ALL: [Scenario; 6] =
+    [Scenario::Shares, Scenario::Slow, Scenario::Hash, Scenario::Recover, Scenario::Down, Scenario::Steady];
 
 /// The options, or `None` when help was asked for.
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -117,6 +122,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                     "hash" => vec![Scenario::Hash],
                     "recover" => vec![Scenario::Recover],
                     "down" => vec![Scenario::Down],
+                    "steady" => vec![Scenario::Steady],
                     "all" => ALL.to_vec(),
                     _ => return Err(invalid()),
                 }
@@ -147,6 +153,7 @@ fn run(options: &Options) -> Result<(), String> {
             Scenario::Hash => hash::run(options)?,
             Scenario::Recover => recover::run(options)?,
             Scenario::Down => down::run(options)?,
+            Scenario::Steady => steady::run(options)?,
         }
     }
     Ok(())
