@@ -34,13 +34,16 @@ pub const HASH_HEADER: &str = "X-User";
 const BACKEND_SLOTS: usize = 64;
 const SERVICE_TIME: Duration = Duration::from_millis(1);
 
-/// What hashes the `hash` load.
+/// What hashes the `hash` and `hash-load` loads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hasher {
     /// apache2 (event MPM), `lbmethod=byhash`, `LBHashKey "%{HTTP:X-User}"`.
     ByHash,
     /// HAProxy, `balance hdr(X-User)`, `hash-type consistent`, `hash-balance-factor 125`.
     Haproxy,
+    /// HAProxy as above without `hash-balance-factor`: no load bound, HAProxy's default
+    /// (`hash-load` only).
+    HaproxyUnbounded,
     /// nginx, `hash $http_x_user consistent` with a shared `zone`.
     Nginx,
 }
@@ -50,6 +53,7 @@ impl Hasher {
         match self {
             Hasher::ByHash => "byhash",
             Hasher::Haproxy => "haproxy consistent",
+            Hasher::HaproxyUnbounded => "haproxy unbounded",
             Hasher::Nginx => "nginx consistent",
         }
     }
@@ -69,12 +73,14 @@ pub fn start_hasher(hasher: Hasher, backends: &[Backend], peers: &Peers) -> Resu
             );
             Ok(Server::Apache(Apache::start(ApacheConfig::new(&body).mpm(Mpm::Event))?))
         }
-        Hasher::Haproxy => {
+        Hasher::Haproxy | Hasher::HaproxyUnbounded => {
             let binary = peers.haproxy.as_deref().ok_or("haproxy is not installed")?;
-            let config = HaproxyConfig::new(&format!("hdr({HASH_HEADER})"), &addrs)
+            let mut config = HaproxyConfig::new(&format!("hdr({HASH_HEADER})"), &addrs)
                 .threads(2)
-                .backend_line("hash-type consistent")
-                .backend_line("hash-balance-factor 125");
+                .backend_line("hash-type consistent");
+            if hasher == Hasher::Haproxy {
+                config = config.backend_line("hash-balance-factor 125");
+            }
             Ok(Server::Peer(PeerProxy::haproxy(binary, &config)?))
         }
         Hasher::Nginx => {

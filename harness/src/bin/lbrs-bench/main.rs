@@ -12,7 +12,9 @@
 //! - `down` (down.rs): a member's backend refuses connections for 8 s, then comes back: errors
 //!   clients get, and how fast the member gets its share back;
 //! - `steady` (steady.rs): ten equal members, nothing happening: how evenly each method splits
-//!   the load, and at what latency.
+//!   the load, and at what latency;
+//! - `hash-load` (hash_load.rs): `byhash` against HAProxy (with and without its load bound) and
+//!   nginx under concurrency: how many keys keep one member, and what a hot key does.
 //!
 //! What they share (options, Ctrl-C, loads, the servers and backends) is in common.rs; slicing a
 //! run by time (per-second shares, windows) is in windows.rs. In every scenario each run starts
@@ -33,6 +35,7 @@
 mod common;
 mod down;
 mod hash;
+mod hash_load;
 mod recover;
 mod shares;
 mod slow;
@@ -59,14 +62,16 @@ End-to-end comparisons through the real apache2 (build the module first: cargo b
                     down: one member of four refusing connections from 5 s to 13 s of a
                     20 s run: its share per second, errors, time to get its share back;
                     steady: 10 equal members: requests per member max/min, p50/p99;
+                    hash-load: byhash against HAProxy and nginx hashing under concurrency,
+                    with and without a hot key: keys kept on one member, diverted requests;
                     all: every scenario (default)
-  --requests N      requests per measured run (default 30000 for shares, 20000 for slow
-                    and hash, 60000 for steady); a run also stops after 30 s;
+  --requests N      requests per measured run (default 30000 for shares, 20000 for slow,
+                    hash and hash-load, 60000 for steady); a run also stops after 30 s;
                     recover and down run for a fixed time (25 s and 20 s)
   --concurrency N   closed-loop clients (default 8 for shares, 16 for slow, 8 for hash,
-                    32 for recover and down, 64 for steady)
+                    32 for recover and down, 64 for steady); hash-load's cases set theirs
   --rounds N        rounds of every contender, in turn (default 2 for shares, slow and
-                    steady, 1 for recover and down); hash runs each contender once
+                    steady, 1 for recover and down); hash and hash-load run each once
   --mpm M           shares only: event, prefork (8 processes) or both (default both);
                     the other scenarios run event
 HAProxy and nginx are used when installed ($LBRS_HAPROXY, $LBRS_NGINX name other binaries;
@@ -80,11 +85,19 @@ pub enum Scenario {
     Recover,
     Down,
     Steady,
+    HashLoad,
 }
 
 /// `--scenario all`, in the order they run.
-const ALL: [Scenario; 6] =
-    [Scenario::Shares, Scenario::Slow, Scenario::Hash, Scenario::Recover, Scenario::Down, Scenario::Steady];
+const ALL: [Scenario; 7] = [
+    Scenario::Shares,
+    Scenario::Slow,
+    Scenario::Hash,
+    Scenario::Recover,
+    Scenario::Down,
+    Scenario::Steady,
+    Scenario::HashLoad,
+];
 
 /// The options, or `None` when help was asked for.
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -123,6 +136,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                     "recover" => vec![Scenario::Recover],
                     "down" => vec![Scenario::Down],
                     "steady" => vec![Scenario::Steady],
+                    "hash-load" => vec![Scenario::HashLoad],
                     "all" => ALL.to_vec(),
                     _ => return Err(invalid()),
                 }
@@ -154,6 +168,7 @@ fn run(options: &Options) -> Result<(), String> {
             Scenario::Recover => recover::run(options)?,
             Scenario::Down => down::run(options)?,
             Scenario::Steady => steady::run(options)?,
+            Scenario::HashLoad => hash_load::run(options)?,
         }
     }
     Ok(())
