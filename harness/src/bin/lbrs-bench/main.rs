@@ -64,7 +64,7 @@ End-to-end comparisons through the real apache2 (build the module first: cargo b
                     steady: 10 equal members: requests per member max/min, p50/p99;
                     hash-load: byhash against HAProxy and nginx hashing under concurrency,
                     with and without a hot key: keys kept on one member, diverted requests;
-                    all: every scenario (default)
+                    all: every scenario (default); several: a comma-separated list
   --requests N      requests per measured run (default 30000 for shares, 20000 for slow,
                     hash and hash-load, 60000 for steady); a run also stops after 30 s;
                     recover and down run for a fixed time (25 s and 20 s)
@@ -129,16 +129,19 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                 }
             }
             "--scenario" => {
-                options.scenarios = match value.as_str() {
-                    "shares" => vec![Scenario::Shares],
-                    "slow" => vec![Scenario::Slow],
-                    "hash" => vec![Scenario::Hash],
-                    "recover" => vec![Scenario::Recover],
-                    "down" => vec![Scenario::Down],
-                    "steady" => vec![Scenario::Steady],
-                    "hash-load" => vec![Scenario::HashLoad],
-                    "all" => ALL.to_vec(),
-                    _ => return Err(invalid()),
+                options.scenarios.clear();
+                for name in value.split(',') {
+                    options.scenarios.extend(match name {
+                        "shares" => vec![Scenario::Shares],
+                        "slow" => vec![Scenario::Slow],
+                        "hash" => vec![Scenario::Hash],
+                        "recover" => vec![Scenario::Recover],
+                        "down" => vec![Scenario::Down],
+                        "steady" => vec![Scenario::Steady],
+                        "hash-load" => vec![Scenario::HashLoad],
+                        "all" => ALL.to_vec(),
+                        _ => return Err(invalid()),
+                    });
                 }
             }
             _ => return Err(format!("unknown option \"{flag}\"")),
