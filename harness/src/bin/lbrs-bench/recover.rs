@@ -200,7 +200,7 @@ fn print_summary(runs: &[Run], contenders: &[Contender]) {
         BACK_SHARE * 100.0,
         backs.join(", ")
     );
-    if contenders.contains(&BYLATENCY) && contenders.contains(&BYINFLIGHT) {
+    if contenders.contains(&BYLATENCY) {
         let within =
             of(BYLATENCY).iter().all(|r| r.back_after().is_some_and(|d| d <= Duration::from_secs(2)));
         println!(
