@@ -28,9 +28,10 @@
 //! backend was back the member had 80% of its fair share over one second.
 //!
 //! The requests in service at the member when it stops are cut off. Apache answers such a
-//! request by closing the client's connection without a response, so that the client may retry
-//! it, and the load generator does retry once, as HTTP clients do for a kept-alive connection
-//! closed under them: such a request counts as answered, its latency including the retry.
+//! request, when it was not the first on its client connection, by closing that connection
+//! without a response, so that the client may retry it, and the load generator does retry once,
+//! as HTTP clients do for a kept-alive connection closed under them: such a request counts as
+//! answered, its latency including the retry. `errors` is what a retrying client still sees.
 
 use crate::common::{
     BYINFLIGHT, BYLATENCY, Contender, FailureSettings, Options, Peers, run_load, sleep_until, start_backends,
