@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client and a closed-loop load generator, bounded in count and in time.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,6 +200,34 @@ pub struct Load {
     pub other_path: (u64, String),
     /// Extra request headers; `{n}` in a value becomes the request's sequence number.
     pub headers: Vec<(String, String)>,
+    /// Extra request headers whose values are drawn per request (see [`Load::random_header`]).
+    pub random_headers: Vec<RandomHeader>,
+}
+
+/// A request header whose value is made, for each request, from a pseudo-random number drawn
+/// from a seed and the request's sequence number: see [`Load::random_header`].
+#[derive(Clone)]
+pub struct RandomHeader {
+    pub name: String,
+    pub seed: u64,
+    /// Makes the value from the request's number [`request_random`]`(seed, n)`.
+    pub value: Arc<dyn Fn(u64) -> String + Send + Sync>,
+}
+
+impl fmt::Debug for RandomHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RandomHeader").field("name", &self.name).field("seed", &self.seed).finish()
+    }
+}
+
+/// The pseudo-random number of request `n` of a load under `seed` (SplitMix64 of the two):
+/// what [`Load::random_header`] hands its function, so that a report can tell afterwards which
+/// value each request carried (from [`Outcome::request`]).
+pub fn request_random(seed: u64, n: u64) -> u64 {
+    let mut z = seed ^ n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl Load {
@@ -213,6 +242,7 @@ impl Load {
             abort_after: Duration::from_millis(5),
             other_path: (0, String::new()),
             headers: Vec::new(),
+            random_headers: Vec::new(),
         }
     }
 
@@ -238,6 +268,20 @@ impl Load {
         self
     }
 
+    /// Adds a header whose value `value` makes from a pseudo-random number drawn for each
+    /// request: [`request_random`]`(seed, n)` for request `n`. The same seed gives every
+    /// request the same value in every run, whichever client sends it; for example
+    /// `|r| format!("user-{}", r % 1000)` picks one of 1000 keys uniformly.
+    pub fn random_header(
+        mut self,
+        name: &str,
+        seed: u64,
+        value: impl Fn(u64) -> String + Send + Sync + 'static,
+    ) -> Load {
+        self.random_headers.push(RandomHeader { name: name.to_string(), seed, value: Arc::new(value) });
+        self
+    }
+
     /// Runs the load against `addr`.
     pub fn run(&self, addr: SocketAddr) -> LoadReport {
         let next = Arc::new(AtomicU64::new(0));
@@ -255,7 +299,9 @@ impl Load {
                         if n >= self.requests || started.elapsed() >= self.deadline {
                             break;
                         }
-                        mine.push(self.one(addr, n, &mut connection, started));
+                        let mut outcome = self.one(addr, n, &mut connection, started);
+                        outcome.request = n;
+                        mine.push(outcome);
                     }
                     results.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
                 });
@@ -272,8 +318,11 @@ impl Load {
         connection: &mut Option<Connection>,
         started: Instant,
     ) -> Outcome {
-        let headers: Vec<(String, String)> =
+        let mut headers: Vec<(String, String)> =
             self.headers.iter().map(|(k, v)| (k.clone(), v.replace("{n}", &n.to_string()))).collect();
+        headers.extend(
+            self.random_headers.iter().map(|h| (h.name.clone(), (h.value)(request_random(h.seed, n)))),
+        );
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let begun = Instant::now();
         // n * 37 mod 100 visits every residue once per hundred requests, spread out.
@@ -338,6 +387,8 @@ pub struct Outcome {
     pub at: Duration,
     pub aborted: bool,
     pub error: Option<String>,
+    /// The request's sequence number in its load: the `n` of `{n}` and of [`request_random`].
+    pub request: u64,
 }
 
 impl Outcome {
@@ -350,11 +401,21 @@ impl Outcome {
             at,
             aborted: false,
             error: None,
+            request: 0,
         }
     }
 
     fn aborted(latency: Duration, at: Duration) -> Outcome {
-        Outcome { status: 0, backend: None, retry_after: None, latency, at, aborted: true, error: None }
+        Outcome {
+            status: 0,
+            backend: None,
+            retry_after: None,
+            latency,
+            at,
+            aborted: true,
+            error: None,
+            request: 0,
+        }
     }
 
     fn failed(error: io::Error, latency: Duration, at: Duration) -> Outcome {
@@ -366,6 +427,7 @@ impl Outcome {
             at,
             aborted: false,
             error: Some(error.to_string()),
+            request: 0,
         }
     }
 }
@@ -514,5 +576,22 @@ pub fn raw_exchange(
         Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
         Err(err) if err.kind() == io::ErrorKind::ConnectionReset => Ok(None),
         Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_random_is_reproducible_and_spreads_over_keys() {
+        assert_eq!(request_random(7, 42), request_random(7, 42));
+        assert_ne!(request_random(7, 42), request_random(8, 42));
+        let mut counts = [0u32; 10];
+        for n in 0..100_000 {
+            counts[(request_random(1, n) % 10) as usize] += 1;
+        }
+        // 10,000 expected per bucket; sampling noise is about 95.
+        assert!(counts.iter().all(|&c| (9_500..=10_500).contains(&c)), "{counts:?}");
     }
 }

@@ -56,6 +56,8 @@ pub struct HaproxyConfig {
     pub servers: Vec<(SocketAddr, u32)>,
     /// More lines for the backend section, e.g. `hash-type consistent`.
     pub backend_lines: Vec<String>,
+    /// Options appended to every `server` line, e.g. `check inter 2s`; empty for none.
+    pub server_options: String,
 }
 
 impl HaproxyConfig {
@@ -65,6 +67,7 @@ impl HaproxyConfig {
             threads: 2,
             servers: servers.iter().map(|&s| (s, 1)).collect(),
             backend_lines: Vec::new(),
+            server_options: String::new(),
         }
     }
 
@@ -78,8 +81,15 @@ impl HaproxyConfig {
         self
     }
 
+    /// Appends `options` to every `server` line (health checks, observing, ...).
+    pub fn server_options(mut self, options: &str) -> HaproxyConfig {
+        self.server_options = options.to_string();
+        self
+    }
+
     /// The whole haproxy.cfg for an instance listening on `port`. No server limit (`maxconn`)
-    /// and no health checks: requests are never queued in HAProxy, only at the servers.
+    /// and no health checks unless `server_options` adds them: requests are never queued in
+    /// HAProxy, only at the servers.
     pub fn render(&self, port: u16) -> String {
         let mut conf = format!(
             "global\n    nbthread {}\n    maxconn 4096\n\n\
@@ -94,7 +104,11 @@ impl HaproxyConfig {
             conf.push_str(&format!("    {line}\n"));
         }
         for (i, (addr, weight)) in self.servers.iter().enumerate() {
-            conf.push_str(&format!("    server s{i} {addr} weight {weight}\n"));
+            conf.push_str(&format!("    server s{i} {addr} weight {weight}"));
+            if !self.server_options.is_empty() {
+                conf.push_str(&format!(" {}", self.server_options));
+            }
+            conf.push('\n');
         }
         conf
     }
@@ -111,6 +125,9 @@ pub struct NginxConfig {
     pub zone: bool,
     /// The servers, each with its `weight`.
     pub servers: Vec<(SocketAddr, u32)>,
+    /// Parameters appended to every `server` line, e.g. `max_fails=1 fail_timeout=2s`; empty
+    /// for none.
+    pub server_params: String,
 }
 
 impl NginxConfig {
@@ -120,6 +137,7 @@ impl NginxConfig {
             worker_processes: 2,
             zone: true,
             servers: servers.iter().map(|&s| (s, 1)).collect(),
+            server_params: String::new(),
         }
     }
 
@@ -130,6 +148,12 @@ impl NginxConfig {
 
     pub fn zone(mut self, zone: bool) -> NginxConfig {
         self.zone = zone;
+        self
+    }
+
+    /// Appends `params` to every `server` line (`max_fails`, `fail_timeout`, ...).
+    pub fn server_params(mut self, params: &str) -> NginxConfig {
+        self.server_params = params.to_string();
         self
     }
 
@@ -146,7 +170,12 @@ impl NginxConfig {
             upstream.push_str(&format!("        {};\n", self.method));
         }
         for (addr, weight) in &self.servers {
-            upstream.push_str(&format!("        server {addr} weight={weight};\n"));
+            let params = if self.server_params.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", self.server_params)
+            };
+            upstream.push_str(&format!("        server {addr} weight={weight}{params};\n"));
         }
         upstream.push_str("        keepalive 64;\n        keepalive_requests 1000000;\n    }\n");
         format!(
