@@ -82,7 +82,7 @@ fn segment(members: usize) -> (Segment, usize) {
         segment.claim_balancer(shm::name_key(b"balancer://bench"), members as u32).expect("a free slot");
     for i in 0..members {
         let member = segment.member(i).expect("in range");
-        bylatency::record(member, 2_000.0 + (i * 5 % 39) as f64 * 1_000.0, false, 1, 10_000_000);
+        bylatency::record(member, 2_000.0 + (i * 5 % 39) as f64 * 1_000.0, false, false, 1, 10_000_000);
         for _ in 0..(i as u64 * 7) % 13 {
             member.begin_attempt(None);
         }

@@ -54,6 +54,8 @@ struct Attempt {
     request: *const ffi::request_rec,
     /// mod_proxy has started it (its scheme handler ran for this member).
     started: bool,
+    /// A probe: its answer replaces the member's latency estimate.
+    probe: bool,
 }
 
 /// A new attempt on `member`, already counted there (see `MemberSlot::begin_attempt`).
@@ -63,6 +65,8 @@ pub struct NewAttempt<'a> {
     pub worker: *mut ffi::proxy_worker,
     pub picked_us: u64,
     pub decay: Duration,
+    /// A probe (see `methods::Choice::is_probe`): its answer replaces the latency estimate.
+    pub probe: bool,
 }
 
 /// Records `attempt` as the request's current one, released with the request pool.
@@ -89,6 +93,7 @@ pub unsafe fn start(r: *mut ffi::request_rec, attempt: NewAttempt<'_>, started: 
             decay_us: attempt.decay.as_micros() as u64,
             abandoned: false,
             request: r,
+            probe: attempt.probe,
             started,
         });
         ffi::apr_pool_cleanup_register(
@@ -200,7 +205,7 @@ unsafe extern "C" fn release_attempt(data: *mut c_void) -> ffi::apr_status_t {
             let now = monotonic_us();
             let answered = if attempt.first_byte_us != 0 { attempt.first_byte_us } else { now };
             let sample = answered.saturating_sub(attempt.picked_us) as f64;
-            bylatency::record(member, sample, failed, now, attempt.decay_us);
+            bylatency::record(member, sample, failed, attempt.probe, now, attempt.decay_us);
         }
         ffi::APR_SUCCESS
     })
@@ -338,7 +343,7 @@ unsafe fn note_attempt_start(r: *mut ffi::request_rec, worker: *mut ffi::proxy_w
         let mine = runtime.generation.my_contribution(member_index);
         member.begin_attempt(mine);
         let decay = balancer_slot.settings.latency_decay();
-        start(r, NewAttempt { member, mine, worker, picked_us: monotonic_us(), decay }, true);
+        start(r, NewAttempt { member, mine, worker, picked_us: monotonic_us(), decay, probe: false }, true);
         log_request!(r, Level::Debug, "sticky session routed to {} (counted)", proxy::worker_name(worker));
     }
 }

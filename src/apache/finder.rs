@@ -106,7 +106,8 @@ unsafe fn find_in(
         let worker = local.offered[choice.position];
         if let Some((member, mine)) = counts.counters(&candidate) {
             let decay = slot.settings.latency_decay();
-            attempts::start(r, NewAttempt { member, mine, worker, picked_us: now, decay }, false);
+            let probe = choice.is_probe();
+            attempts::start(r, NewAttempt { member, mine, worker, picked_us: now, decay, probe }, false);
         }
         log_request!(
             r,

@@ -30,12 +30,16 @@
 //!                                           is four decay times), and it is back in the band
 //! ```
 //!
-//! **Probes.** A member outside the band is picked for one request as soon as a second has
-//! passed since its last probe (one process wins the probe, through an atomic timestamp in the
-//! member's slot). That request's answer, after a second without samples, weighs 98% in its
-//! estimate: a member that recovered, from slowness, from errors (httpd's retry timer, a health
-//! check, balancer-manager), or from answering 503, is back in the band within about a second.
-//! A member that is still slow costs one slow request a second.
+//! **Probes.** A member outside the band is picked for one request once in 200 picks of its
+//! balancer (0.5% of the requests), or as soon as a second has passed since its last probe when
+//! there are fewer (one process wins each probe, through an atomic claim in the member's slot).
+//! A probe's answer replaces the member's estimate (it is the only recent evidence; one that
+//! fails counts as a failure): a member that recovered, from slowness, from errors (httpd's retry
+//! timer, a health check, balancer-manager), or from answering 503, is back in the band with its
+//! next probe, tens of milliseconds after recovering at thousands of requests a second, a second
+//! at most; one that is still slow stays out, and two slow answers in a row push a member that
+//! only answered one probe fast back out. A member that is still slow costs 0.5% of the requests
+//! (one a second at most, when traffic is light).
 //!
 //! **Why not power of two choices.** P2C (Finagle's, Linkerd's, Envoy's) exists because a
 //! balancer usually sees stale or partial load: two random draws avoid herding on one stale
@@ -57,7 +61,9 @@ use std::sync::atomic::Ordering;
 
 /// A member this many times slower than the fastest is ranked on its slowness.
 pub const BAND: f64 = 3.0;
-/// How often a member outside the band gets a probe.
+/// A member outside the band gets a probe once in this many picks of its balancer (0.5% of the
+/// requests), and at least once a second when there are fewer.
+pub const PROBE_EVERY_PICKS: u64 = 200;
 pub const PROBE_INTERVAL_US: u64 = 1_000_000;
 /// The highest estimate (60 s): a failing member's estimate climbs to it and no further.
 pub const CEILING_US: f64 = 60_000_000.0;
@@ -76,10 +82,11 @@ impl Method for ByLatency {
         };
         let best =
             pick.candidates().iter().filter_map(|c| estimate_of(pick, c)).fold(f64::INFINITY, f64::min);
-        let start = pick.shared.turns.rotation.fetch_add(1, Ordering::Relaxed) as usize;
+        let pick_number = pick.shared.turns.rotation.fetch_add(1, Ordering::Relaxed);
+        let start = pick_number as usize;
         for _ in 0..pick.candidates().len() {
             // A member outside the band that is due for a probe gets this request.
-            if let Some(position) = due_probe(pick, best, &estimate_of)
+            if let Some(position) = due_probe(pick, pick_number, best, &estimate_of)
                 && pick.reserve(position)
             {
                 let candidate = pick.candidates()[position];
@@ -138,10 +145,12 @@ fn rank(candidate: &Candidate, latency_us: Option<f64>, best_us: f64) -> f64 {
     (f64::from(candidate.inflight) + 1.0) / f64::from(candidate.weight.max(1)) * slowness(latency_us, best_us)
 }
 
-/// A candidate outside the band whose last probe is a [`PROBE_INTERVAL_US`] ago, claimed for
-/// this pick (an atomic swap of its probe time, so one process probes it).
+/// A candidate outside the band whose last probe is [`PROBE_EVERY_PICKS`] picks or
+/// [`PROBE_INTERVAL_US`] ago, claimed for this pick (an atomic swap of its probe's pick
+/// number, so that one process probes it).
 fn due_probe(
     pick: &Pick<'_>,
+    pick_number: u64,
     best: f64,
     estimate_of: &impl Fn(&Pick<'_>, &Candidate) -> Option<f64>,
 ) -> Option<usize> {
@@ -152,17 +161,24 @@ fn due_probe(
         let Some(member) = candidate.member.and_then(|m| pick.segment.member(m as usize)) else {
             return false;
         };
-        let last = member.probe_us.load(Ordering::Relaxed);
-        pick.now_us.saturating_sub(last) >= PROBE_INTERVAL_US
+        let last_pick = member.probe_pick.load(Ordering::Relaxed);
+        let due = pick_number.wrapping_sub(last_pick) >= PROBE_EVERY_PICKS
+            || pick.now_us.saturating_sub(member.probe_us.load(Ordering::Relaxed)) >= PROBE_INTERVAL_US;
+        let claimed = due
             && member
-                .probe_us
-                .compare_exchange(last, pick.now_us, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+                .probe_pick
+                .compare_exchange(last_pick, pick_number, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        if claimed {
+            member.probe_us.store(pick.now_us, Ordering::Relaxed);
+        }
+        claimed
     })
 }
 
-/// Takes one latency sample into the member's peak EWMA, as its attempt ends.
-pub fn record(member: &MemberSlot, sample_us: f64, failed: bool, now_us: u64, decay_us: u64) {
+/// Takes one latency sample into the member's peak EWMA, as its attempt ends. The answer to a
+/// probe that did not fail replaces the estimate.
+pub fn record(member: &MemberSlot, sample_us: f64, failed: bool, probe: bool, now_us: u64, decay_us: u64) {
     let sample_us = if sample_us.is_finite() { sample_us.clamp(1.0, CEILING_US) } else { CEILING_US };
     let previous_at = member.latency_at_us.swap(now_us, Ordering::AcqRel);
     let elapsed = now_us.saturating_sub(previous_at);
@@ -174,7 +190,9 @@ pub fn record(member: &MemberSlot, sample_us: f64, failed: bool, now_us: u64, de
             _ => sample_us,
         };
         let previous = sane(member.last_sample_bits.load(Ordering::Acquire));
-        Some(updated(current, previous, taken, elapsed, decay_us).clamp(1.0, CEILING_US).to_bits())
+        let next =
+            if probe && !failed { taken } else { updated(current, previous, taken, elapsed, decay_us) };
+        Some(next.clamp(1.0, CEILING_US).to_bits())
     });
     member.last_sample_bits.store(taken.to_bits(), Ordering::Release);
     member.latency_samples.fetch_add(1, Ordering::Relaxed);
@@ -253,28 +271,28 @@ mod tests {
     fn estimates_stay_finite_and_bounded_through_thousands_of_failures_and_long_idling() {
         let (segment, _) = balancer(1);
         let member = segment.member(0).unwrap();
-        record(member, 5_000.0, false, 1, DECAY);
+        record(member, 5_000.0, false, false, 1, DECAY);
         let mut now = 1;
         for _ in 0..10_000 {
             now += 100;
-            record(member, 300.0, true, now, DECAY);
+            record(member, 300.0, true, false, now, DECAY);
             let value = estimate(member).unwrap();
             assert!(value.is_finite() && value <= CEILING_US, "{value}");
         }
         assert_eq!(estimate(member), Some(CEILING_US), "failures climb to the ceiling, no further");
         // A year idle, then a good answer: it is the estimate again.
         now += 365 * 24 * 3600 * 1_000_000;
-        record(member, 5_000.0, false, now, DECAY);
+        record(member, 5_000.0, false, false, now, DECAY);
         assert!((estimate(member).unwrap() - 5_000.0).abs() < 1.0);
         for bad in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
-            record(member, bad, false, now + 1, DECAY);
+            record(member, bad, false, false, now + 1, DECAY);
             assert!(estimate(member).is_some_and(|v| v.is_finite() && v > 0.0 && v <= CEILING_US));
         }
         // Garbage in the slot (an older build's, a carried-over value) reads as no sample.
         for bits in [f64::NAN.to_bits(), f64::INFINITY.to_bits(), (-3.0f64).to_bits(), 1] {
             member.latency_bits.store(bits, Ordering::Relaxed);
             assert!(estimate(member).is_none_or(|v| v.is_finite() && v > 0.0), "{bits:#x}");
-            record(member, 5_000.0, false, now + 2, DECAY);
+            record(member, 5_000.0, false, false, now + 2, DECAY);
             assert!(estimate(member).is_some_and(f64::is_finite));
         }
         unsafe { segment.unmap() };
@@ -288,8 +306,8 @@ mod tests {
             let index = segment.member_index(shared, i).unwrap();
             all[i].member = Some(index as u32);
             if let Some(latency) = latency {
-                record(segment.member(index).unwrap(), *latency, false, 1, DECAY);
-                record(segment.member(index).unwrap(), *latency, false, 2, DECAY);
+                record(segment.member(index).unwrap(), *latency, false, false, 1, DECAY);
+                record(segment.member(index).unwrap(), *latency, false, false, 2, DECAY);
             }
         }
         all
@@ -326,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_member_is_avoided_but_probed_once_a_second() {
+    fn a_slow_member_is_avoided_but_probed_once_in_200_picks_or_once_a_second() {
         let (segment, slot) = balancer(4);
         let all =
             with_latencies(&segment, slot, &[Some(5_000.0), Some(5_000.0), Some(5_000.0), Some(80_000.0)]);
@@ -338,6 +356,24 @@ mod tests {
         assert_eq!(same_second[3], 0, "{same_second:?}: no second probe within the second");
         let next_second = picks(&segment, slot, &all, 30, 3_100_000);
         assert_eq!(next_second[3], 1, "{next_second:?}: a probe a second later");
+        // At a high rate, once in 200 picks: 400 more picks within the same second (nothing held
+        // in flight, so only probes reach it), two more.
+        let settings = BalancerSettings::default();
+        let mut local = LocalState::default();
+        let mut probes = 0;
+        for _ in 0..400 {
+            local.sync_members(all.len(), |_| {});
+            local.candidates_mut().extend_from_slice(&all);
+            let mut reserve = Counts::default();
+            let shared = segment.balancer(slot).unwrap();
+            let mut pick = Pick::new(shared, &settings, &segment, 3_200_000, None, &mut local, &mut reserve);
+            if let Some(Choice { position: 3, reason: Reason::Latency { probe: true, .. } }) =
+                ByLatency.choose(&mut pick)
+            {
+                probes += 1;
+            }
+        }
+        assert_eq!(probes, 2, "a probe every 200 picks");
         unsafe { segment.unmap() };
     }
 
@@ -346,10 +382,20 @@ mod tests {
         let (segment, slot) = balancer(2);
         let all = with_latencies(&segment, slot, &[Some(5_000.0), Some(80_000.0)]);
         let slow = segment.member(all[1].member.unwrap() as usize).unwrap();
-        // Its probe, a second after its last sample, answers in 5 ms.
-        record(slow, 5_000.0, false, 1_000_001, DECAY);
-        assert!(estimate(slow).unwrap() < 3.0 * 5_000.0, "{:?}", estimate(slow));
-        assert_eq!(picks(&segment, slot, &all, 20, 1_000_002), vec![10, 10]);
+        // Its probe answers in 5 ms, 40 ms after its previous sample: the answer is the estimate.
+        record(slow, 5_000.0, false, true, 40_002, DECAY);
+        assert_eq!(estimate(slow), Some(5_000.0));
+        assert_eq!(picks(&segment, slot, &all, 20, 40_003), vec![10, 10]);
+        // Two slow answers in a row put it out again at once.
+        record(slow, 80_000.0, false, false, 50_000, DECAY);
+        record(slow, 80_000.0, false, false, 51_000, DECAY);
+        assert_eq!(estimate(slow), Some(80_000.0));
+        // A probe that fails fast is a failure, not a fresh estimate: it does not look fast, and
+        // a second failure in a row raises it to four times.
+        record(slow, 100.0, true, true, 60_000, DECAY);
+        assert!(estimate(slow).unwrap() >= 80_000.0);
+        record(slow, 100.0, true, true, 61_000, DECAY);
+        assert!(estimate(slow).unwrap() >= 4.0 * 80_000.0, "{:?}", estimate(slow));
         unsafe { segment.unmap() };
     }
 

@@ -123,6 +123,14 @@ pub struct Choice {
     pub reason: Reason,
 }
 
+impl Choice {
+    /// The attempt tests a member the method avoids (`bylatency`'s probe): its answer replaces
+    /// the member's latency estimate, being the only recent evidence of its speed.
+    pub fn is_probe(&self) -> bool {
+        matches!(self.reason, Reason::Latency { probe: true, .. })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Reason {
     /// `byweight`: the shared ticket and the step of the smooth cycle it landed on; `skipped`
@@ -472,7 +480,7 @@ mod tests {
             c.inflight = i as u32 % 5;
         }
         for latency in [3_000.0, 4_000.0] {
-            bylatency::record(segment.member(0).unwrap(), latency, false, 1, 10_000_000);
+            bylatency::record(segment.member(0).unwrap(), latency, false, false, 1, 10_000_000);
         }
         let process = segment.claim_process(777);
         for registered in &METHODS {

@@ -91,9 +91,10 @@ pub struct MemberSlot {
     pub latency_at_us: AtomicU64,
     pub latency_samples: AtomicU64,
     /// `bylatency`: the last sample taken (bits of an f64), and when the member last got a
-    /// probe (monotonic microseconds).
+    /// probe: the monotonic time in microseconds and the balancer's pick number.
     pub last_sample_bits: AtomicU64,
     pub probe_us: AtomicU64,
+    pub probe_pick: AtomicU64,
 }
 
 /// One httpd child process: the owner of a row of in-flight contributions.
