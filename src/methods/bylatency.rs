@@ -30,22 +30,22 @@
 //!                                           is four decay times), and it is back in the band
 //! ```
 //!
-//! **Probes.** A member outside the band is picked for one request once in 200 picks of its
-//! balancer (0.5% of the requests), or as soon as a second has passed since its last probe when
-//! there are fewer (one process wins each probe, through an atomic claim in the member's slot).
+//! **Probes.** Once in 200 picks (0.5% of the requests), or once a second when there are fewer,
+//! the balancer sends one request to the member outside the band it has probed longest ago (one
+//! process wins each probe, through an atomic claim in the balancer's slot).
 //! A probe's answer replaces the member's estimate (it is the only recent evidence; one that
 //! fails counts as a failure): a member that recovered, from slowness, from errors (httpd's retry
 //! timer, a health check, balancer-manager), or from answering 503, is back in the band with its
 //! next probe, tens of milliseconds after recovering at thousands of requests a second, a second
 //! at most; one that is still slow stays out, and two slow answers in a row push a member that
-//! only answered one probe fast back out. A member that is still slow costs 0.5% of the requests
-//! (one a second at most, when traffic is light).
+//! only answered one probe fast back out. Members that are still slow cost 0.5% of the requests
+//! together (one a second, when traffic is light).
 //!
 //! **Why not power of two choices.** P2C (Finagle's, Linkerd's, Envoy's) exists because a
 //! balancer usually sees stale or partial load: two random draws avoid herding on one stale
 //! minimum. Here every process reads exact shared in-flight counts, and a scan of every
-//! candidate costs about as much as two weighted draws (docs/benchmark.md: 16 members, tens of
-//! nanoseconds). Measured against P2C on peak EWMA (the previous version of this method), with
+//! candidate costs little against a proxied request's milliseconds (docs/benchmark.md: about
+//! 160 ns at 16 members, 9 µs at 1000). Measured against P2C on peak EWMA (the previous version of this method), with
 //! equal members it spread 64 clients over 10 members as evenly as `byinflight` where P2C's
 //! busiest member got 1.39 times its idlest one's requests, and a member that recovered got its
 //! share back within about a second where P2C took over 10 seconds (docs/benchmark.md,
@@ -61,8 +61,9 @@ use std::sync::atomic::Ordering;
 
 /// A member this many times slower than the fastest is ranked on its slowness.
 pub const BAND: f64 = 3.0;
-/// A member outside the band gets a probe once in this many picks of its balancer (0.5% of the
-/// requests), and at least once a second when there are fewer.
+/// The balancer probes a member outside the band once in this many picks (0.5% of the
+/// requests), and at least once a second when there are fewer; each probe goes to the one
+/// probed longest ago.
 pub const PROBE_EVERY_PICKS: u64 = 200;
 pub const PROBE_INTERVAL_US: u64 = 1_000_000;
 /// The highest estimate (60 s): a failing member's estimate climbs to it and no further.
@@ -77,44 +78,17 @@ pub struct ByLatency;
 
 impl Method for ByLatency {
     fn choose(&self, pick: &mut Pick<'_>) -> Option<Choice> {
-        let estimate_of = |pick: &Pick<'_>, c: &Candidate| {
-            c.member.and_then(|m| pick.segment.member(m as usize)).and_then(estimate)
-        };
-        let best =
-            pick.candidates().iter().filter_map(|c| estimate_of(pick, c)).fold(f64::INFINITY, f64::min);
-        let pick_number = pick.shared.turns.rotation.fetch_add(1, Ordering::Relaxed);
-        let start = pick_number as usize;
-        for _ in 0..pick.candidates().len() {
-            // A member outside the band that is due for a probe gets this request.
-            if let Some(position) = due_probe(pick, pick_number, best, &estimate_of)
-                && pick.reserve(position)
-            {
-                let candidate = pick.candidates()[position];
-                let latency_us = estimate_of(pick, &candidate);
-                let reason =
-                    Reason::Latency { rank: rank(&candidate, latency_us, best), latency_us, probe: true };
-                return Some(Choice { position, reason });
-            }
-            let count = pick.candidates().len();
-            let mut chosen: Option<(usize, f64)> = None;
-            for offset in 0..count {
-                let position = (start + offset) % count;
-                let candidate = &pick.candidates()[position];
-                if candidate.full {
-                    continue;
-                }
-                let rank = rank(candidate, estimate_of(pick, candidate), best);
-                if chosen.is_none_or(|(_, least)| rank < least) {
-                    chosen = Some((position, rank));
-                }
-            }
-            let (position, rank) = chosen?;
-            if pick.reserve(position) {
-                let latency_us = estimate_of(pick, &pick.candidates()[position]);
-                return Some(Choice { position, reason: Reason::Latency { rank, latency_us, probe: false } });
-            }
-        }
-        None
+        // Each candidate's estimate, read once, into the pick's reused buffer.
+        let mut latencies = std::mem::take(&mut pick.local.latencies);
+        latencies.clear();
+        latencies.extend(
+            pick.candidates()
+                .iter()
+                .map(|c| c.member.and_then(|m| pick.segment.member(m as usize)).and_then(estimate)),
+        );
+        let choice = choose_among(pick, &latencies);
+        pick.local.latencies = latencies;
+        choice
     }
 
     /// The rank the method picks on, with the loadfactor as configured: `(inflight + 1) /
@@ -131,6 +105,54 @@ impl Method for ByLatency {
     }
 }
 
+/// The pick, given each candidate's estimate (`latencies`, in candidate order).
+fn choose_among(pick: &mut Pick<'_>, latencies: &[Option<f64>]) -> Option<Choice> {
+    let best = latencies.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
+    let pick_number = pick.shared.turns.rotation.fetch_add(1, Ordering::Relaxed);
+    let start = pick_number as usize;
+    for _ in 0..pick.candidates().len() {
+        // A member outside the band that is due for a probe gets this request.
+        if let Some(position) = due_probe(pick, pick_number, best, latencies)
+            && pick.reserve(position)
+        {
+            let latency_us = latencies[position];
+            let rank = rank(&pick.candidates()[position], latency_us, best);
+            return Some(Choice { position, reason: Reason::Latency { rank, latency_us, probe: true } });
+        }
+        let (position, rank) = least_rank(pick.candidates(), latencies, best, start)?;
+        if pick.reserve(position) {
+            let latency_us = latencies[position];
+            return Some(Choice { position, reason: Reason::Latency { rank, latency_us, probe: false } });
+        }
+    }
+    None
+}
+
+/// The position and rank of the non-full candidate of least rank, scanning from `start`
+/// (modulo the number of candidates) to the end, then from the beginning; ties keep the first
+/// seen, so that equal members take turns as the shared start rotates.
+fn least_rank(
+    candidates: &[Candidate],
+    latencies: &[Option<f64>],
+    best: f64,
+    start: usize,
+) -> Option<(usize, f64)> {
+    let start = start % candidates.len().max(1);
+    let positions = (start..candidates.len()).chain(0..start);
+    let mut chosen: Option<(usize, f64)> = None;
+    for position in positions {
+        let candidate = &candidates[position];
+        if candidate.full {
+            continue;
+        }
+        let rank = rank(candidate, latencies[position], best);
+        if chosen.is_none_or(|(_, least)| rank < least) {
+            chosen = Some((position, rank));
+        }
+    }
+    chosen
+}
+
 /// How much a member's rank is multiplied for being slow: 1 within the band (or without a
 /// sample), else its latency over the fastest's.
 fn slowness(latency_us: Option<f64>, best_us: f64) -> f64 {
@@ -145,35 +167,34 @@ fn rank(candidate: &Candidate, latency_us: Option<f64>, best_us: f64) -> f64 {
     (f64::from(candidate.inflight) + 1.0) / f64::from(candidate.weight.max(1)) * slowness(latency_us, best_us)
 }
 
-/// A candidate outside the band whose last probe is [`PROBE_EVERY_PICKS`] picks or
-/// [`PROBE_INTERVAL_US`] ago, claimed for this pick (an atomic swap of its probe's pick
-/// number, so that one process probes it).
-fn due_probe(
-    pick: &Pick<'_>,
-    pick_number: u64,
-    best: f64,
-    estimate_of: &impl Fn(&Pick<'_>, &Candidate) -> Option<f64>,
-) -> Option<usize> {
-    pick.candidates().iter().position(|candidate| {
-        if candidate.full || slowness(estimate_of(pick, candidate), best) == 1.0 {
-            return false;
-        }
-        let Some(member) = candidate.member.and_then(|m| pick.segment.member(m as usize)) else {
-            return false;
-        };
-        let last_pick = member.probe_pick.load(Ordering::Relaxed);
-        let due = pick_number.wrapping_sub(last_pick) >= PROBE_EVERY_PICKS
-            || pick.now_us.saturating_sub(member.probe_us.load(Ordering::Relaxed)) >= PROBE_INTERVAL_US;
-        let claimed = due
-            && member
-                .probe_pick
-                .compare_exchange(last_pick, pick_number, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok();
-        if claimed {
-            member.probe_us.store(pick.now_us, Ordering::Relaxed);
-        }
-        claimed
-    })
+/// When the balancer is due for a probe ([`PROBE_EVERY_PICKS`] picks or
+/// [`PROBE_INTERVAL_US`] since its last one), the candidate outside the band probed longest ago,
+/// claimed for this pick (an atomic swap of the balancer's probe pick number, so that one
+/// process probes). Costs two loads when no probe is due. A member that leaves the band is
+/// first probed at the balancer's next turn, within 200 picks or a second.
+fn due_probe(pick: &Pick<'_>, pick_number: u64, best: f64, latencies: &[Option<f64>]) -> Option<usize> {
+    let turns = &pick.shared.turns;
+    let last_pick = turns.probe_pick.load(Ordering::Relaxed);
+    let due = pick_number.wrapping_sub(last_pick) >= PROBE_EVERY_PICKS
+        || pick.now_us.saturating_sub(turns.probe_us.load(Ordering::Relaxed)) >= PROBE_INTERVAL_US;
+    if !due {
+        return None;
+    }
+    // The turn is claimed even when no member is outside the band, so that the search below
+    // runs once per turn, not on every pick while all members are fast.
+    turns.probe_pick.compare_exchange(last_pick, pick_number, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+    turns.probe_us.store(pick.now_us, Ordering::Relaxed);
+    let member_of = |c: &Candidate| c.member.and_then(|m| pick.segment.member(m as usize));
+    let (position, member) = pick
+        .candidates()
+        .iter()
+        .zip(latencies)
+        .enumerate()
+        .filter(|(_, (candidate, latency))| !candidate.full && slowness(**latency, best) > 1.0)
+        .filter_map(|(position, (candidate, _))| Some((position, member_of(candidate)?)))
+        .min_by_key(|(_, member)| member.probe_us.load(Ordering::Relaxed))?;
+    member.probe_us.store(pick.now_us, Ordering::Relaxed);
+    Some(position)
 }
 
 /// Takes one latency sample into the member's peak EWMA, as its attempt ends. The answer to a

@@ -253,6 +253,8 @@ pub struct LocalState {
     offered: Offered,
     schedule: byweight::Cached,
     table: byhash::Cached,
+    /// `bylatency`: the candidates' estimates, read once per pick.
+    latencies: Vec<Option<f64>>,
 }
 
 /// Where each member of the balancer is among the candidates of the pick under way.

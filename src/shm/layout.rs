@@ -48,6 +48,9 @@ pub struct Turns {
     pub ticket: AtomicU64,
     /// Where the next tie-break or draw starts, so that equal members take turns.
     pub rotation: AtomicU64,
+    /// `bylatency`: the pick number and the time (monotonic microseconds) of the last probe.
+    pub probe_pick: AtomicU64,
+    pub probe_us: AtomicU64,
 }
 
 /// Counts of what happens to a request only now and then.
@@ -91,10 +94,9 @@ pub struct MemberSlot {
     pub latency_at_us: AtomicU64,
     pub latency_samples: AtomicU64,
     /// `bylatency`: the last sample taken (bits of an f64), and when the member last got a
-    /// probe: the monotonic time in microseconds and the balancer's pick number.
+    /// probe (monotonic microseconds).
     pub last_sample_bits: AtomicU64,
     pub probe_us: AtomicU64,
-    pub probe_pick: AtomicU64,
 }
 
 /// One httpd child process: the owner of a row of in-flight contributions.
