@@ -227,6 +227,33 @@ pub fn with_peers(scenario: &str, apache: &[Contender], peers: &Peers) -> Vec<Co
     contenders
 }
 
+/// `measure` for every contender, `rounds` times over, saying on stderr which run is under way
+/// and, from `progress`, how many requests it sent in how many seconds.
+pub fn each_round<R>(
+    scenario: &str,
+    rounds: usize,
+    contenders: &[Contender],
+    mut measure: impl FnMut(Contender, usize) -> Result<R, String>,
+    progress: impl Fn(&R) -> (u64, f64),
+) -> Result<Vec<R>, String> {
+    let mut runs = Vec::new();
+    for round in 1..=rounds {
+        for &contender in contenders {
+            eprint!("{scenario} {} round {round} ... ", contender.label());
+            let run = measure(contender, round)?;
+            let (requests, seconds) = progress(&run);
+            eprintln!("{requests} requests in {seconds:.1} s");
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+/// The requests a load sent and the seconds it took, for [`each_round`]'s progress line.
+pub fn progress_of(report: &LoadReport) -> (u64, f64) {
+    (report.outcomes.len() as u64, report.elapsed.as_secs_f64())
+}
+
 /// How each server treats a member that fails, beyond its defaults. The default value adds
 /// nothing: what `slow`, `recover` and `steady` run.
 #[derive(Clone, Copy, Debug, Default)]

@@ -34,11 +34,11 @@
 //! answered, its latency including the retry. `errors` is what a retrying client still sees.
 
 use crate::common::{
-    BYINFLIGHT, BYLATENCY, Contender, FailureSettings, Options, Peers, run_load, sleep_until, start_backends,
-    start_server_with, wait_backends_idle, warm_up_load, with_peers,
+    BYINFLIGHT, BYLATENCY, Contender, FailureSettings, Options, Peers, each_round, progress_of, run_load,
+    sleep_until, start_backends, start_server_with, wait_backends_idle, warm_up_load, with_peers,
 };
 use crate::windows::{
-    back_after, ms_or_dash, percent_series, percentile_between, seconds_header, share_per_second,
+    back_after, back_label, ms_or_dash, percent_series, percentile_between, seconds_header, share_per_second,
 };
 use lbrs_harness::{Backend, BackendSpec, Load, LoadReport, ms, wait_for};
 use std::thread;
@@ -107,12 +107,8 @@ impl Run {
         back_after(&self.report, DOWNED, self.up_at, BACK_SHARE)
     }
 
-    /// `back_after` for a table: "1.3 s", or "> 7 s" when not within the run.
     fn back(&self) -> String {
-        match self.back_after() {
-            Some(after) => format!("{:.1} s", after.as_secs_f64()),
-            None => format!("> {:.0} s", self.report.elapsed.saturating_sub(self.up_at).as_secs_f64()),
-        }
+        back_label(self.back_after(), self.report.elapsed.saturating_sub(self.up_at))
     }
 }
 
@@ -246,15 +242,13 @@ pub fn run(options: &Options) -> Result<(), String> {
         DOWN_AT.as_secs(),
         UP_AT.as_secs(),
     );
-    let mut runs = Vec::new();
-    for round in 1..=options.rounds(ROUNDS) {
-        for &contender in &contenders {
-            eprint!("down {} round {round} ... ", contender.label());
-            let run = measure(options, &mut backends, &peers, contender, round)?;
-            eprintln!("{} requests in {:.1} s", run.report.outcomes.len(), run.report.elapsed.as_secs_f64());
-            runs.push(run);
-        }
-    }
+    let runs = each_round(
+        "down",
+        options.rounds(ROUNDS),
+        &contenders,
+        |contender, round| measure(options, &mut backends, &peers, contender, round),
+        |run| progress_of(&run.report),
+    )?;
     println!(
         "\ndown: one member of four ({DOWNED}) refusing connections from {} s to {} s ({} slots each, {} ms), \
          {} clients, {} s per run",

@@ -14,12 +14,12 @@
 //! over every other contender's in each window.
 
 use crate::common::{
-    BYINFLIGHT, BYLATENCY, Contender, Options, Peers, run_load, sleep_until, start_backends, start_server,
-    wait_backends_idle, warm_up_load, with_peers,
+    BYINFLIGHT, BYLATENCY, Contender, Options, Peers, each_round, progress_of, run_load, sleep_until,
+    start_backends, start_server, wait_backends_idle, warm_up_load, with_peers,
 };
 use crate::windows::{
-    back_after, errors_between, latencies_between, ms_or_dash, percent_series, percentile_between,
-    seconds_header, share_per_second,
+    back_after, back_label, errors_between, latencies_between, ms_or_dash, percent_series,
+    percentile_between, seconds_header, share_per_second,
 };
 use lbrs_harness::client::percentile;
 use lbrs_harness::{Backend, Load, LoadReport, ms};
@@ -82,12 +82,8 @@ impl Run {
         back_after(&self.report, CHANGED, SLOW_UNTIL, BACK_SHARE)
     }
 
-    /// `back_after` for a table: "1.3 s", or "> 10 s" when not within the run.
     fn back(&self) -> String {
-        match self.back_after() {
-            Some(after) => format!("{:.1} s", after.as_secs_f64()),
-            None => format!("> {:.0} s", self.report.elapsed.saturating_sub(SLOW_UNTIL).as_secs_f64()),
-        }
+        back_label(self.back_after(), self.report.elapsed.saturating_sub(SLOW_UNTIL))
     }
 }
 
@@ -226,15 +222,13 @@ pub fn run(options: &Options) -> Result<(), String> {
         SLOW_FROM.as_secs(),
         SLOW_UNTIL.as_secs(),
     );
-    let mut runs = Vec::new();
-    for round in 1..=options.rounds(ROUNDS) {
-        for &contender in &contenders {
-            eprint!("recover {} round {round} ... ", contender.label());
-            let run = measure(options, &backends, &peers, contender, round)?;
-            eprintln!("{} requests in {:.1} s", run.report.outcomes.len(), run.report.elapsed.as_secs_f64());
-            runs.push(run);
-        }
-    }
+    let runs = each_round(
+        "recover",
+        options.rounds(ROUNDS),
+        &contenders,
+        |contender, round| measure(options, &backends, &peers, contender, round),
+        |run| progress_of(&run.report),
+    )?;
     println!(
         "\nrecover: one member of four ({CHANGED}) at {} ms from {} s to {} s, {} ms before and after ({} slots \
          each), {} clients, {} s per run",

@@ -11,8 +11,8 @@
 //! bar is stated in.
 
 use crate::common::{
-    BYINFLIGHT, BYLATENCY, BYREQUESTS, Contender, Options, Peers, ROUNDS, RUN_DEADLINE, measured_load,
-    run_load, start_backends, start_server, wait_backends_idle, warm_up_load, with_peers,
+    BYINFLIGHT, BYLATENCY, BYREQUESTS, Contender, Options, Peers, ROUNDS, RUN_DEADLINE, each_round,
+    measured_load, run_load, start_backends, start_server, wait_backends_idle, warm_up_load, with_peers,
 };
 use lbrs_harness::client::percentile;
 use lbrs_harness::{Backend, ms};
@@ -222,15 +222,13 @@ pub fn run(options: &Options) -> Result<(), String> {
         SLOW_SLOTS,
         ms(SLOW_TIME),
     );
-    let mut runs = Vec::new();
-    for round in 1..=options.rounds(ROUNDS) {
-        for &contender in &contenders {
-            eprint!("slow {} round {round} ... ", contender.label());
-            let run = measure_slow(options, &backends, &peers, contender, round)?;
-            eprintln!("{} requests in {:.1} s", run.ok + run.errors, run.seconds);
-            runs.push(run);
-        }
-    }
+    let runs = each_round(
+        "slow",
+        options.rounds(ROUNDS),
+        &contenders,
+        |contender, round| measure_slow(options, &backends, &peers, contender, round),
+        |run| (run.ok + run.errors, run.seconds),
+    )?;
     println!(
         "\nslow: one member of four ten times slower ({} ms against {} ms, {} slots each), {} clients\n",
         ms(SLOW_TIME),

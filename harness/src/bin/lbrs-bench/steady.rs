@@ -12,8 +12,8 @@
 //! the range of the members' shares second by second; and every ratio against `byinflight`.
 
 use crate::common::{
-    BYINFLIGHT, BYLATENCY, Contender, Options, Peers, ROUNDS, RUN_DEADLINE, measured_load, run_load,
-    start_backends, start_server, wait_backends_idle, warm_up_load, with_peers,
+    BYINFLIGHT, BYLATENCY, Contender, Options, Peers, ROUNDS, RUN_DEADLINE, each_round, measured_load,
+    progress_of, run_load, start_backends, start_server, wait_backends_idle, warm_up_load, with_peers,
 };
 use crate::windows::{answered_by, seconds_header};
 use lbrs_harness::client::percentile;
@@ -202,15 +202,13 @@ pub fn run(options: &Options) -> Result<(), String> {
         SLOTS,
         ms(SERVICE_TIME),
     );
-    let mut runs = Vec::new();
-    for round in 1..=options.rounds(ROUNDS) {
-        for &contender in &contenders {
-            eprint!("steady {} round {round} ... ", contender.label());
-            let run = measure(options, &backends, &peers, contender, round)?;
-            eprintln!("{} requests in {:.1} s", run.report.outcomes.len(), run.report.elapsed.as_secs_f64());
-            runs.push(run);
-        }
-    }
+    let runs = each_round(
+        "steady",
+        options.rounds(ROUNDS),
+        &contenders,
+        |contender, round| measure(options, &backends, &peers, contender, round),
+        |run| progress_of(&run.report),
+    )?;
     println!(
         "\nsteady: {} equal members ({} ms, {} slots each), {} clients, {} requests per run\n",
         MEMBERS.len(),

@@ -74,6 +74,15 @@ pub fn back_after(report: &LoadReport, member: &str, since: Duration, share: f64
     None
 }
 
+/// [`back_after`] for a table: "1.3 s", or "> 10 s" (the `rest` of the load after `since`) when
+/// the member was not back within the load.
+pub fn back_label(back_after: Option<Duration>, rest: Duration) -> String {
+    match back_after {
+        Some(after) => format!("{:.1} s", after.as_secs_f64()),
+        None => format!("> {:.0} s", rest.as_secs_f64()),
+    }
+}
+
 /// Shares as whole percentages, each right-aligned in `width` characters (`-` for none).
 pub fn percent_series(shares: &[Option<f64>], width: usize) -> String {
     shares
