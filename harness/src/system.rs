@@ -332,15 +332,7 @@ impl MachineGuard {
         let now = self.now();
         // Added entries go first, deepest first; then what was there comes back, parents first.
         for (path, _) in now.entries.iter().rev().filter(|(p, _)| !self.before.entries.contains_key(*p)) {
-            let removed = match fs::symlink_metadata(path) {
-                Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-                Ok(_) => fs::remove_file(path),
-                Err(_) => continue,
-            };
-            done.push(match removed {
-                Ok(()) => format!("removed {}", path.display()),
-                Err(e) => format!("could not remove {}: {e}", path.display()),
-            });
+            done.extend(remove_any(path));
         }
         for (path, entry) in &self.before.entries {
             if now.entries.get(path) == Some(entry) {
@@ -352,15 +344,7 @@ impl MachineGuard {
             });
         }
         for path in &self.absent {
-            let removed = match fs::symlink_metadata(path) {
-                Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-                Ok(_) => fs::remove_file(path),
-                Err(_) => continue,
-            };
-            done.push(match removed {
-                Ok(()) => format!("removed {}", path.display()),
-                Err(e) => format!("could not remove {}: {e}", path.display()),
-            });
+            done.extend(remove_any(path));
         }
         let left = self.before.differences(&self.now());
         if !left.is_empty() {
@@ -420,4 +404,18 @@ pub fn retry<T>(within: Duration, mut attempt: impl FnMut() -> Result<T, String>
             Err(_) => thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// Removes `path`, a directory with what it holds or anything else, saying what happened;
+/// `None` when there was nothing there.
+fn remove_any(path: &Path) -> Option<String> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(_) => return None,
+    };
+    Some(match removed {
+        Ok(()) => format!("removed {}", path.display()),
+        Err(e) => format!("could not remove {}: {e}", path.display()),
+    })
 }
