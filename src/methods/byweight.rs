@@ -198,14 +198,14 @@ fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
     }
     let mut steps = Vec::with_capacity(total as usize);
     for step in 1..=total {
-        let chosen = groups
-            .iter_mut()
-            .max_by(|a, b| {
-                let by_current = a.current(step, total.into()).cmp(&b.current(step, total.into()));
-                // On equal `current` the member listed first wins, as in nginx and Apache.
-                by_current.then(b.front().cmp(&a.front()))
-            })
-            .expect("weights is not empty when total > 0");
+        // There is a group whenever `total` > 0; the `else` only keeps panics off the request path.
+        let Some(chosen) = groups.iter_mut().max_by(|a, b| {
+            let by_current = a.current(step, total.into()).cmp(&b.current(step, total.into()));
+            // On equal `current` the member listed first wins, as in nginx and Apache.
+            by_current.then(b.front().cmp(&a.front()))
+        }) else {
+            break;
+        };
         steps.push(chosen.front());
         chosen.picks += 1;
     }
