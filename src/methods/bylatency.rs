@@ -11,8 +11,8 @@
 //! answers does not make the estimates of equal members drift apart); any other sample moves it
 //! as an exponentially weighted moving average over an uneven time series,
 //! `w = exp(-dt / decay)`, `estimate = sample * (1 - w) + estimate * w`, `decay` being
-//! `LBLatencyDecay` (250 ms by default). A failed attempt counts as four times the estimate (a member failing fast must not
-//! look fast), and no estimate ever exceeds [`CEILING_US`] (60 s) or is anything but a finite
+//! `LBLatencyDecay` (250 ms by default). A failed attempt counts as four times the estimate, or
+//! as the ceiling when there is none yet (a member failing fast must not look fast), and no estimate ever exceeds [`CEILING_US`] (60 s) or is anything but a finite
 //! positive number: whatever is read that is not (a segment from an older build, a value
 //! carried over a restart) counts as no sample.
 //!
@@ -175,7 +175,8 @@ fn rank(candidate: &Candidate, latency_us: Option<f64>, best_us: f64) -> f64 {
 fn due_probe(pick: &Pick<'_>, pick_number: u64, best: f64, latencies: &[Option<f64>]) -> Option<usize> {
     let turns = &pick.shared.turns;
     let last_pick = turns.probe_pick.load(Ordering::Relaxed);
-    let due = pick_number.wrapping_sub(last_pick) >= PROBE_EVERY_PICKS
+    // Signed: a pick number taken before another process claimed a later one is not due.
+    let due = pick_number.wrapping_sub(last_pick) as i64 >= PROBE_EVERY_PICKS as i64
         || pick.now_us.saturating_sub(turns.probe_us.load(Ordering::Relaxed)) >= PROBE_INTERVAL_US;
     if !due {
         return None;
@@ -208,7 +209,10 @@ pub fn record(member: &MemberSlot, sample_us: f64, failed: bool, probe: bool, no
         let current = sane(bits);
         taken = match (failed, current) {
             (true, Some(current)) => sample_us.max(FAILURE_PENALTY * current).min(CEILING_US),
-            _ => sample_us,
+            // A member that has never answered must not look fast by failing fast: out of the
+            // band until a probe it answers replaces the estimate.
+            (true, None) => CEILING_US,
+            (false, _) => sample_us,
         };
         let previous = sane(member.last_sample_bits.load(Ordering::Acquire));
         let next =
@@ -273,6 +277,38 @@ mod tests {
         // One slow sample after a fast one barely moves it.
         let hiccup = updated(Some(5_000.0), Some(5_000.0), 50_000.0, 1_000, DECAY);
         assert!(hiccup < 5_200.0, "{hiccup}");
+    }
+
+    #[test]
+    fn a_first_sample_that_failed_is_the_ceiling_not_a_fast_estimate() {
+        let (segment, _) = balancer(1);
+        let member = segment.member(0).unwrap();
+        // A fresh member answers 503 in 0.3 ms: it must not become the fastest.
+        record(member, 300.0, true, false, 1, DECAY);
+        assert_eq!(estimate(member), Some(CEILING_US));
+        // A probe it answers gives it its real estimate.
+        record(member, 5_000.0, false, true, 2, DECAY);
+        assert_eq!(estimate(member), Some(5_000.0));
+        unsafe { segment.unmap() };
+    }
+
+    #[test]
+    fn a_pick_number_older_than_the_last_probe_is_not_due() {
+        let (segment, slot) = balancer(2);
+        let all = with_latencies(&segment, slot, &[Some(5_000.0), Some(80_000.0)]);
+        let settings = BalancerSettings::default();
+        let mut local = LocalState::default();
+        local.sync_members(all.len(), |_| {});
+        local.candidates_mut().extend_from_slice(&all);
+        let mut reserve = Counts::default();
+        let shared = segment.balancer(slot).unwrap();
+        // Another process claimed the probe at pick 1000, a moment after this one took pick 999.
+        shared.turns.probe_pick.store(1_000, Ordering::Relaxed);
+        shared.turns.probe_us.store(5_000_000, Ordering::Relaxed);
+        let pick = Pick::new(shared, &settings, &segment, 5_000_001, None, &mut local, &mut reserve);
+        assert_eq!(due_probe(&pick, 999, 5_000.0, &[Some(5_000.0), Some(80_000.0)]), None);
+        assert_eq!(shared.turns.probe_pick.load(Ordering::Relaxed), 1_000, "not moved back");
+        unsafe { segment.unmap() };
     }
 
     #[test]
