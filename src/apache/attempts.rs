@@ -32,6 +32,9 @@ struct RequestState {
     /// The request was refused because every candidate was at its cap, and no pick has served
     /// it since: the balancer's shed counter, counted once when the request ends so.
     shed: *const AtomicU64,
+    /// [`count_shed`] is registered on the request pool (once per request, however often it
+    /// is refused and served again).
+    shed_cleanup: bool,
 }
 
 /// One attempt, in the request pool; released by [`release_attempt`].
@@ -141,8 +144,9 @@ pub unsafe fn refuse(r: *mut ffi::request_rec, shed: &AtomicU64) -> u64 {
     unsafe {
         request::set_error_header(r, "Retry-After", "1");
         let state = request_state(r);
-        if (*state).shed.is_null() {
-            (*state).shed = shed;
+        (*state).shed = shed;
+        if !(*state).shed_cleanup {
+            (*state).shed_cleanup = true;
             ffi::apr_pool_cleanup_register(
                 (*r).pool,
                 state as *const c_void,
@@ -179,7 +183,12 @@ unsafe fn request_state(r: *mut ffi::request_rec) -> *mut RequestState {
         let mut state = request::module_state(r) as *mut RequestState;
         if state.is_null() {
             state = ffi::apr_palloc((*r).pool, size_of::<RequestState>()) as *mut RequestState;
-            state.write(RequestState { attempt: ptr::null_mut(), timed: false, shed: ptr::null() });
+            state.write(RequestState {
+                attempt: ptr::null_mut(),
+                timed: false,
+                shed: ptr::null(),
+                shed_cleanup: false,
+            });
             request::set_module_state(r, state as *mut c_void);
         }
         state
