@@ -418,12 +418,20 @@ pub unsafe fn with_thread_lock<R>(balancer: *const ffi::proxy_balancer, body: im
     // SAFETY: tmutex is null or a live APR thread mutex of this process.
     let mutex = unsafe { (*balancer).tmutex };
     let locked = !mutex.is_null() && unsafe { ffi::apr_thread_mutex_lock(mutex) } == ffi::APR_SUCCESS;
-    let result = body();
-    if locked {
-        // SAFETY: locked above by this thread.
-        unsafe { ffi::apr_thread_mutex_unlock(mutex) };
+    // Unlocks on the way out, even if `body` panics (the panic guard then answers 500, and the
+    // balancer must not stay locked for this process's later requests).
+    let _unlock = locked.then_some(Unlock(mutex));
+    body()
+}
+
+/// Unlocks an APR thread mutex this thread locked, when dropped.
+struct Unlock(*mut ffi::apr_thread_mutex_t);
+
+impl Drop for Unlock {
+    fn drop(&mut self) {
+        // SAFETY: locked by this thread in `with_thread_lock`, which holds this guard.
+        unsafe { ffi::apr_thread_mutex_unlock(self.0) };
     }
-    result
 }
 
 /// `host:port` of a server (virtual host), as the status page labels balancers.
