@@ -314,12 +314,7 @@ pub fn load_bound(factor: f64, total_inflight: u64, members: usize) -> u64 {
 
 /// The hash of a request's key (FNV-1a, then mixed so that nearby keys spread out).
 pub fn key_hash(key: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in key {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(hash)
+    mix(crate::shm::fnv1a(key))
 }
 
 /// True if a member on its slow-start ramp, at `fraction` (0..=1) of its weight, takes this

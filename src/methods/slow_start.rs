@@ -3,8 +3,10 @@
 //! share at once. Its weight grows linearly from a floor of 10% to 100% over the ramp time, as
 //! HAProxy's `slowstart` does; members usable since startup never ramp.
 //!
-//! The weight moves in 5% steps, so `byweight` rebuilds its cycle at most twenty times per ramp
-//! instead of on every request.
+//! The weight moves in 5% steps, twenty per ramp. `byweight` applies it per ticket (a ramping
+//! member takes the ticket that lands on it with probability weight / loadfactor, so its cycle
+//! is never rebuilt for a ramp); `byinflight` and `bylatency` divide in-flight counts by it;
+//! `byhash` admits that fraction of the member's keys.
 
 use crate::shm::MemberSlot;
 use std::time::Duration;

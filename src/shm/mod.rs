@@ -11,7 +11,7 @@ mod segment;
 
 pub use layout::{BalancerSlot, MemberSlot};
 pub use restart::{BalancerPlan, carry_over, place, reuse};
-pub use segment::{Capacity, Segment, name_key};
+pub use segment::{Capacity, Segment, fnv1a, name_key};
 
 /// Microseconds on the system's monotonic clock: the same clock in every process, so times
 /// stored in the segment (slow-start ramps) mean the same to all of them.

@@ -309,15 +309,21 @@ fn wait_while_claiming(balancer: &BalancerSlot) -> u64 {
     CLAIMING
 }
 
-/// FNV-1a, 64 bits: a stable hash for names (the same in every process and every build), never
-/// 0 and never the `CLAIMING` marker.
-pub fn name_key(name: &[u8]) -> u64 {
+/// 64-bit FNV-1a of `bytes`: fast, stable across builds and processes, and good enough for
+/// names and hash keys (callers that need better mixing mix its result).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in name {
+    for &byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    match hash {
+    hash
+}
+
+/// [`fnv1a`] of a name, as the key of its slot: never 0 (a free slot) and never the `CLAIMING`
+/// marker.
+pub fn name_key(name: &[u8]) -> u64 {
+    match fnv1a(name) {
         0 => 1,
         CLAIMING => CLAIMING - 1,
         other => other,
