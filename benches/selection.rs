@@ -36,9 +36,13 @@ use config::BalancerSettings;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use methods::byhash::Table;
 use methods::byweight::Schedule;
-use methods::{Candidate, LocalState, METHODS, Member, Pick, Registered, Reserve, bylatency};
+use methods::tables::Builder;
+use methods::{
+    Candidate, LocalState, METHODS, Member, Pick, Registered, Reserve, Shelves, TablesOf, Tier, bylatency,
+};
 use shm::{Capacity, Segment};
 use std::hint::black_box;
+use std::sync::Arc;
 
 const SIZES: [usize; 5] = [2, 16, 256, 1000, 1024];
 
@@ -59,6 +63,7 @@ fn candidates(members: usize, distinct: bool, segment: &Segment, slot: usize) ->
                 inflight: (i as u32 * 7) % 13,
                 limit: methods::NO_LIMIT,
                 full: false,
+                tier: Tier::default(),
             }
         })
         .collect()
@@ -80,11 +85,13 @@ fn segment(members: usize) -> (Segment, usize) {
     let segment = Segment::create(capacity).expect("map a shared segment");
     let slot =
         segment.claim_balancer(shm::name_key(b"balancer://bench"), members as u32).expect("a free slot");
+    let counts = shm::Counts::new(segment, None);
     for i in 0..members {
         let member = segment.member(i).expect("in range");
         bylatency::record(member, 2_000.0 + (i * 5 % 39) as f64 * 1_000.0, false, false, 1, 10_000_000);
         for _ in 0..(i as u64 * 7) % 13 {
-            member.begin_attempt(None);
+            // Held for the whole run: in flight (an attempt stays counted until it is ended).
+            let _held = counts.begin(i, u64::MAX);
         }
     }
     (segment, slot)
@@ -97,7 +104,15 @@ fn members_of(candidates: &[Candidate]) -> impl Iterator<Item = Member> + '_ {
             format!("http://10.0.{}.{}:8080", c.worker_index / 256, c.worker_index % 256).as_bytes(),
         ),
         lbfactor: c.lbfactor,
+        tier: c.tier,
     })
+}
+
+/// One process's tables for one balancer, with its tables built for `all` before the picks.
+fn tables_for(all: &[Candidate], hash: bool) -> Arc<Shelves> {
+    let shelves = Shelves::new(1, Builder::Inline);
+    shelves.publish_now(0, &members_of(all).collect::<Vec<_>>(), hash);
+    shelves
 }
 
 /// One pick of `registered` per iteration, `offered` of the members offered.
@@ -114,6 +129,8 @@ fn bench_method(
         let (segment, slot) = segment(members);
         let shared = segment.balancer(slot).expect("the slot just claimed");
         let all = candidates(members, members == 1000, &segment, slot);
+        let shelves = tables_for(&all, registered.method.uses_hash_key());
+        let tables = TablesOf { shelves: &shelves, balancer: 0 };
         let mut local = LocalState::default();
         local.sync_members(all.len(), |list| list.extend(members_of(&all)));
         local.candidates_mut().extend_from_slice(&offered(&all));
@@ -124,8 +141,16 @@ fn bench_method(
                 user += 1;
                 key[..8].copy_from_slice(&user.to_le_bytes());
                 let mut free = Free;
-                let mut pick =
-                    Pick::new(shared, &settings, &segment, 1_000_000, Some(&key), &mut local, &mut free);
+                let mut pick = Pick::new(
+                    shared,
+                    &settings,
+                    &segment,
+                    1_000_000,
+                    Some(&key),
+                    tables,
+                    &mut local,
+                    &mut free,
+                );
                 black_box(registered.method.choose(&mut pick))
             })
         });
@@ -145,7 +170,9 @@ fn finder(c: &mut Criterion) {
             let (segment, slot) = segment(members);
             let shared = segment.balancer(slot).expect("the slot just claimed");
             let all = candidates(members, members == 1000, &segment, slot);
-            let process = segment.claim_process(std::process::id());
+            let process = shm::Counts::new(segment, segment.claim_process(std::process::id()));
+            let shelves = tables_for(&all, registered.method.uses_hash_key());
+            let tables = TablesOf { shelves: &shelves, balancer: 0 };
             let mut local = LocalState::default();
             local.sync_members(all.len(), |list| list.extend(members_of(&all)));
             let mut user = 0u64;
@@ -158,7 +185,8 @@ fn finder(c: &mut Criterion) {
                     let candidates = local.candidates_mut();
                     for offered in &all {
                         let member = offered.member.and_then(|m| segment.member(m as usize));
-                        let inflight = member.map_or(0, |m| m.inflight()) as u32;
+                        let inflight =
+                            offered.member.map_or(0, |m| shm::attempt::inflight(&segment, m as usize)) as u32;
                         let weight = methods::slow_start::member_weight(
                             offered.lbfactor,
                             member,
@@ -167,20 +195,20 @@ fn finder(c: &mut Criterion) {
                         );
                         candidates.push(Candidate { inflight, weight, ..*offered });
                     }
-                    let mut counts = methods::SharedCounts { segment: &segment, process };
+                    let mut counts = methods::SharedCounts::new(process);
                     let mut pick = Pick::new(
                         shared,
                         &settings,
                         &segment,
                         1_000_000,
                         Some(&key),
+                        tables,
                         &mut local,
                         &mut counts,
                     );
                     let choice = registered.method.choose(&mut pick);
-                    let picked = choice.map(|c| pick.candidates()[c.position]);
-                    if let Some((member, mine)) = picked.and_then(|c| counts.counters(&c)) {
-                        member.end_attempt(false, mine);
+                    if let Some(attempt) = counts.taken.take() {
+                        attempt.end(shm::Outcome::Completed);
                     }
                     black_box(choice)
                 })

@@ -8,6 +8,7 @@
 #include "http_request.h"
 #include "ap_provider.h"
 #include "ap_mpm.h"
+#include "mpm_common.h"
 #include "ap_slotmem.h"
 #include "mod_proxy.h"
 #include "apr_optional.h"

@@ -16,6 +16,7 @@
 // In test builds the httpd glue is left out, so what only it uses looks unused.
 #![cfg_attr(test, allow(dead_code))]
 
+#[cfg(not(test))]
 mod apache;
 mod config;
 #[allow(dead_code)]

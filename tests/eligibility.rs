@@ -199,19 +199,25 @@ fn a_member_added_in_balancer_manager_is_balanced_and_counted() {
     // balancer-manager adds members disabled; enable it next, as an admin would.
     balancer_manager_set(&apache, "app", "", &[("b_wyes", "1"), ("b_nwrkr", &b[2].url())]).unwrap();
     balancer_manager_set(&apache, "app", &b[2].url(), &[("w_status_D", "0")]).unwrap();
-    // Every child syncs the new member before its next pick.
+    // Every child syncs the new member at its next pick, and builds its new cycle away from
+    // its requests: until it is built (a request or two), the child picks from the old one.
     let report = Load::new("/", 4, 600).run(apache.addr());
     assert_eq!(report.count_status(200), 600, "{:?}", report.per_status());
-    assert_eq!(report.count_backend("new"), 200, "exactly a third: {:?}", report.per_backend());
+    let new = report.count_backend("new");
+    assert!(new.abs_diff(200) <= 4, "a third, give or take the first picks: {:?}", report.per_backend());
     let member = apache.member_status("balancer://app", &b[2].url()).unwrap();
-    assert_eq!(member["selected"], 200, "{member}");
+    assert_eq!(member["selected"], new, "{member}");
+    let report = Load::new("/", 4, 600).run(apache.addr());
+    assert_eq!(report.count_backend("new"), 200, "then exactly a third: {:?}", report.per_backend());
     assert!(wait_for(Duration::from_secs(5), || {
         apache.member_status("balancer://app", &b[2].url()).unwrap()["inflight"] == 0
     }));
 }
 
 /// A member added at run time into a slot where a member added in an earlier generation was
-/// starts afresh: it inherits neither the name, the totals nor the latency estimate.
+/// starts afresh: it inherits neither the name, the totals nor the latency estimate. The
+/// restart makes a new segment (the old generation's children may still count in that slot)
+/// and carries the configured members' totals over.
 #[test]
 fn a_member_added_where_an_earlier_one_was_starts_afresh() {
     let b = backends(&["a", "x", "y"]);
@@ -226,10 +232,10 @@ fn a_member_added_where_an_earlier_one_was_starts_afresh() {
     assert!(report.count_backend("x") > 0, "{:?}", report.per_backend());
     let served = |m: &serde_json::Value| m["selected"].as_u64().unwrap_or(u64::MAX);
     let a_before = served(&apache.member_status("balancer://app", &b[0].url()).unwrap());
-    // The same configuration again: the shared counters continue, but the member added at
-    // run time is gone until someone adds one again.
+    // The same configuration again: the member added at run time is gone until someone adds
+    // one again, and its slot with it.
     apache.graceful().unwrap();
-    assert!(apache.error_log().contains("balancers unchanged"));
+    assert_eq!(apache.error_log().matches("new shared segment").count(), 2, "{}", apache.error_log());
     add(&apache, &b[2]);
     sequential(&apache, 4);
     let y = apache.member_status("balancer://app", &b[2].url()).unwrap();

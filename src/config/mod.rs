@@ -6,8 +6,10 @@
 //! virtual host where it is written (virtual hosts inherit the main server's balancers and
 //! their settings, as httpd does for the balancers themselves).
 
+use std::any::Any;
 use std::ffi::CStr;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Settings of one balancer. `None` means "not written": the default applies.
@@ -55,12 +57,37 @@ impl BalancerSettings {
 }
 
 /// The `LBHashKey` expression: its text, and the compiled form httpd evaluates.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HashKey {
     pub source: String,
-    /// Address of httpd's parsed expression (`ap_expr_info_t`, in the configuration pool);
-    /// opaque here, used by the httpd glue only.
-    pub compiled: usize,
+    pub compiled: Compiled,
+}
+
+/// An expression as httpd parsed it, opaque here: whatever the glue's parser made of it, which
+/// the glue alone reads back.
+#[derive(Clone)]
+pub struct Compiled(Arc<dyn Any + Send + Sync>);
+
+impl Compiled {
+    pub fn new<T: Any + Send + Sync>(parsed: T) -> Compiled {
+        Compiled(Arc::new(parsed))
+    }
+
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl PartialEq for Compiled {
+    fn eq(&self, other: &Compiled) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Compiled")
+    }
 }
 
 /// A per-member in-flight limit.
@@ -136,7 +163,7 @@ impl ServerSettings {
         balancer: &str,
         directive: Directive,
         args: &[&str],
-        compile: impl FnOnce(&str) -> Result<usize, String>,
+        compile: impl FnOnce(&str) -> Result<Compiled, String>,
     ) -> Result<(), String> {
         let entry = self.entry_mut(balancer);
         directive.apply(&mut entry.settings, args, compile)?;
@@ -254,7 +281,7 @@ impl Directive {
         self,
         settings: &mut BalancerSettings,
         args: &[&str],
-        compile: impl FnOnce(&str) -> Result<usize, String>,
+        compile: impl FnOnce(&str) -> Result<Compiled, String>,
     ) -> Result<(), String> {
         match self {
             Directive::SlowStart => {
@@ -362,7 +389,7 @@ pub fn section_balancer(path: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn no_compiler(_: &str) -> Result<usize, String> {
+    fn no_compiler(_: &str) -> Result<Compiled, String> {
         unreachable!("only LBHashKey compiles")
     }
 
@@ -388,12 +415,13 @@ mod tests {
         Directive::MaxInflight.apply(&mut s, &["8", "per-loadfactor"], no_compiler).unwrap();
         Directive::HashBalanceFactor.apply(&mut s, &["1.5"], no_compiler).unwrap();
         Directive::LatencyDecay.apply(&mut s, &["2s"], no_compiler).unwrap();
-        Directive::HashKey.apply(&mut s, &["%{REMOTE_ADDR}"], |_| Ok(42)).unwrap();
+        Directive::HashKey.apply(&mut s, &["%{REMOTE_ADDR}"], |_| Ok(Compiled::new(42u32))).unwrap();
         assert_eq!(s.slow_start, Some(Duration::from_secs(30)));
         assert_eq!(s.max_inflight, Some(Cap { limit: 8, per_loadfactor: true }));
         assert_eq!(s.balance_factor(), Some(1.5));
         assert_eq!(s.latency_decay(), Duration::from_secs(2));
-        assert_eq!(s.hash_key, Some(HashKey { source: "%{REMOTE_ADDR}".into(), compiled: 42 }));
+        let key = s.hash_key.as_ref().unwrap();
+        assert_eq!((key.source.as_str(), key.compiled.get::<u32>()), ("%{REMOTE_ADDR}", Some(&42)));
         Directive::HashBalanceFactor.apply(&mut s, &["off"], no_compiler).unwrap();
         assert_eq!(s.balance_factor(), None);
         assert_eq!(BalancerSettings::default().balance_factor(), Some(1.25));
@@ -505,7 +533,7 @@ mod tests {
                 args in prop::collection::vec(".{0,12}", 0..4),
             ) {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let result = directive.apply(&mut BalancerSettings::default(), &args, |_| Ok(1));
+                let result = directive.apply(&mut BalancerSettings::default(), &args, |_| Ok(Compiled::new(1u32)));
                 if let Err(message) = result {
                     prop_assert!(message.starts_with(directive.name()), "{}", message);
                     if let [value] = args[..] {
@@ -523,14 +551,14 @@ mod tests {
             #[test]
             fn max_inflight_takes_exactly_1_to_a_million(n in any::<i64>()) {
                 let mut s = BalancerSettings::default();
-                let accepted = Directive::MaxInflight.apply(&mut s, &[&n.to_string()], |_| Ok(0)).is_ok();
+                let accepted = Directive::MaxInflight.apply(&mut s, &[&n.to_string()], |_| Ok(Compiled::new(0u32))).is_ok();
                 prop_assert_eq!(accepted, (1..=1_000_000).contains(&n));
             }
 
             #[test]
             fn balance_factor_takes_1_to_100_or_off(c in any::<f64>()) {
                 let mut s = BalancerSettings::default();
-                let accepted = Directive::HashBalanceFactor.apply(&mut s, &[&c.to_string()], |_| Ok(0)).is_ok();
+                let accepted = Directive::HashBalanceFactor.apply(&mut s, &[&c.to_string()], |_| Ok(Compiled::new(0u32))).is_ok();
                 prop_assert_eq!(accepted, (1.0..=100.0).contains(&c));
                 if accepted {
                     prop_assert!(s.balance_factor().is_some_and(f64::is_finite));

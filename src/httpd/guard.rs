@@ -13,7 +13,7 @@ pub fn catch<R>(entry: &'static str, fallback: R, body: impl FnOnce() -> R) -> R
         Ok(value) => value,
         Err(_) => {
             log::server(
-                std::ptr::null(),
+                None,
                 Level::Err,
                 file!(),
                 line!(),
@@ -40,13 +40,7 @@ pub fn install_panic_hook() {
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "(no message)".to_string());
             let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-            log::server(
-                std::ptr::null(),
-                Level::Crit,
-                file!(),
-                line!(),
-                &format!("panic at {location}: {message}"),
-            );
+            log::server(None, Level::Crit, file!(), line!(), &format!("panic at {location}: {message}"));
         }));
     });
 }

@@ -3,6 +3,7 @@
 //!
 //! The text is formatted in Rust and handed to httpd as data (`"%s"`), never as the format.
 
+use super::{Request, Server, module_index};
 use crate::ffi;
 use std::ffi::{CString, c_int};
 
@@ -19,55 +20,53 @@ pub enum Level {
 }
 
 /// True when a message at `level` about request `r` would be written.
-pub fn request_enabled(r: *const ffi::request_rec, level: Level) -> bool {
+pub fn request_enabled(r: Request<'_>, level: Level) -> bool {
     if level <= Level::Notice {
         return true;
     }
-    // SAFETY: r is the live request httpd passed to the current callback.
-    let configured = unsafe { ffi::ap_get_request_module_loglevel(r, super::module_index()) };
+    // SAFETY: the request is live for the handle's lifetime.
+    let configured = unsafe { ffi::ap_get_request_module_loglevel(r.raw(), module_index()) };
     configured >= level as c_int
 }
 
-/// True when a message at `level` about server `s` would be written.
-pub fn server_enabled(s: *const ffi::server_rec, level: Level) -> bool {
-    if level <= Level::Notice || s.is_null() {
-        return true;
-    }
-    // SAFETY: s is a live server_rec of the current generation.
-    let configured = unsafe { ffi::ap_get_server_module_loglevel(s, super::module_index()) };
+/// True when a message at `level` about server `s` (none: the main server) would be written.
+pub fn server_enabled(s: Option<Server>, level: Level) -> bool {
+    let Some(s) = s.filter(|_| level > Level::Notice) else { return true };
+    // SAFETY: a server of the current generation.
+    let configured = unsafe { ffi::ap_get_server_module_loglevel(s.raw(), module_index()) };
     configured >= level as c_int
 }
 
 /// Writes `message` about request `r` (call through `log_request!`).
-pub fn request(r: *const ffi::request_rec, level: Level, file: &str, line: u32, message: &str) {
+pub fn request(r: Request<'_>, level: Level, file: &str, line: u32, message: &str) {
     let (file, message) = (c_text(file), c_text(message));
     // SAFETY: r is live; format and arguments match ("%s" with one C string).
     unsafe {
         ffi::ap_log_rerror_(
             file.as_ptr(),
             line as c_int,
-            super::module_index(),
+            module_index(),
             level as c_int,
             0,
-            r,
+            r.raw(),
             c"%s".as_ptr(),
             message.as_ptr(),
         );
     }
 }
 
-/// Writes `message` about server `s` (null: the main server) (call through `log_server!`).
-pub fn server(s: *const ffi::server_rec, level: Level, file: &str, line: u32, message: &str) {
+/// Writes `message` about server `s` (none: the main server's log) (call through `log_server!`).
+pub fn server(s: Option<Server>, level: Level, file: &str, line: u32, message: &str) {
     let (file, message) = (c_text(file), c_text(message));
     // SAFETY: s is live or null (httpd then logs to the main error log); "%s" with one C string.
     unsafe {
         ffi::ap_log_error_(
             file.as_ptr(),
             line as c_int,
-            super::module_index(),
+            module_index(),
             level as c_int,
             0,
-            s,
+            s.map_or(std::ptr::null(), |s| s.raw()),
             c"%s".as_ptr(),
             message.as_ptr(),
         );
@@ -89,10 +88,10 @@ macro_rules! log_request {
     }};
 }
 
-/// Logs about a server (null: the main server); formatted only when the level is enabled.
+/// Logs about a server (`None`: the main server); formatted only when the level is enabled.
 macro_rules! log_server {
     ($s:expr, $level:expr, $($arg:tt)+) => {{
-        let (s, level) = ($s, $level);
+        let (s, level): (Option<$crate::httpd::Server>, _) = ($s.into(), $level);
         if $crate::httpd::log::server_enabled(s, level) {
             $crate::httpd::log::server(s, level, file!(), line!(), &format!($($arg)+));
         }

@@ -1,19 +1,22 @@
-//! mod_proxy's structures, reached without importing a symbol from mod_proxy.so: the module
-//! record is found by name and the one function needed is an APR optional function. So
+//! mod_proxy's structures: balancers, their members (workers), and the method providers,
+//! reached without importing a symbol from mod_proxy.so (the module record is found by name,
+//! and the functions needed are an APR optional function and a hook found with `dlsym`), so
 //! `LoadModule lbmethod_rs_module` works before or after `LoadModule proxy_module`.
 //!
 //! `proxy_worker_shared` and `proxy_balancer_shared` live in httpd's shared memory, written by
 //! every process with plain stores. They are read field by field through raw pointers at the
-//! point of use (never through a Rust reference) and the values are treated as hints.
+//! point of use (never through a Rust reference), and the values are treated as hints.
 
-use super::c_str;
+use super::guard::catch;
+use super::{Pool, Request, Server};
 use crate::ffi;
-use std::ffi::{c_char, c_int, c_void};
-use std::ptr::{addr_of, read_volatile};
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ptr::{NonNull, addr_of, read_volatile};
+use std::sync::atomic::{Ordering, fence};
 
 /// `proxy_balancer_get_best_worker`: walks lbset tiers, hot spares, standbys, drain and
 /// error/retry, and offers each eligible worker to `is_best`.
-pub type GetBestWorker = unsafe extern "C" fn(
+type GetBestWorker = unsafe extern "C" fn(
     balancer: *mut ffi::proxy_balancer,
     r: *mut ffi::request_rec,
     is_best: ffi::proxy_is_best_callback_fn_t,
@@ -24,8 +27,12 @@ pub type GetBestWorker = unsafe extern "C" fn(
 #[derive(Clone, Copy)]
 pub struct ProxyApi {
     module_index: c_int,
-    pub get_best_worker: GetBestWorker,
+    get_best_worker: GetBestWorker,
 }
+
+/// mod_proxy's configuration of one server: its balancers.
+#[derive(Clone, Copy)]
+pub struct ProxyConf(NonNull<ffi::proxy_server_conf>);
 
 impl ProxyApi {
     /// Finds mod_proxy; `Err` says what is missing.
@@ -51,142 +58,431 @@ impl ProxyApi {
     }
 
     /// mod_proxy's configuration of server `s`.
-    ///
-    /// # Safety
-    /// `s` must be a live server_rec of this generation.
-    pub unsafe fn server_conf(&self, s: *const ffi::server_rec) -> *mut ffi::proxy_server_conf {
-        // SAFETY: module_config is an array indexed by module index (ap_get_module_config).
-        unsafe {
-            let configs = (*s).module_config as *mut *mut c_void;
-            *configs.add(self.module_index as usize) as *mut ffi::proxy_server_conf
-        }
+    pub fn conf(&self, s: Server) -> Option<ProxyConf> {
+        NonNull::new(s.module_config_of(self.module_index) as *mut ffi::proxy_server_conf).map(ProxyConf)
     }
 
-    /// The balancers of server `s` alone (what `<Proxy balancer://...>` defined or inherited).
-    ///
-    /// # Safety
-    /// `s` must be a live server_rec of this generation.
-    pub unsafe fn server_balancers(
-        &self,
-        s: *const ffi::server_rec,
-    ) -> impl Iterator<Item = *mut ffi::proxy_balancer> {
-        // SAFETY: per this function's contract; the conf's balancers are proxy_balancer structs.
-        unsafe {
-            let conf = self.server_conf(s);
-            elements::<ffi::proxy_balancer>(if conf.is_null() { std::ptr::null() } else { (*conf).balancers })
-        }
-    }
-
-    /// Every balancer of every server, with the server it belongs to. A balancer inherited by
-    /// several virtual hosts is one balancer per virtual host (each has its own shared state).
-    ///
-    /// # Safety
-    /// `main` must be the live main server_rec of this generation.
-    pub unsafe fn balancers(
-        &self,
-        main: *const ffi::server_rec,
-    ) -> Vec<(*const ffi::server_rec, *mut ffi::proxy_balancer)> {
-        let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        // SAFETY: walking httpd's live server list.
-        for s in unsafe { servers(main) } {
-            // SAFETY: as above.
-            for balancer in unsafe { self.server_balancers(s) } {
-                // SAFETY: a live balancer of this server.
-                if seen.insert(unsafe { balancer_id(balancer) }) {
+    /// Every balancer of every server from `main` on, with the server it belongs to. A balancer
+    /// inherited by several virtual hosts that have mod_proxy settings of their own is one
+    /// balancer per virtual host (each has its own shared state); virtual hosts without any
+    /// share the main server's configuration, and so its balancers.
+    pub fn balancers(&self, main: Server) -> Vec<(Server, Balancer)> {
+        let mut out: Vec<(Server, Balancer)> = Vec::new();
+        for s in main.and_following() {
+            for balancer in self.conf(s).into_iter().flat_map(ProxyConf::balancers) {
+                if !out.iter().any(|(_, b)| b.id() == balancer.id()) {
                     out.push((s, balancer));
                 }
             }
         }
         out
     }
+
+    /// Collects into `out` the members httpd says may take request `r` now (lbset tiers, hot
+    /// spares and standbys, drain, disabled, error and retry, health checks), in the order
+    /// httpd offers them. Call with the balancer's thread lock held (the finder is).
+    pub fn eligible(&self, balancer: Balancer, r: Request<'_>, out: &mut Vec<Worker>) {
+        out.clear();
+        // SAFETY: `record` only pushes onto `out`, which outlives the call; httpd passes live
+        // workers of the live balancer.
+        unsafe {
+            (self.get_best_worker)(
+                balancer.raw(),
+                r.raw(),
+                Some(record),
+                out as *mut Vec<Worker> as *mut c_void,
+            )
+        };
+    }
 }
 
-/// The main server and every virtual host, in configuration order.
-///
-/// # Safety
-/// `main` must be null or a live server_rec; the list must stay live while iterating.
-pub unsafe fn servers(main: *const ffi::server_rec) -> impl Iterator<Item = *const ffi::server_rec> {
-    // SAFETY: per the caller, each `next` is null or a live server_rec.
-    std::iter::successors((!main.is_null()).then_some(main), |&s| {
-        let next = unsafe { (*s).next } as *const ffi::server_rec;
-        (!next.is_null()).then_some(next)
+/// httpd's `is_best` callback: records each member offered and answers "yes" so that httpd
+/// stops at the first lbset tier that has usable members and offers standbys only when that
+/// tier has nothing else.
+unsafe extern "C" fn record(
+    current: *mut ffi::proxy_worker,
+    _prev_best: *mut ffi::proxy_worker,
+    baton: *mut c_void,
+) -> c_int {
+    catch("lbmethod is_best callback", 1, || {
+        // SAFETY: baton is the Vec passed by `eligible`, alive for the whole walk.
+        let out = unsafe { &mut *(baton as *mut Vec<Worker>) };
+        out.extend(NonNull::new(current).map(Worker));
+        1
     })
 }
 
-/// Pointers to the elements of an APR array (no references: httpd may be using them).
+impl ProxyConf {
+    /// The server's balancers.
+    pub fn balancers(self) -> impl Iterator<Item = Balancer> {
+        // SAFETY: a live proxy_server_conf; its balancers are proxy_balancer structs.
+        unsafe { elements::<ffi::proxy_balancer>((*self.0.as_ptr()).balancers) }
+            .filter_map(NonNull::new)
+            .map(Balancer)
+    }
+
+    /// The balancer named `name` (`balancer://app`, as httpd keeps it), if this server has one.
+    pub fn balancer_named(self, name: &CStr) -> Option<Balancer> {
+        self.balancers().find(|b| b.name_bytes().as_bytes() == name.to_bytes())
+    }
+
+    /// The size of the running httpd's balancer records, if it says.
+    pub fn balancer_record_size(self) -> Option<usize> {
+        // SAFETY: storage and bslot are set by mod_proxy_balancer's post_config.
+        unsafe {
+            let conf = &*self.0.as_ptr();
+            let slot_size = conf.storage.as_ref()?.slot_size?;
+            (!conf.bslot.is_null()).then(|| slot_size(conf.bslot))
+        }
+    }
+}
+
+/// The size of the balancer and worker records these bindings were made for (mod_proxy_balancer
+/// sizes its slots with APR_ALIGN_DEFAULT, 8 bytes).
+pub const COMPILED_BALANCER_RECORD: usize = size_of::<ffi::proxy_balancer_shared>().next_multiple_of(8);
+pub const COMPILED_WORKER_RECORD: usize = size_of::<ffi::proxy_worker_shared>().next_multiple_of(8);
+
+/// Pointers to the elements of an APR array (no references: httpd may be using them). The
+/// count is read before the array: a push in another thread of this process (balancer-manager
+/// adds members without the lock the finder holds) moves the array before it raises the
+/// count, so the array read is at least that long.
 ///
 /// # Safety
-/// `a` must be null or a live array whose elements are `T`, unchanged while iterating.
-pub unsafe fn elements<T>(a: *const ffi::apr_array_header_t) -> impl Iterator<Item = *mut T> {
+/// `a` must be null or a live array whose elements are `T`.
+unsafe fn elements<T>(a: *const ffi::apr_array_header_t) -> impl Iterator<Item = *mut T> {
     // SAFETY: per the caller; nelts elements of T start at elts.
     let (first, count) = unsafe {
-        if a.is_null() || (*a).nelts <= 0 || (*a).elts.is_null() {
+        if a.is_null() {
             (std::ptr::null_mut(), 0)
         } else {
-            ((*a).elts as *mut T, (*a).nelts as usize)
+            let count = read_volatile(addr_of!((*a).nelts));
+            fence(Ordering::Acquire);
+            let first = read_volatile(addr_of!((*a).elts)) as *mut T;
+            if first.is_null() { (first, 0) } else { (first, count.max(0) as usize) }
         }
     };
     // SAFETY: i < count, inside the array.
     (0..count).map(move |i| unsafe { first.add(i) })
 }
 
-/// A balancer's identity within a generation: the address of its shared record, unique per
-/// balancer and virtual host and the same in every child.
-///
-/// # Safety
-/// `balancer` must be live.
-pub unsafe fn balancer_id(balancer: *const ffi::proxy_balancer) -> usize {
-    // SAFETY: reading a pointer field of a live balancer.
-    unsafe { (*balancer).s as usize }
-}
+/// A balancer of the current generation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Balancer(NonNull<ffi::proxy_balancer>);
 
-/// The balancer's httpd-wide unique name (`sname`: server id + name), the key of its slot.
-///
-/// # Safety
-/// `balancer` must be live.
-pub unsafe fn balancer_key_name(balancer: *const ffi::proxy_balancer) -> Name {
-    // SAFETY: sname is a NUL-terminated array in the live shared record.
-    unsafe { Name::read(addr_of!((*(*balancer).s).sname)) }
-}
+// SAFETY: balancers live as long as their generation; shared fields are read with volatile
+// loads, and the thread lock guards what httpd changes in this process.
+unsafe impl Send for Balancer {}
+unsafe impl Sync for Balancer {}
 
-/// `balancer://name`.
-///
-/// # Safety
-/// `balancer` must be live.
-pub unsafe fn balancer_name(balancer: *const ffi::proxy_balancer) -> String {
-    // SAFETY: as above, for name.
-    unsafe { Name::read(addr_of!((*(*balancer).s).name)) }.to_string()
-}
-
-/// The balancer's current method name, as every process sees it (`lbpname`).
-///
-/// # Safety
-/// `balancer` must be live.
-pub unsafe fn balancer_method(balancer: *const ffi::proxy_balancer) -> Name {
-    // SAFETY: as above, for lbpname.
-    unsafe { Name::read(addr_of!((*(*balancer).s).lbpname)) }
-}
-
-/// The balancer's members (configured and added at run time), in configuration order.
-///
-/// # Safety
-/// `balancer` must be live, and its thread lock held if other threads may add members.
-pub unsafe fn workers(balancer: *const ffi::proxy_balancer) -> impl Iterator<Item = *mut ffi::proxy_worker> {
-    // SAFETY: balancer->workers is an array of proxy_worker pointers.
-    unsafe { elements::<*mut ffi::proxy_worker>((*balancer).workers) }.map(|slot| unsafe { *slot })
-}
-
-/// How many members the balancer has in this process (grows when balancer-manager adds one).
-///
-/// # Safety
-/// `balancer` must be live.
-pub unsafe fn worker_count(balancer: *const ffi::proxy_balancer) -> usize {
-    // SAFETY: reading the array header of a live balancer.
-    unsafe {
-        let workers = (*balancer).workers;
-        if workers.is_null() { 0 } else { (*workers).nelts.max(0) as usize }
+impl Balancer {
+    fn raw(self) -> *mut ffi::proxy_balancer {
+        self.0.as_ptr()
     }
+
+    /// Its identity within a generation: the address of its shared record, unique per
+    /// balancer and virtual host and the same in every child.
+    pub fn id(self) -> usize {
+        // SAFETY: a pointer field of a live balancer.
+        unsafe { (*self.raw()).s as usize }
+    }
+
+    /// Its httpd-wide unique name (`sname`: server id + name).
+    pub fn key_name(self) -> Name {
+        // SAFETY: sname is a NUL-terminated array in the live shared record.
+        unsafe { Name::read(addr_of!((*(*self.raw()).s).sname)) }
+    }
+
+    fn name_bytes(self) -> Name {
+        // SAFETY: as above, for name.
+        unsafe { Name::read(addr_of!((*(*self.raw()).s).name)) }
+    }
+
+    /// `balancer://name`.
+    pub fn name(self) -> String {
+        self.name_bytes().to_string()
+    }
+
+    /// Its current method's name, as every process sees it (`lbpname`).
+    pub fn method(self) -> Name {
+        // SAFETY: as above, for lbpname.
+        unsafe { Name::read(addr_of!((*(*self.raw()).s).lbpname)) }
+    }
+
+    /// Its members (configured and added at run time), in configuration order. A slot that
+    /// balancer-manager is filling in this moment (the array has grown but the member is not
+    /// stored yet) is skipped.
+    pub fn workers(self) -> impl Iterator<Item = Worker> {
+        // SAFETY: balancer->workers is an array of proxy_worker pointers.
+        unsafe { elements::<*mut ffi::proxy_worker>((*self.raw()).workers) }
+            .filter_map(|slot| NonNull::new(unsafe { read_volatile(slot) }))
+            .filter(|worker| !unsafe { (*worker.as_ptr()).s }.is_null())
+            .map(Worker)
+    }
+
+    /// How many members it has in this process (grows when balancer-manager adds one).
+    pub fn worker_count(self) -> usize {
+        // SAFETY: reading the array header of a live balancer.
+        unsafe {
+            let workers = (*self.raw()).workers;
+            if workers.is_null() { 0 } else { read_volatile(addr_of!((*workers).nelts)).max(0) as usize }
+        }
+    }
+
+    /// Member slots: the members it was configured with plus `growth=`.
+    pub fn max_workers(self) -> u32 {
+        // SAFETY: a plain field of a live balancer.
+        unsafe { (*self.raw()).max_workers.max(0) as u32 }
+    }
+
+    /// The address of its current method's provider table.
+    pub fn method_table(self) -> usize {
+        // SAFETY: a pointer field of a live balancer.
+        unsafe { (*self.raw()).lbmethod as usize }
+    }
+
+    /// The size of the running httpd's worker records, if it says.
+    pub fn worker_record_size(self) -> Option<usize> {
+        // SAFETY: storage and wslot are set by mod_proxy_balancer's post_config.
+        unsafe {
+            let balancer = &*self.raw();
+            let slot_size = balancer.storage.as_ref()?.slot_size?;
+            (!balancer.wslot.is_null()).then(|| slot_size(balancer.wslot))
+        }
+    }
+
+    /// Runs `body` with the balancer's per-process thread lock held (the lock httpd takes
+    /// around the finder), or without it where httpd has none. Must not be called by a thread
+    /// that holds it already (a finder): the lock does not nest.
+    pub fn with_thread_lock<R>(self, body: impl FnOnce() -> R) -> R {
+        // SAFETY: tmutex is null or a live APR thread mutex of this process.
+        let mutex = unsafe { (*self.raw()).tmutex };
+        let locked = !mutex.is_null() && unsafe { ffi::apr_thread_mutex_lock(mutex) } == ffi::APR_SUCCESS;
+        // Unlocks on the way out, even if `body` panics (the panic guard then answers 500, and
+        // the balancer must not stay locked for this process's later requests).
+        let _unlock = locked.then_some(Unlock(mutex));
+        body()
+    }
+}
+
+/// Unlocks an APR thread mutex this thread locked, when dropped.
+struct Unlock(*mut ffi::apr_thread_mutex_t);
+
+impl Drop for Unlock {
+    fn drop(&mut self) {
+        // SAFETY: locked by this thread in `with_thread_lock`, which holds this guard.
+        unsafe { ffi::apr_thread_mutex_unlock(self.0) };
+    }
+}
+
+/// A balancer member of the current generation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Worker(NonNull<ffi::proxy_worker>);
+
+// SAFETY: as for Balancer.
+unsafe impl Send for Worker {}
+unsafe impl Sync for Worker {}
+
+impl Worker {
+    fn shared(self) -> *const ffi::proxy_worker_shared {
+        // SAFETY: a live worker; `s` is set for every worker Balancer::workers yields.
+        unsafe { (*self.0.as_ptr()).s }
+    }
+
+    /// Its slot index, the same in every process.
+    pub fn index(self) -> u32 {
+        // SAFETY: a plain field of the live shared record.
+        unsafe { read_volatile(addr_of!((*self.shared()).index)) }.max(0) as u32
+    }
+
+    /// One read of its scheduling fields.
+    pub fn state(self) -> WorkerState {
+        let s = self.shared();
+        // SAFETY: each field is read once with a volatile load from the live shared record;
+        // other processes may be writing them, so the values are only a consistent-enough
+        // snapshot.
+        unsafe {
+            WorkerState {
+                index: read_volatile(addr_of!((*s).index)).max(0) as u32,
+                status: read_volatile(addr_of!((*s).status)),
+                lbfactor: read_volatile(addr_of!((*s).lbfactor)).max(1) as u32,
+                lbset: read_volatile(addr_of!((*s).lbset)),
+                elected: read_volatile(addr_of!((*s).elected)) as u64,
+                busy: read_volatile(addr_of!((*s).busy)) as u64,
+            }
+        }
+    }
+
+    /// Its URL, the key of its slot: `name_ex`, the full name httpd 2.4.53 and later keep, or on
+    /// older releases `name` (96 bytes; httpd refuses longer names there). build.rs finds
+    /// which the headers have.
+    pub fn key_name(self) -> Name {
+        // SAFETY: a NUL-terminated array in the live shared record.
+        #[cfg(lbrs_worker_name_ex)]
+        let name = unsafe { Name::read(addr_of!((*self.shared()).name_ex)) };
+        #[cfg(not(lbrs_worker_name_ex))]
+        let name = unsafe { Name::read(addr_of!((*self.shared()).name)) };
+        name
+    }
+
+    /// Its URL.
+    pub fn name(self) -> String {
+        self.key_name().to_string()
+    }
+
+    /// Its route (`route=`).
+    pub fn route(self) -> String {
+        // SAFETY: route is a NUL-terminated array in the live shared record.
+        unsafe { Name::read(addr_of!((*self.shared()).route)) }.to_string()
+    }
+}
+
+/// The method providers this module registers with mod_proxy_balancer: one table per method,
+/// each calling [`Finder::find`] with its position.
+pub struct Providers<const N: usize>([ffi::proxy_balancer_method; N]);
+
+// SAFETY: the tables are never written after construction; httpd only reads them.
+unsafe impl<const N: usize> Sync for Providers<N> {}
+
+/// What every provider table calls to pick a member.
+pub trait Finder: 'static {
+    /// The member for request `r` in `balancer`, by the method at position `method` of the
+    /// provider tables; `None` makes httpd answer 503. Called with the balancer's thread lock
+    /// held.
+    fn find(method: usize, balancer: Balancer, r: Request<'_>) -> Option<Worker>;
+}
+
+impl<const N: usize> Providers<N> {
+    pub const fn new<F: Finder>(names: [&'static CStr; N]) -> Providers<N> {
+        let mut tables = [ffi::proxy_balancer_method {
+            name: std::ptr::null(),
+            finder: Some(find::<F>),
+            context: std::ptr::null_mut(),
+            reset: Some(succeed),
+            age: Some(succeed),
+            updatelbstatus: Some(sticky_hit),
+        }; N];
+        let mut i = 0;
+        while i < N {
+            tables[i].name = names[i].as_ptr();
+            tables[i].context = std::ptr::without_provenance_mut(i);
+            i += 1;
+        }
+        Providers(tables)
+    }
+
+    /// Registers every table for this generation (from `register_hooks`).
+    pub fn register(&'static self, pool: Pool) {
+        for table in &self.0 {
+            // SAFETY: the tables and their names are statics that outlive the generation.
+            unsafe {
+                ffi::ap_register_provider(
+                    pool.raw(),
+                    c"proxylbmethod".as_ptr(),
+                    table.name,
+                    c"0".as_ptr(),
+                    table as *const ffi::proxy_balancer_method as *const c_void,
+                );
+            }
+        }
+    }
+
+    /// The position of the table `balancer` uses now, if it is one of these.
+    pub fn position_of(&self, balancer: Balancer) -> Option<usize> {
+        let used = balancer.method_table();
+        self.0.iter().position(|table| table as *const ffi::proxy_balancer_method as usize == used)
+    }
+}
+
+unsafe extern "C" fn find<F: Finder>(
+    balancer: *mut ffi::proxy_balancer,
+    r: *mut ffi::request_rec,
+) -> *mut ffi::proxy_worker {
+    catch("finder", std::ptr::null_mut(), || {
+        // SAFETY: httpd calls a finder through the live balancer's own lbmethod table, for a
+        // live request, with the balancer's thread lock held.
+        unsafe {
+            let (Some(handle), Some(request)) = (NonNull::new(balancer), Request::from_raw(r)) else {
+                return std::ptr::null_mut();
+            };
+            let method = (*(*balancer).lbmethod).context as usize;
+            F::find(method, Balancer(handle), request).map_or(std::ptr::null_mut(), |w| w.0.as_ptr())
+        }
+    })
+}
+
+/// `reset` (balancer-manager changed the method or re-enabled a member) and `age` (never
+/// called by httpd 2.4): nothing to do, every method's state is derived from shared counters.
+unsafe extern "C" fn succeed(
+    _balancer: *mut ffi::proxy_balancer,
+    _s: *mut ffi::server_rec,
+) -> ffi::apr_status_t {
+    ffi::APR_SUCCESS
+}
+
+/// `updatelbstatus`, called on a sticky-session hit: nothing to do here; the attempt is
+/// counted when mod_proxy starts it ([`hook_attempt_start`]).
+unsafe extern "C" fn sticky_hit(
+    _balancer: *mut ffi::proxy_balancer,
+    _elected: *mut ffi::proxy_worker,
+    _s: *mut ffi::server_rec,
+) -> ffi::apr_status_t {
+    ffi::APR_SUCCESS
+}
+
+/// What runs as mod_proxy is about to send a request to a member.
+pub trait AttemptStart: 'static {
+    /// mod_proxy is about to send `r` to `worker`; `conf` is the configuration of the server
+    /// that serves it.
+    fn starting(r: Request<'_>, worker: Worker, conf: ProxyConf);
+}
+
+/// Registers [`AttemptStart::starting`] as mod_proxy's first `scheme_handler` hook, which
+/// always declines, so the real scheme handler (mod_proxy_http...) runs next. mod_proxy.so is
+/// looked up by symbol at run time, so this module never links against it. Call in
+/// pre_config, when every module is loaded.
+pub fn hook_attempt_start<H: AttemptStart>() {
+    type SchemeHandler = unsafe extern "C" fn(
+        *mut ffi::request_rec,
+        *mut ffi::proxy_worker,
+        *mut ffi::proxy_server_conf,
+        *mut c_char,
+        *const c_char,
+        u16,
+    ) -> c_int;
+    type HookScheme =
+        unsafe extern "C" fn(Option<SchemeHandler>, *const *const c_char, *const *const c_char, c_int);
+    // SAFETY: looking a symbol up in the process's global namespace.
+    let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"proxy_hook_scheme_handler".as_ptr()) };
+    if symbol.is_null() {
+        return; // mod_proxy is not loaded: post_config reports it.
+    }
+    // SAFETY: proxy_hook_scheme_handler has the HookScheme signature (an APR external hook).
+    unsafe {
+        let hook: HookScheme = std::mem::transmute::<*mut c_void, HookScheme>(symbol);
+        hook(Some(attempt_start::<H>), std::ptr::null(), std::ptr::null(), ffi::APR_HOOK_REALLY_FIRST);
+    }
+}
+
+unsafe extern "C" fn attempt_start<H: AttemptStart>(
+    r: *mut ffi::request_rec,
+    worker: *mut ffi::proxy_worker,
+    conf: *mut ffi::proxy_server_conf,
+    _url: *mut c_char,
+    _proxyhost: *const c_char,
+    _proxyport: u16,
+) -> c_int {
+    catch("scheme_handler", ffi::DECLINED, || {
+        // SAFETY: mod_proxy passes a live request, worker and server configuration.
+        unsafe {
+            if let (Some(r), Some(worker), Some(conf)) =
+                (Request::from_raw(r), NonNull::new(worker), NonNull::new(conf))
+                && !(*worker.as_ptr()).s.is_null()
+            {
+                H::starting(r, Worker(worker), ProxyConf(conf));
+            }
+        }
+        ffi::DECLINED
+    })
 }
 
 /// One read of the scheduling fields of a worker's shared record, and what its status bits
@@ -256,6 +552,11 @@ impl WorkerState {
         self.has(ffi::PROXY_WORKER_DRAIN)
     }
 
+    /// A hot standby (`+H`): offered only when no other member of its lbset can take requests.
+    pub fn standby(&self) -> bool {
+        self.has(ffi::PROXY_WORKER_HOT_STANDBY)
+    }
+
     /// httpd would offer the member for new requests: usable and not draining.
     pub fn selectable(&self) -> bool {
         self.usable() && !self.draining()
@@ -287,7 +588,7 @@ impl WorkerState {
     /// members of their set cannot. One of [`STATE_WORDS`].
     pub fn state_word(&self) -> &'static str {
         match self.status_word() {
-            "ok" if self.has(ffi::PROXY_WORKER_HOT_STANDBY) => "standby",
+            "ok" if self.standby() => "standby",
             "ok" if self.has(ffi::PROXY_WORKER_HOT_SPARE) => "spare",
             word => word,
         }
@@ -297,68 +598,6 @@ impl WorkerState {
     pub fn flag_names(&self) -> impl Iterator<Item = &'static str> + '_ {
         FLAG_NAMES.iter().filter(|(flag, _)| self.status & flag != 0).map(|&(_, name)| name)
     }
-}
-
-/// Reads `worker->s`'s scheduling fields.
-///
-/// # Safety
-/// `worker` must be live.
-pub unsafe fn worker_state(worker: *const ffi::proxy_worker) -> WorkerState {
-    // SAFETY: each field is read once with a volatile load from the live shared record; other
-    // processes may be writing them, so the values are only a consistent-enough snapshot.
-    unsafe {
-        let s = (*worker).s;
-        WorkerState {
-            index: read_volatile(addr_of!((*s).index)).max(0) as u32,
-            status: read_volatile(addr_of!((*s).status)),
-            lbfactor: read_volatile(addr_of!((*s).lbfactor)).max(1) as u32,
-            lbset: read_volatile(addr_of!((*s).lbset)),
-            elected: read_volatile(addr_of!((*s).elected)) as u64,
-            busy: read_volatile(addr_of!((*s).busy)) as u64,
-        }
-    }
-}
-
-/// The worker's slot index alone (it never changes within a generation).
-///
-/// # Safety
-/// `worker` must be live.
-pub unsafe fn worker_index(worker: *const ffi::proxy_worker) -> u32 {
-    // SAFETY: a plain field of the live shared record.
-    unsafe { read_volatile(addr_of!((*(*worker).s).index)) }.max(0) as u32
-}
-
-/// The member URL.
-///
-/// # Safety
-/// `worker` must be live.
-pub unsafe fn worker_name(worker: *const ffi::proxy_worker) -> String {
-    // SAFETY: as for worker_key_name.
-    unsafe { worker_key_name(worker) }.to_string()
-}
-
-/// The member's route (`route=`).
-///
-/// # Safety
-/// `worker` must be live.
-pub unsafe fn worker_route(worker: *const ffi::proxy_worker) -> String {
-    // SAFETY: route is a NUL-terminated array in the live shared record.
-    unsafe { Name::read(addr_of!((*(*worker).s).route)) }.to_string()
-}
-
-/// The member's name as bytes (its URL), the key of its slot: `name_ex`, the full name httpd
-/// 2.4.53 and later keep, or on older releases `name` (96 bytes; httpd refuses longer names
-/// there). build.rs finds which the headers have.
-///
-/// # Safety
-/// `worker` must be live.
-pub unsafe fn worker_key_name(worker: *const ffi::proxy_worker) -> Name {
-    // SAFETY: a NUL-terminated array in the live shared record.
-    #[cfg(lbrs_worker_name_ex)]
-    let name = unsafe { Name::read(addr_of!((*(*worker).s).name_ex)) };
-    #[cfg(not(lbrs_worker_name_ex))]
-    let name = unsafe { Name::read(addr_of!((*(*worker).s).name)) };
-    name
 }
 
 /// The longest name field read (`PROXY_WORKER_EXT_NAME_SIZE`).
@@ -407,39 +646,4 @@ impl PartialEq<str> for Name {
     fn eq(&self, other: &str) -> bool {
         self.as_bytes() == other.as_bytes()
     }
-}
-
-/// Runs `body` with the balancer's per-process thread lock held (the lock httpd takes while it
-/// adds members at run time, and around the finder), or without it where httpd has none.
-///
-/// # Safety
-/// `balancer` must be live and the lock not already held by this thread.
-pub unsafe fn with_thread_lock<R>(balancer: *const ffi::proxy_balancer, body: impl FnOnce() -> R) -> R {
-    // SAFETY: tmutex is null or a live APR thread mutex of this process.
-    let mutex = unsafe { (*balancer).tmutex };
-    let locked = !mutex.is_null() && unsafe { ffi::apr_thread_mutex_lock(mutex) } == ffi::APR_SUCCESS;
-    // Unlocks on the way out, even if `body` panics (the panic guard then answers 500, and the
-    // balancer must not stay locked for this process's later requests).
-    let _unlock = locked.then_some(Unlock(mutex));
-    body()
-}
-
-/// Unlocks an APR thread mutex this thread locked, when dropped.
-struct Unlock(*mut ffi::apr_thread_mutex_t);
-
-impl Drop for Unlock {
-    fn drop(&mut self) {
-        // SAFETY: locked by this thread in `with_thread_lock`, which holds this guard.
-        unsafe { ffi::apr_thread_mutex_unlock(self.0) };
-    }
-}
-
-/// `host:port` of a server (virtual host), as the status page labels balancers.
-///
-/// # Safety
-/// `s` must be live.
-pub unsafe fn server_name(s: *const ffi::server_rec) -> String {
-    // SAFETY: server_hostname is null or a C string of the live server.
-    let (host, port) = unsafe { (c_str((*s).server_hostname), (*s).port) };
-    if port == 0 { host } else { format!("{host}:{port}") }
 }

@@ -1,142 +1,241 @@
-//! The few request operations the module needs: reading what was asked, answering it, and
-//! keeping per-request state in `r->request_config`.
+//! A request, as the module reads and answers it, and the state the module keeps for it.
 
+use super::guard::catch;
+use super::{Tagged, module_slot, text};
 use crate::ffi;
-use std::ffi::{CString, c_void};
+use std::borrow::Cow;
+use std::cell::{Cell, UnsafeCell};
+use std::ffi::{CStr, CString, c_void};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 
-/// `r->handler`, if set.
-///
-/// # Safety
-/// `r` must be live.
-pub unsafe fn handler(r: *const ffi::request_rec) -> Option<String> {
-    // SAFETY: handler is null or a C string owned by the request.
-    let handler = unsafe { (*r).handler };
-    (!handler.is_null()).then(|| unsafe { super::c_str(handler) })
+/// A request httpd is serving; valid for the callback it was handed to (`'r`).
+#[derive(Clone, Copy)]
+pub struct Request<'r> {
+    raw: NonNull<ffi::request_rec>,
+    _life: PhantomData<&'r ffi::request_rec>,
 }
 
-/// `r->method_number`.
-///
-/// # Safety
-/// `r` must be live.
-pub unsafe fn method_number(r: *const ffi::request_rec) -> i32 {
-    // SAFETY: plain field of a live request.
-    unsafe { (*r).method_number }
-}
+/// An expression httpd parsed (`ap_expr`), to evaluate per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expression(pub(super) NonNull<ffi::ap_expr_info_t>);
 
-/// True for HEAD (httpd sets `header_only`).
-///
-/// # Safety
-/// `r` must be live.
-pub unsafe fn header_only(r: *const ffi::request_rec) -> bool {
-    // SAFETY: plain field of a live request.
-    unsafe { (*r).header_only != 0 }
-}
+// SAFETY: a parsed expression lives in the configuration pool of its generation and httpd only
+// reads it while evaluating.
+unsafe impl Send for Expression {}
+unsafe impl Sync for Expression {}
 
-/// The query string (`r->args`).
-///
-/// # Safety
-/// `r` must be live.
-pub unsafe fn args(r: *const ffi::request_rec) -> Option<String> {
-    // SAFETY: args is null or a C string owned by the request.
-    let args = unsafe { (*r).args };
-    (!args.is_null()).then(|| unsafe { super::c_str(args) })
-}
+impl<'r> Request<'r> {
+    /// # Safety
+    /// `raw` must be null or a request that stays live for `'r`.
+    pub(super) unsafe fn from_raw(raw: *mut ffi::request_rec) -> Option<Request<'r>> {
+        NonNull::new(raw).map(|raw| Request { raw, _life: PhantomData })
+    }
 
-/// Marks GET (and so HEAD) as the methods allowed, for a 405 answer.
-///
-/// # Safety
-/// `r` must be live.
-pub unsafe fn allow_get_only(r: *mut ffi::request_rec) {
-    let get: i64 = 1 << ffi::M_GET;
-    // SAFETY: fields of a live request; allowed_methods is what httpd's Allow header is built
-    // from (make_allow), r->allowed what other modules read.
-    unsafe {
-        (*r).allowed |= get;
-        if let Some(methods) = (*r).allowed_methods.as_mut() {
-            methods.method_mask |= get;
+    pub(super) fn raw(self) -> *mut ffi::request_rec {
+        self.raw.as_ptr()
+    }
+
+    /// Whether `SetHandler` (or another module) gave the request this handler.
+    pub fn handler_is(self, name: &CStr) -> bool {
+        // SAFETY: handler is null or a C string owned by the live request.
+        let handler = unsafe { (*self.raw()).handler };
+        !handler.is_null() && unsafe { CStr::from_ptr(handler) } == name
+    }
+
+    /// GET (or HEAD, which httpd treats as GET).
+    pub fn is_get(self) -> bool {
+        // SAFETY: a plain field of the live request.
+        unsafe { (*self.raw()).method_number == ffi::M_GET }
+    }
+
+    /// HEAD: headers only.
+    fn header_only(self) -> bool {
+        // SAFETY: a plain field of the live request.
+        unsafe { (*self.raw()).header_only != 0 }
+    }
+
+    /// The query string.
+    pub fn args(self) -> Option<Cow<'r, str>> {
+        // SAFETY: args is null or a C string owned by the request.
+        unsafe { text((*self.raw()).args) }
+    }
+
+    /// The answer's status so far.
+    pub fn status(self) -> i32 {
+        // SAFETY: a plain field of the live request.
+        unsafe { (*self.raw()).status }
+    }
+
+    /// A note another module left on the request (`r->notes`).
+    pub fn note(self, name: &CStr) -> Option<&'r CStr> {
+        // SAFETY: a live table of the live request; values live in the request pool.
+        unsafe { table_get((*self.raw()).notes, name) }
+    }
+
+    /// A variable of the request's environment (`r->subprocess_env`).
+    pub fn env(self, name: &CStr) -> Option<&'r CStr> {
+        // SAFETY: as above.
+        unsafe { table_get((*self.raw()).subprocess_env, name) }
+    }
+
+    /// Marks GET (and so HEAD) as the methods allowed, for a 405 answer.
+    pub fn allow_get_only(self) {
+        let get: i64 = 1 << ffi::M_GET;
+        // SAFETY: fields of the live request; allowed_methods is what httpd's Allow header is
+        // built from (make_allow), r->allowed what other modules read.
+        unsafe {
+            (*self.raw()).allowed |= get;
+            if let Some(methods) = (*self.raw()).allowed_methods.as_mut() {
+                methods.method_mask |= get;
+            }
+        }
+    }
+
+    /// Sets a response header.
+    pub fn set_header(self, name: &str, value: &str) {
+        // SAFETY: a live table of the live request.
+        unsafe { table_set((*self.raw()).headers_out, name, Some(value)) }
+    }
+
+    /// Sets a header that goes out with error answers too (`r->err_headers_out`); `None`
+    /// removes it.
+    pub fn set_error_header(self, name: &str, value: Option<&str>) {
+        // SAFETY: a live table of the live request.
+        unsafe { table_set((*self.raw()).err_headers_out, name, value) }
+    }
+
+    /// Sends `body` with content type `content_type` (only the headers for HEAD).
+    pub fn send(self, content_type: &str, body: &[u8]) {
+        let Ok(content_type) = CString::new(content_type) else { return };
+        // SAFETY: ap_set_content_type keeps the pointer, so the string is copied into the
+        // request pool first; ap_rwrite copies the body.
+        unsafe {
+            let pooled =
+                ffi::apr_pstrmemdup((*self.raw()).pool, content_type.as_ptr(), content_type.as_bytes().len());
+            ffi::ap_set_content_type(self.raw(), pooled);
+        }
+        self.write(body);
+    }
+
+    /// Writes `body` into the response, after whatever a handler already wrote (mod_status's
+    /// page, for a section added through its hook). Nothing for HEAD.
+    pub fn write(self, body: &[u8]) {
+        if self.header_only() || body.is_empty() {
+            return;
+        }
+        for chunk in body.chunks(i32::MAX as usize) {
+            // SAFETY: ap_rwrite copies the bytes into the output brigade of the live request.
+            unsafe { ffi::ap_rwrite(chunk.as_ptr() as *const c_void, chunk.len() as i32, self.raw()) };
+        }
+    }
+
+    /// The value of a string expression for this request, as the bytes httpd produced (in the
+    /// request pool); `Err` with httpd's reason when it fails.
+    pub fn eval(self, expression: Expression) -> Result<&'r [u8], String> {
+        let mut error: *const std::ffi::c_char = std::ptr::null();
+        // SAFETY: the expression was parsed by httpd for this generation; the request is live.
+        let value = unsafe { ffi::ap_expr_str_exec(self.raw(), expression.0.as_ptr(), &mut error) };
+        if !error.is_null() {
+            // SAFETY: a C string from httpd.
+            return Err(unsafe { text(error) }.unwrap_or_default().into_owned());
+        }
+        // SAFETY: null, or a NUL-terminated string in the request pool, which outlives 'r.
+        Ok(if value.is_null() { b"" } else { unsafe { CStr::from_ptr(value) }.to_bytes() })
+    }
+
+    /// Runs `body` on the module's state for this request ([`RequestState`]), made on first
+    /// use; [`RequestState::at_end`] runs when the request's pool goes. The state is not
+    /// reentrant: `body` must not ask for it again.
+    pub fn with_state<S: RequestState, R>(self, body: impl FnOnce(&mut S) -> R) -> R {
+        let cell = self.state_cell::<S>();
+        assert!(!cell.borrowed.replace(true), "request state asked for while in use");
+        // SAFETY: the borrow flag makes this the only reference to the state.
+        let result = body(unsafe { &mut *cell.state.get() });
+        cell.borrowed.set(false);
+        result
+    }
+
+    fn state_cell<S: RequestState>(self) -> &'r StateCell<S> {
+        // SAFETY: request_config is the live request's configuration vector; this module's slot
+        // holds null or a Tagged StateCell made below, in the request pool.
+        unsafe {
+            let slot = module_slot((*self.raw()).request_config).expect("the module index is set");
+            if let Some(cell) = Tagged::<StateCell<S>>::value(*slot) {
+                return cell;
+            }
+            assert!((*slot).is_null(), "another type of request state");
+            let pool = (*self.raw()).pool;
+            let place = ffi::apr_palloc(pool, size_of::<Tagged<StateCell<S>>>()) as *mut Tagged<StateCell<S>>;
+            place.write(Tagged::new(StateCell {
+                borrowed: Cell::new(false),
+                state: UnsafeCell::new(S::default()),
+                request: self.raw(),
+            }));
+            ffi::apr_pool_cleanup_register(
+                pool,
+                place as *const c_void,
+                Some(end_state::<S>),
+                Some(ffi::apr_pool_cleanup_null),
+            );
+            *slot = place as *mut c_void;
+            &(*place).value
         }
     }
 }
 
-/// Sets a response header.
-///
-/// # Safety
-/// `r` must be live.
-pub unsafe fn set_header(r: *mut ffi::request_rec, name: &str, value: &str) {
-    let (Ok(name), Ok(value)) = (CString::new(name), CString::new(value)) else {
-        return;
-    };
-    // SAFETY: apr_table_set copies both strings into the table's pool.
-    unsafe { ffi::apr_table_set((*r).headers_out, name.as_ptr(), value.as_ptr()) };
+/// What the module keeps for a request.
+pub trait RequestState: Default + 'static {
+    /// Runs once, when the request's pool goes: the request has ended, however it ended (the
+    /// answer sent, the client gone, an error, an HTTP/2 stream reset). The request can still
+    /// be read.
+    fn at_end(&mut self, _r: Request<'_>) {}
 }
 
-/// Sets a header that goes out with error responses too (`r->err_headers_out`).
-///
-/// # Safety
-/// `r` must be live.
-pub unsafe fn set_error_header(r: *mut ffi::request_rec, name: &str, value: &str) {
-    let (Ok(name), Ok(value)) = (CString::new(name), CString::new(value)) else { return };
-    // SAFETY: apr_table_set copies both strings into the table's pool.
-    unsafe { ffi::apr_table_set((*r).err_headers_out, name.as_ptr(), value.as_ptr()) };
+struct StateCell<S> {
+    borrowed: Cell<bool>,
+    state: UnsafeCell<S>,
+    request: *mut ffi::request_rec,
 }
 
-/// Removes a header set with [`set_error_header`].
-///
+unsafe extern "C" fn end_state<S: RequestState>(data: *mut c_void) -> ffi::apr_status_t {
+    catch("request cleanup", ffi::APR_SUCCESS, || {
+        // SAFETY: the StateCell registered by `state_cell::<S>`, in the pool being cleaned: its
+        // request is still in memory (the pool frees it after its cleanups).
+        unsafe {
+            let cell = &(*(data as *mut Tagged<StateCell<S>>)).value;
+            if !cell.borrowed.replace(true) {
+                let state = &mut *cell.state.get();
+                if let Some(r) = Request::from_raw(cell.request) {
+                    state.at_end(r);
+                }
+                std::ptr::drop_in_place(state);
+            }
+        }
+        ffi::APR_SUCCESS
+    })
+}
+
 /// # Safety
-/// `r` must be live.
-pub unsafe fn unset_error_header(r: *mut ffi::request_rec, name: &str) {
+/// `table` must be a live APR table whose values outlive `'a`.
+unsafe fn table_get<'a>(table: *const ffi::apr_table_t, name: &CStr) -> Option<&'a CStr> {
+    // SAFETY: per the caller.
+    unsafe {
+        let value = ffi::apr_table_get(table, name.as_ptr());
+        (!value.is_null()).then(|| CStr::from_ptr(value))
+    }
+}
+
+/// # Safety
+/// `table` must be a live APR table.
+unsafe fn table_set(table: *mut ffi::apr_table_t, name: &str, value: Option<&str>) {
     let Ok(name) = CString::new(name) else { return };
-    // SAFETY: a live table of a live request.
-    unsafe { ffi::apr_table_unset((*r).err_headers_out, name.as_ptr()) };
-}
-
-/// Sends `body` with content type `content_type` (only the headers for HEAD).
-///
-/// # Safety
-/// `r` must be live and not yet answered.
-pub unsafe fn send(r: *mut ffi::request_rec, content_type: &str, body: &[u8]) {
-    let Ok(content_type) = CString::new(content_type) else {
-        return;
-    };
-    // SAFETY: ap_set_content_type keeps the pointer, so the string is copied into r->pool
-    // first; ap_rwrite copies the body into the output brigade.
+    // SAFETY: apr_table_set copies both strings into the table's pool.
     unsafe {
-        let pooled = ffi::apr_pstrmemdup((*r).pool, content_type.as_ptr(), content_type.as_bytes().len());
-        ffi::ap_set_content_type(r, pooled);
-        if !header_only(r) {
-            ffi::ap_rwrite(body.as_ptr() as *const c_void, body.len() as i32, r);
+        match value.map(CString::new) {
+            Some(Ok(value)) => ffi::apr_table_set(table, name.as_ptr(), value.as_ptr()),
+            Some(Err(_)) => {}
+            None => ffi::apr_table_unset(table, name.as_ptr()),
         }
     }
-}
-
-/// Writes `text` into the response body (after whatever a handler already wrote: mod_status's
-/// page, for a section added through its hook). Nothing for HEAD.
-///
-/// # Safety
-/// `r` must be live and its response under way.
-pub unsafe fn write(r: *mut ffi::request_rec, text: &str) {
-    // SAFETY: ap_rwrite copies the bytes into the output brigade.
-    unsafe {
-        if !header_only(r) && !text.is_empty() {
-            ffi::ap_rwrite(text.as_ptr() as *const c_void, text.len().min(i32::MAX as usize) as i32, r);
-        }
-    }
-}
-
-/// This module's entry in `r->request_config` (null until set).
-///
-/// # Safety
-/// `r` must be live.
-pub unsafe fn module_state(r: *const ffi::request_rec) -> *mut c_void {
-    // SAFETY: request_config is the request's live configuration vector.
-    unsafe { super::module_config((*r).request_config) }
-}
-
-/// Replaces this module's entry in `r->request_config`.
-///
-/// # Safety
-/// `r` must be live; `state` must live as long as the request pool.
-pub unsafe fn set_module_state(r: *mut ffi::request_rec, state: *mut c_void) {
-    // SAFETY: as above.
-    unsafe { super::set_module_config((*r).request_config, state) };
 }

@@ -37,8 +37,7 @@
 //! a member goes, and the walk under the bound.
 
 use super::{
-    Candidate, Choice, LocalState, Member, Method, Offered, Pick, Reason, Reserve, byinflight, mix,
-    reserve_candidate,
+    Candidate, Choice, LocalState, Method, Offered, Pick, Reason, Reserve, byinflight, mix, reserve_candidate,
 };
 use std::sync::atomic::Ordering;
 
@@ -52,18 +51,19 @@ impl Method for ByHash {
 
     fn choose(&self, pick: &mut Pick<'_>) -> Option<Choice> {
         let Some(key) = pick.key else { return byinflight::choose_and_reserve(pick) };
+        // No tables built yet in this process (see `tables`): balanced as byinflight.
+        let Some(tables) = pick.tables(true) else { return byinflight::choose_and_reserve(pick) };
+        let Some(hashed) = tables.hash() else { return byinflight::choose_and_reserve(pick) };
         let hash = key_hash(key);
-        pick.map_members();
         let candidates = pick.candidates();
         let total: u64 = candidates.iter().map(|c| u64::from(c.inflight)).sum();
         let bound =
             pick.settings.balance_factor().map_or(u64::MAX, |c| load_bound(c, total, candidates.len()));
         let placed = {
             let Pick { local, reserve, .. } = &mut *pick;
-            let LocalState { members, generation, candidates, offered, table, .. } = &mut **local;
-            let (table, seen) = table.current(*generation, members);
+            let LocalState { candidates, offered, seen, .. } = &mut **local;
             let mut takers = Takers { candidates, offered, reserve: &mut **reserve, hash, bound };
-            place(table, hash, seen, &mut takers).and_then(|p| Some((offered.position(p.member)?, p)))
+            place(&hashed.table, hash, seen, &mut takers).and_then(|p| Some((offered.position(p.member)?, p)))
         };
         let Some((position, placement)) = placed else { return byinflight::choose_and_reserve(pick) };
         if placement.diverted {
@@ -104,26 +104,6 @@ impl Holders for Takers<'_> {
             Some(position) => reserve_candidate(self.reserve, &mut self.candidates[position], limit),
             None => false,
         }
-    }
-}
-
-/// The table for the current member list, rebuilt when the list's generation changes, and the
-/// walk's scratch.
-#[derive(Default)]
-pub struct Cached {
-    built_for: u64,
-    table: Option<Table>,
-    seen: Vec<bool>,
-}
-
-impl Cached {
-    pub(super) fn current(&mut self, generation: u64, members: &[Member]) -> (&Table, &mut Vec<bool>) {
-        if self.built_for != generation || self.table.is_none() {
-            let weighted: Vec<(u64, u32)> = members.iter().map(|m| (m.key, m.lbfactor)).collect();
-            self.table = Some(Table::build(&weighted));
-            self.built_for = generation;
-        }
-        (self.table.get_or_insert_with(|| Table::build(&[])), &mut self.seen)
     }
 }
 

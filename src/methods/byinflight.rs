@@ -86,8 +86,7 @@ mod tests {
     use super::*;
 
     use crate::config::BalancerSettings;
-    use crate::methods::LocalState;
-    use crate::methods::testing::{Counts, balancer, candidates, pick_once};
+    use crate::methods::testing::{Counts, Local, balancer, candidates, pick_once};
 
     fn c(inflight: u32, weight: u32) -> Candidate {
         Candidate { inflight, weight, lbfactor: weight, ..candidates(&[weight])[0] }
@@ -96,7 +95,7 @@ mod tests {
     #[test]
     fn equal_members_take_turns_through_the_shared_rotation() {
         let (segment, slot) = balancer(3);
-        let (mut p1, mut p2) = (LocalState::default(), LocalState::default());
+        let (mut p1, mut p2) = (Local::default(), Local::default());
         let settings = BalancerSettings::default();
         let idle = candidates(&[100, 100, 100]);
         let picks: Vec<usize> = (0..6)
@@ -109,13 +108,12 @@ mod tests {
             })
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
-        unsafe { segment.unmap() };
     }
 
     #[test]
     fn a_member_found_full_at_reservation_is_passed_over() {
         let (segment, slot) = balancer(2);
-        let mut local = LocalState::default();
+        let mut local = Local::default();
         let settings = BalancerSettings::default();
         let mut two = candidates(&[100, 100]);
         two[0].limit = 1;
@@ -128,7 +126,6 @@ mod tests {
             pick_once(&ByInflight, &segment, slot, &settings, &mut local, &two, None, &mut reserve),
             None
         );
-        unsafe { segment.unmap() };
     }
 
     #[test]

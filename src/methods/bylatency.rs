@@ -30,16 +30,16 @@
 //!                                           is four decay times), and it is back in the band
 //! ```
 //!
-//! **Probes.** Once in 200 picks (0.5% of the requests), or once a second when there are fewer,
-//! the balancer sends one request to the member outside the band it has probed longest ago (one
-//! process wins each probe, through an atomic claim in the balancer's slot).
+//! **Probes.** Each member outside the band gets one request in 200 picks of its balancer (0.5%
+//! of the requests), or one a second when there are fewer (one process wins each probe,
+//! through an atomic claim in the member's slot; each avoided member has its own budget).
 //! A probe's answer replaces the member's estimate (it is the only recent evidence; one that
 //! fails counts as a failure): a member that recovered, from slowness, from errors (httpd's retry
 //! timer, a health check, balancer-manager), or from answering 503, is back in the band with its
 //! next probe, tens of milliseconds after recovering at thousands of requests a second, a second
 //! at most; one that is still slow stays out, and two slow answers in a row push a member that
-//! only answered one probe fast back out. Members that are still slow cost 0.5% of the requests
-//! together (one a second, when traffic is light).
+//! only answered one probe fast back out. A member that is still slow costs 0.5% of the
+//! requests (one a second, when traffic is light).
 //!
 //! **Why not power of two choices.** P2C (Finagle's, Linkerd's, Envoy's) exists because a
 //! balancer usually sees stale or partial load: two random draws avoid herding on one stale
@@ -61,9 +61,8 @@ use std::sync::atomic::Ordering;
 
 /// A member this many times slower than the fastest is ranked on its slowness.
 pub const BAND: f64 = 3.0;
-/// The balancer probes a member outside the band once in this many picks (0.5% of the
-/// requests), and at least once a second when there are fewer; each probe goes to the one
-/// probed longest ago.
+/// A member outside the band is probed once in this many picks of its balancer (0.5% of the
+/// requests each), and at least once a second when there are fewer.
 pub const PROBE_EVERY_PICKS: u64 = 200;
 pub const PROBE_INTERVAL_US: u64 = 1_000_000;
 /// The highest estimate (60 s): a failing member's estimate climbs to it and no further.
@@ -167,34 +166,36 @@ fn rank(candidate: &Candidate, latency_us: Option<f64>, best_us: f64) -> f64 {
     (f64::from(candidate.inflight) + 1.0) / f64::from(candidate.weight.max(1)) * slowness(latency_us, best_us)
 }
 
-/// When the balancer is due for a probe ([`PROBE_EVERY_PICKS`] picks or
-/// [`PROBE_INTERVAL_US`] since its last one), the candidate outside the band probed longest ago,
-/// claimed for this pick (an atomic swap of the balancer's probe pick number, so that one
-/// process probes). Costs two loads when no probe is due. A member that leaves the band is
-/// first probed at the balancer's next turn, within 200 picks or a second.
+/// A candidate outside the band that is due for a probe (its last one was
+/// [`PROBE_EVERY_PICKS`] picks of the balancer or [`PROBE_INTERVAL_US`] ago), the one probed
+/// longest ago, claimed for this pick: one process wins each probe of a member (an atomic
+/// claim in its slot), and each avoided member has its own budget. Costs nothing per member
+/// in the band.
 fn due_probe(pick: &Pick<'_>, pick_number: u64, best: f64, latencies: &[Option<f64>]) -> Option<usize> {
-    let turns = &pick.shared.turns;
-    let last_pick = turns.probe_pick.load(Ordering::Relaxed);
-    // Signed: a pick number taken before another process claimed a later one is not due.
-    let due = pick_number.wrapping_sub(last_pick) as i64 >= PROBE_EVERY_PICKS as i64
-        || pick.now_us.saturating_sub(turns.probe_us.load(Ordering::Relaxed)) >= PROBE_INTERVAL_US;
-    if !due {
-        return None;
-    }
-    // The turn is claimed even when no member is outside the band, so that the search below
-    // runs once per turn, not on every pick while all members are fast.
-    turns.probe_pick.compare_exchange(last_pick, pick_number, Ordering::AcqRel, Ordering::Relaxed).ok()?;
-    turns.probe_us.store(pick.now_us, Ordering::Relaxed);
-    let member_of = |c: &Candidate| c.member.and_then(|m| pick.segment.member(m as usize));
-    let (position, member) = pick
+    let now = pick.now_us;
+    let (position, latency, probed_us) = pick
         .candidates()
         .iter()
         .zip(latencies)
         .enumerate()
         .filter(|(_, (candidate, latency))| !candidate.full && slowness(**latency, best) > 1.0)
-        .filter_map(|(position, (candidate, _))| Some((position, member_of(candidate)?)))
-        .min_by_key(|(_, member)| member.probe_us.load(Ordering::Relaxed))?;
-    member.probe_us.store(pick.now_us, Ordering::Relaxed);
+        .filter_map(|(position, (candidate, _))| {
+            let latency = &pick.segment.member(candidate.member? as usize)?.latency;
+            let probed_us = latency.probe_us.load(Ordering::Relaxed);
+            // Signed: a pick number taken before another process claimed a later one is not due.
+            let picks_since = pick_number.wrapping_sub(latency.probe_pick.load(Ordering::Relaxed)) as i64;
+            let due =
+                picks_since >= PROBE_EVERY_PICKS as i64 || now.saturating_sub(probed_us) >= PROBE_INTERVAL_US;
+            due.then_some((position, latency, probed_us))
+        })
+        .min_by_key(|&(_, _, probed_us)| probed_us)?;
+    // The claim: whoever moves the member's probe time first probes it. The pick number only
+    // ever moves forward.
+    latency
+        .probe_us
+        .compare_exchange(probed_us, now.max(probed_us + 1), Ordering::AcqRel, Ordering::Relaxed)
+        .ok()?;
+    latency.probe_pick.fetch_max(pick_number, Ordering::Relaxed);
     Some(position)
 }
 
@@ -202,10 +203,10 @@ fn due_probe(pick: &Pick<'_>, pick_number: u64, best: f64, latencies: &[Option<f
 /// probe that did not fail replaces the estimate.
 pub fn record(member: &MemberSlot, sample_us: f64, failed: bool, probe: bool, now_us: u64, decay_us: u64) {
     let sample_us = if sample_us.is_finite() { sample_us.clamp(1.0, CEILING_US) } else { CEILING_US };
-    let previous_at = member.latency_at_us.swap(now_us, Ordering::AcqRel);
+    let previous_at = member.latency.at_us.swap(now_us, Ordering::AcqRel);
     let elapsed = now_us.saturating_sub(previous_at);
     let mut taken = sample_us;
-    let _ = member.latency_bits.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+    let _ = member.latency.bits.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
         let current = sane(bits);
         taken = match (failed, current) {
             (true, Some(current)) => sample_us.max(FAILURE_PENALTY * current).min(CEILING_US),
@@ -214,18 +215,18 @@ pub fn record(member: &MemberSlot, sample_us: f64, failed: bool, probe: bool, no
             (true, None) => CEILING_US,
             (false, _) => sample_us,
         };
-        let previous = sane(member.last_sample_bits.load(Ordering::Acquire));
+        let previous = sane(member.latency.last_sample_bits.load(Ordering::Acquire));
         let next =
             if probe && !failed { taken } else { updated(current, previous, taken, elapsed, decay_us) };
         Some(next.clamp(1.0, CEILING_US).to_bits())
     });
-    member.last_sample_bits.store(taken.to_bits(), Ordering::Release);
-    member.latency_samples.fetch_add(1, Ordering::Relaxed);
+    member.latency.last_sample_bits.store(taken.to_bits(), Ordering::Release);
+    member.latency.samples.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The member's estimate in microseconds; `None` before the first sample.
 pub fn estimate(member: &MemberSlot) -> Option<f64> {
-    sane(member.latency_bits.load(Ordering::Acquire))
+    sane(member.latency.bits.load(Ordering::Acquire))
 }
 
 /// An estimate read from shared memory: a finite positive number up to the ceiling, or no
@@ -261,8 +262,7 @@ pub fn updated(
 mod tests {
     use super::*;
     use crate::config::BalancerSettings;
-    use crate::methods::LocalState;
-    use crate::methods::testing::{Counts, balancer, candidates};
+    use crate::methods::testing::{Counts, Local, balancer, candidates};
     use crate::shm::Segment;
 
     const DECAY: u64 = 250_000;
@@ -289,7 +289,6 @@ mod tests {
         // A probe it answers gives it its real estimate.
         record(member, 5_000.0, false, true, 2, DECAY);
         assert_eq!(estimate(member), Some(5_000.0));
-        unsafe { segment.unmap() };
     }
 
     #[test]
@@ -297,18 +296,43 @@ mod tests {
         let (segment, slot) = balancer(2);
         let all = with_latencies(&segment, slot, &[Some(5_000.0), Some(80_000.0)]);
         let settings = BalancerSettings::default();
-        let mut local = LocalState::default();
-        local.sync_members(all.len(), |_| {});
-        local.candidates_mut().extend_from_slice(&all);
+        let mut local = Local::default();
         let mut reserve = Counts::default();
         let shared = segment.balancer(slot).unwrap();
         // Another process claimed the probe at pick 1000, a moment after this one took pick 999.
-        shared.turns.probe_pick.store(1_000, Ordering::Relaxed);
-        shared.turns.probe_us.store(5_000_000, Ordering::Relaxed);
-        let pick = Pick::new(shared, &settings, &segment, 5_000_001, None, &mut local, &mut reserve);
+        let slow = &segment.member(all[1].member.unwrap() as usize).unwrap().latency;
+        slow.probe_pick.store(1_000, Ordering::Relaxed);
+        slow.probe_us.store(5_000_000, Ordering::Relaxed);
+        let pick = local.pick(shared, &settings, &segment, 5_000_001, None, &all, &all, &mut reserve);
         assert_eq!(due_probe(&pick, 999, 5_000.0, &[Some(5_000.0), Some(80_000.0)]), None);
-        assert_eq!(shared.turns.probe_pick.load(Ordering::Relaxed), 1_000, "not moved back");
-        unsafe { segment.unmap() };
+        // A second later it is due by time: claimed, and its pick number is not moved back.
+        let pick = local.pick(shared, &settings, &segment, 6_000_001, None, &all, &all, &mut reserve);
+        assert_eq!(due_probe(&pick, 999, 5_000.0, &[Some(5_000.0), Some(80_000.0)]), Some(1));
+        assert_eq!(slow.probe_pick.load(Ordering::Relaxed), 1_000, "not moved back");
+        assert_eq!(due_probe(&pick, 1_000, 5_000.0, &[Some(5_000.0), Some(80_000.0)]), None, "claimed once");
+    }
+
+    #[test]
+    fn every_avoided_member_has_its_own_probe_budget() {
+        let (segment, slot) = balancer(4);
+        let all =
+            with_latencies(&segment, slot, &[Some(5_000.0), Some(80_000.0), Some(80_000.0), Some(80_000.0)]);
+        let settings = BalancerSettings::default();
+        let mut local = Local::default();
+        let shared = segment.balancer(slot).unwrap();
+        let mut probed = [0; 4];
+        // Two seconds at ten picks a second: each slow member is probed once a second.
+        for tenth in 0..20u64 {
+            let mut reserve = Counts::default();
+            let now = 10_000_000 + tenth * 100_000;
+            let mut pick = local.pick(shared, &settings, &segment, now, None, &all, &all, &mut reserve);
+            if let Some(Choice { position, reason: Reason::Latency { probe: true, .. } }) =
+                ByLatency.choose(&mut pick)
+            {
+                probed[position] += 1;
+            }
+        }
+        assert_eq!(probed, [0, 2, 2, 2], "each slow member once a second, not one of them");
     }
 
     #[test]
@@ -347,12 +371,11 @@ mod tests {
         }
         // Garbage in the slot (an older build's, a carried-over value) reads as no sample.
         for bits in [f64::NAN.to_bits(), f64::INFINITY.to_bits(), (-3.0f64).to_bits(), 1] {
-            member.latency_bits.store(bits, Ordering::Relaxed);
+            member.latency.bits.store(bits, Ordering::Relaxed);
             assert!(estimate(member).is_none_or(|v| v.is_finite() && v > 0.0), "{bits:#x}");
             record(member, 5_000.0, false, false, now + 2, DECAY);
             assert!(estimate(member).is_some_and(f64::is_finite));
         }
-        unsafe { segment.unmap() };
     }
 
     /// Candidates for the members of `segment`'s balancer, with these latencies recorded.
@@ -373,17 +396,16 @@ mod tests {
     /// `picks` picks at time `now`, each attempt held (in flight) until the end.
     fn picks(segment: &Segment, slot: usize, all: &[Candidate], count: usize, now: u64) -> Vec<usize> {
         let settings = BalancerSettings::default();
-        let mut local = LocalState::default();
+        let mut local = Local::default();
         let mut inflight = vec![0u32; all.len()];
         let mut chosen = vec![0; all.len()];
         for _ in 0..count {
             let current: Vec<Candidate> =
                 all.iter().zip(&inflight).map(|(c, &n)| Candidate { inflight: n, ..*c }).collect();
-            local.sync_members(current.len(), |_| {});
-            local.candidates_mut().extend_from_slice(&current);
             let shared = segment.balancer(slot).unwrap();
             let mut reserve = Counts::default();
-            let mut pick = Pick::new(shared, &settings, segment, now, None, &mut local, &mut reserve);
+            let mut pick =
+                local.pick(shared, &settings, segment, now, None, &current, &current, &mut reserve);
             let position = ByLatency.choose(&mut pick).unwrap().position;
             inflight[position] += 1;
             chosen[position] += 1;
@@ -397,7 +419,6 @@ mod tests {
         let all = with_latencies(&segment, slot, &[Some(5_000.0), Some(9_000.0), Some(14_000.0), None]);
         // All within 3 times the fastest (or without a sample): in flight evens out.
         assert_eq!(picks(&segment, slot, &all, 40, 2), vec![10, 10, 10, 10]);
-        unsafe { segment.unmap() };
     }
 
     #[test]
@@ -416,14 +437,12 @@ mod tests {
         // At a high rate, once in 200 picks: 400 more picks within the same second (nothing held
         // in flight, so only probes reach it), two more.
         let settings = BalancerSettings::default();
-        let mut local = LocalState::default();
+        let mut local = Local::default();
         let mut probes = 0;
         for _ in 0..400 {
-            local.sync_members(all.len(), |_| {});
-            local.candidates_mut().extend_from_slice(&all);
             let mut reserve = Counts::default();
             let shared = segment.balancer(slot).unwrap();
-            let mut pick = Pick::new(shared, &settings, &segment, 3_200_000, None, &mut local, &mut reserve);
+            let mut pick = local.pick(shared, &settings, &segment, 3_200_000, None, &all, &all, &mut reserve);
             if let Some(Choice { position: 3, reason: Reason::Latency { probe: true, .. } }) =
                 ByLatency.choose(&mut pick)
             {
@@ -431,7 +450,6 @@ mod tests {
             }
         }
         assert_eq!(probes, 2, "a probe every 200 picks");
-        unsafe { segment.unmap() };
     }
 
     #[test]
@@ -453,7 +471,6 @@ mod tests {
         assert!(estimate(slow).unwrap() >= 80_000.0);
         record(slow, 100.0, true, true, 61_000, DECAY);
         assert!(estimate(slow).unwrap() >= 4.0 * 80_000.0, "{:?}", estimate(slow));
-        unsafe { segment.unmap() };
     }
 
     #[test]

@@ -30,7 +30,7 @@
 //! Tests check the sequence above, exact shares over a cycle from any ticket, members leaving
 //! and coming back, members at their cap, ramps, and several processes sharing one ticket.
 
-use super::{Choice, LocalState, Member, Method, Pick, Reason, mix};
+use super::{Choice, Method, Pick, Reason, mix};
 use std::sync::atomic::Ordering;
 
 /// Tickets a pick takes before it draws by weight instead.
@@ -41,16 +41,20 @@ pub struct ByWeight;
 
 impl Method for ByWeight {
     fn choose(&self, pick: &mut Pick<'_>) -> Option<Choice> {
-        pick.map_members();
+        let tables = pick.tables(false);
+        let tier = pick.candidates().first()?.tier;
+        let Some(cycle) = tables.as_deref().and_then(|tables| tables.cycle(tier)) else {
+            // No tables built yet in this process (see `tables`): a draw by weight.
+            let ticket = pick.shared.turns.ticket.fetch_add(1, Ordering::Relaxed);
+            return Some(Choice { position: drawn(pick, ticket)?, reason: Reason::Drawn { ticket } });
+        };
         let mut ticket = 0;
         for skipped in 0..TRIES {
             ticket = pick.shared.turns.ticket.fetch_add(1, Ordering::Relaxed);
-            let local: &mut LocalState = pick.local;
-            let schedule = local.schedule.current(local.generation, &local.members);
-            let (member, step) = schedule.pick(ticket)?;
-            let cycle = schedule.len();
-            let Some(position) = local.offered.position(member) else { continue };
-            if takes(&local.candidates[position], ticket) && pick.reserve(position) {
+            let (member, step) = cycle.pick(ticket)?;
+            let Some(position) = pick.local.offered.position(member) else { continue };
+            if takes(&pick.local.candidates[position], ticket) && pick.reserve(position) {
+                let cycle = cycle.len();
                 return Some(Choice { position, reason: Reason::Ticket { ticket, step, cycle, skipped } });
             }
         }
@@ -88,31 +92,6 @@ fn drawn(pick: &mut Pick<'_>, ticket: u64) -> Option<usize> {
         .find(|&position| !pick.candidates()[position].full && pick.reserve(position))
 }
 
-/// The cycle for the current member list, rebuilt when the list's generation changes.
-#[derive(Default)]
-pub struct Cached {
-    built_for: u64,
-    schedule: Option<Schedule>,
-    /// Cycles built so far.
-    #[cfg(test)]
-    builds: u32,
-}
-
-impl Cached {
-    fn current(&mut self, generation: u64, members: &[Member]) -> &Schedule {
-        if self.built_for != generation || self.schedule.is_none() {
-            let weights: Vec<u32> = members.iter().map(|m| m.lbfactor).collect();
-            self.schedule = Some(Schedule::build(&weights));
-            self.built_for = generation;
-            #[cfg(test)]
-            {
-                self.builds += 1;
-            }
-        }
-        self.schedule.get_or_insert_with(|| Schedule::build(&[]))
-    }
-}
-
 /// Longest cycle kept. Weights whose reduced sum exceeds it are scaled down proportionally, so
 /// each member's share stays within 1/65536 of its exact value.
 pub const MAX_CYCLE: u64 = 1 << 16;
@@ -127,6 +106,13 @@ impl Schedule {
     /// The cycle for these weights (member `i` has `weights[i]`; zero counts as one).
     pub fn build(weights: &[u32]) -> Schedule {
         Schedule { steps: smooth_cycle(&reduce(weights)) }
+    }
+
+    /// The cycle for these weights, whose steps name `positions[i]` for member `i`.
+    pub fn build_over(weights: &[u32], positions: &[u32]) -> Schedule {
+        let mut schedule = Schedule::build(weights);
+        schedule.steps.iter_mut().for_each(|step| *step = positions[*step as usize]);
+        schedule
     }
 
     /// Number of steps in one cycle (the sum of the reduced weights).
@@ -216,7 +202,8 @@ fn smooth_cycle(weights: &[u64]) -> Vec<u32> {
 mod tests {
     use super::*;
     use crate::config::BalancerSettings;
-    use crate::methods::testing::{Counts, balancer, candidates, pick_offered, pick_once};
+    use crate::methods::Tier;
+    use crate::methods::testing::{Counts, Local, balancer, candidates, pick_offered, pick_once};
 
     /// `picks` picks over `c`, alternating between `processes` processes' own states, all on
     /// one shared ticket; how many each candidate got.
@@ -233,7 +220,7 @@ mod tests {
     ) -> Vec<u64> {
         let (segment, slot) = balancer(members.len() as u32);
         let settings = BalancerSettings::default();
-        let mut locals: Vec<LocalState> = (0..processes).map(|_| LocalState::default()).collect();
+        let mut locals: Vec<Local> = (0..processes).map(|_| Local::default()).collect();
         let mut counts = vec![0; c.len()];
         for i in 0..picks {
             let local = &mut locals[i % processes];
@@ -242,7 +229,6 @@ mod tests {
                 pick_offered(&ByWeight, &segment, slot, &settings, local, members, c, None, &mut reserve);
             counts[choice.unwrap().position] += 1;
         }
-        unsafe { segment.unmap() };
         counts
     }
 
@@ -279,28 +265,19 @@ mod tests {
         // that are down, and the draw by weight decides.
         let (segment, slot) = balancer(1000);
         let settings = BalancerSettings::default();
-        let mut local = LocalState::default();
+        let mut local = Local::default();
         let all = candidates(&(0..1000).map(|i| 100 + i).collect::<Vec<u32>>());
-        local.sync_members(all.len(), |list| {
-            list.extend(all.iter().map(|c| super::super::Member {
-                worker_index: c.worker_index,
-                key: u64::from(c.worker_index) + 1,
-                lbfactor: c.lbfactor,
-            }))
-        });
         let offered = [all[10], all[900]];
         let mut counts = [0u32; 2];
         for _ in 0..2000 {
             let mut reserve = Counts::default();
-            local.candidates_mut().extend_from_slice(&offered);
             let shared = segment.balancer(slot).unwrap();
-            let mut pick = Pick::new(shared, &settings, &segment, 0, None, &mut local, &mut reserve);
+            let mut pick = local.pick(shared, &settings, &segment, 0, None, &all, &offered, &mut reserve);
             counts[ByWeight.choose(&mut pick).unwrap().position] += 1;
         }
         let share = f64::from(counts[1]) / 2000.0;
         let want = 1000.0 / (110.0 + 1000.0);
         assert!((share - want).abs() < 0.05, "{counts:?}");
-        unsafe { segment.unmap() };
     }
 
     #[test]
@@ -309,7 +286,7 @@ mod tests {
         // cycle is built once; only a loadfactor change rebuilds it.
         let (segment, slot) = balancer(50);
         let settings = BalancerSettings::default();
-        let mut local = LocalState::default();
+        let mut local = Local::default();
         let all = candidates(&(0..50).map(|i| 100 + i * 7).collect::<Vec<u32>>());
         let mut reserve = Counts::default();
         for pick in 0..500usize {
@@ -328,13 +305,87 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(local.schedule.builds, 1);
+        let builds = |local: &Local| local.shelves.shelf(0).unwrap().version();
+        assert_eq!(builds(&local), 1);
         let mut reweighted = all.clone();
         reweighted[3].lbfactor = 900;
         reweighted[3].weight = 900;
         pick_once(&ByWeight, &segment, slot, &settings, &mut local, &reweighted, None, &mut reserve).unwrap();
-        assert_eq!(local.schedule.builds, 2, "a loadfactor change rebuilds it");
-        unsafe { segment.unmap() };
+        assert_eq!(builds(&local), 2, "a loadfactor change rebuilds it");
+        reweighted[4].tier.standby = true;
+        pick_once(&ByWeight, &segment, slot, &settings, &mut local, &reweighted, None, &mut reserve).unwrap();
+        assert_eq!(builds(&local), 3, "so does a change of tier");
+    }
+
+    #[test]
+    fn a_ticket_never_lands_on_another_tier() {
+        // Two primaries and eight hot standbys, then eight members of lbset 1: while the
+        // primaries are up, every pick takes one ticket, and the shares are exactly 1:2.
+        let (segment, slot) = balancer(18);
+        let settings = BalancerSettings::default();
+        let mut local = Local::default();
+        let mut all = candidates(&[100, 200, 100, 100, 100, 100, 100, 100, 100, 100]);
+        all.iter_mut().skip(2).for_each(|c| c.tier.standby = true);
+        all.extend(candidates(&[100; 8]).into_iter().enumerate().map(|(i, c)| super::super::Candidate {
+            worker_index: 10 + i as u32,
+            tier: Tier { lbset: 1, standby: false },
+            ..c
+        }));
+        let primaries = [all[0], all[1]];
+        let mut counts = [0u32; 2];
+        for _ in 0..300 {
+            let mut reserve = Counts::default();
+            let choice = pick_offered(
+                &ByWeight,
+                &segment,
+                slot,
+                &settings,
+                &mut local,
+                &all,
+                &primaries,
+                None,
+                &mut reserve,
+            )
+            .unwrap();
+            assert!(
+                matches!(choice.reason, Reason::Ticket { skipped: 0, cycle: 3, .. }),
+                "{:?}",
+                choice.reason
+            );
+            counts[choice.position] += 1;
+        }
+        assert_eq!(counts, [100, 200]);
+        assert_eq!(segment.balancer(slot).unwrap().turns.ticket.load(Ordering::Relaxed), 300);
+    }
+
+    #[test]
+    fn with_no_tables_yet_a_pick_draws_by_weight() {
+        use crate::methods::{Shelves, tables::Builder};
+        let (segment, slot) = balancer(2);
+        let settings = BalancerSettings::default();
+        // A builder that never runs: the tables never come.
+        fn never(_: Box<dyn FnOnce() + Send>) {}
+        let mut local = Local { shelves: Shelves::new(1, Builder::Thread(never)), ..Local::default() };
+        let all = candidates(&[100, 300]);
+        let mut counts = [0u32; 2];
+        for _ in 0..4000 {
+            let mut reserve = Counts::default();
+            let choice = pick_offered(
+                &ByWeight,
+                &segment,
+                slot,
+                &settings,
+                &mut local,
+                &all,
+                &all,
+                None,
+                &mut reserve,
+            )
+            .unwrap();
+            assert!(matches!(choice.reason, Reason::Drawn { .. }));
+            counts[choice.position] += 1;
+        }
+        assert!((f64::from(counts[1]) / 4000.0 - 0.75).abs() < 0.03, "{counts:?}");
     }
 
     #[test]
@@ -343,10 +394,9 @@ mod tests {
         c.iter_mut().for_each(|c| c.full = true);
         let (segment, slot) = balancer(2);
         let mut reserve = Counts::default();
-        let mut local = LocalState::default();
+        let mut local = Local::default();
         let settings = BalancerSettings::default();
         assert_eq!(pick_once(&ByWeight, &segment, slot, &settings, &mut local, &c, None, &mut reserve), None);
-        unsafe { segment.unmap() };
     }
 
     fn letters(weights: &[u32], n: usize) -> String {
@@ -515,14 +565,13 @@ mod tests {
                 for c in &mut offered {
                     c.full = full_mask >> c.worker_index & 1 == 1;
                 }
-                let mut local = LocalState::default();
+                let mut local = Local::default();
                 let settings = BalancerSettings::default();
                 let choice = pick_offered(&ByWeight, &segment, slot, &settings, &mut local, &all, &offered, None, &mut Counts::default());
                 match choice {
                     Some(choice) => prop_assert!(!offered[choice.position].full),
                     None => prop_assert!(offered.iter().all(|c| c.full)),
                 }
-                unsafe { segment.unmap() };
             }
         }
     }

@@ -15,12 +15,14 @@ pub mod byinflight;
 pub mod bylatency;
 pub mod byweight;
 pub mod slow_start;
+pub mod tables;
 
 use crate::config::BalancerSettings;
-use crate::shm::{BalancerSlot, MemberSlot, Segment};
+use crate::shm::{Attempt, BalancerSlot, Counts, Segment};
 use std::ffi::CStr;
 use std::fmt;
-use std::sync::atomic::AtomicI32;
+use std::sync::Arc;
+pub use tables::{Member, Shelves, Tables, Tier};
 
 /// A method's rule.
 pub trait Method: Sync {
@@ -94,6 +96,8 @@ pub struct Candidate {
     pub limit: u32,
     /// Found at its cap: it may not take this request.
     pub full: bool,
+    /// Its lbset, and whether it is a hot standby.
+    pub tier: Tier,
 }
 
 /// [`Candidate::limit`] of a member without a cap.
@@ -104,15 +108,6 @@ impl Candidate {
     pub fn cap(&self) -> u64 {
         if self.limit == NO_LIMIT { u64::MAX } else { u64::from(self.limit) }
     }
-}
-
-/// One member of the balancer, usable or not, as the per-process tables are built from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub worker_index: u32,
-    /// Stable hash of its name ([`crate::shm::name_key`]).
-    pub key: u64,
-    pub lbfactor: u32,
 }
 
 /// What a method chose, and why (for `LogLevel lbmethod_rs:debug`).
@@ -197,33 +192,30 @@ pub trait Reserve {
     fn reserve(&mut self, candidate: &Candidate, limit: u64) -> bool;
 }
 
-/// Reserves on the shared in-flight counters, with this process's own count of each member
-/// (its row in the process table), which lets the parent take back the attempts of a killed
-/// child.
-pub struct SharedCounts<'a> {
-    pub segment: &'a Segment,
-    /// This process's slot in the process table, if it has one.
-    pub process: Option<usize>,
+/// Reserves on the shared in-flight counters (`shm::attempt`): the attempt a successful
+/// reservation starts is kept in `taken`, for the finder to record.
+pub struct SharedCounts {
+    pub counts: Counts,
+    pub taken: Option<Attempt>,
 }
 
-impl SharedCounts<'_> {
-    /// The member slot and this process's count for it, for candidate `candidate`.
-    pub fn counters(&self, candidate: &Candidate) -> Option<(&MemberSlot, Option<&AtomicI32>)> {
-        let index = candidate.member? as usize;
-        let mine = self.process.and_then(|process| self.segment.contribution(process, index));
-        Some((self.segment.member(index)?, mine))
+impl SharedCounts {
+    pub fn new(counts: Counts) -> SharedCounts {
+        SharedCounts { counts, taken: None }
     }
 }
 
-impl Reserve for SharedCounts<'_> {
+impl Reserve for SharedCounts {
     fn reserve(&mut self, candidate: &Candidate, limit: u64) -> bool {
-        match self.counters(candidate) {
-            Some((member, mine)) if limit == u64::MAX => {
-                member.begin_attempt(mine);
+        // A member beyond the slots httpd declared: balanced, not counted.
+        let Some(member) = candidate.member else { return true };
+        debug_assert!(self.taken.is_none(), "a pick reserves once");
+        match self.counts.begin(member as usize, limit) {
+            Some(attempt) => {
+                self.taken = Some(attempt);
                 true
             }
-            Some((member, mine)) => member.try_begin_attempt(limit, mine),
-            None => true, // a member beyond the slots httpd declared: balanced, not counted
+            None => false,
         }
     }
 }
@@ -237,27 +229,35 @@ fn reserve_candidate(reserve: &mut dyn Reserve, candidate: &mut Candidate, limit
     reserved
 }
 
-/// This process's state for one balancer, kept between picks: the member list the tables are
-/// built from, the tables, and buffers reused by every pick so that a pick allocates nothing.
-/// Used under the balancer's lock (httpd's thread lock around the finder).
+/// This process's state for one balancer, kept between picks: the member list, the tables
+/// picked from, and buffers reused by every pick so that a pick allocates nothing. Used under
+/// the balancer's lock (httpd's thread lock around the finder).
 #[derive(Default)]
 pub struct LocalState {
-    /// Every member of the balancer, usable or not, in worker index order.
+    /// Every member of the balancer, usable or not, in worker index order, as this process
+    /// last saw them.
     members: Vec<Member>,
-    /// Counts changes of `members` (a member added, a loadfactor changed); the tables below
-    /// are rebuilt when theirs differs.
+    /// Counts changes of `members` (a member added, a loadfactor or a tier changed).
     generation: u64,
     /// The candidates of the pick under way, in worker index order.
     candidates: Vec<Candidate>,
-    /// Where each of `members` is among the candidates of the pick under way.
+    /// Where each member of the tables is among the candidates of the pick under way.
     offered: Offered,
-    schedule: byweight::Cached,
-    table: byhash::Cached,
+    /// The tables picks use now ([`tables`]), the publication they came with, and whether
+    /// they were built from `members` as they are.
+    tables: Option<Arc<Tables>>,
+    tables_version: u64,
+    tables_fit: bool,
+    /// The member list generation, and the need for `byhash`'s table, the tables were last
+    /// checked against (and new ones asked for if they did not fit).
+    checked: Option<(u64, bool)>,
+    /// `byhash`: the walk's scratch.
+    seen: Vec<bool>,
     /// `bylatency`: the candidates' estimates, read once per pick.
     latencies: Vec<Option<f64>>,
 }
 
-/// Where each member of the balancer is among the candidates of the pick under way.
+/// Where each member of the tables is among the candidates of the pick under way.
 #[derive(Default)]
 struct Offered {
     /// Every member is a candidate, so member `i` is candidate `i`: the common case, no map.
@@ -280,7 +280,7 @@ impl Offered {
 
 impl LocalState {
     /// Brings the member list up to date when the balancer's member count is not the one it
-    /// was built for (httpd only ever adds members within a generation): `fill` then lists
+    /// was made for (httpd only ever adds members within a generation): `fill` then lists
     /// every member.
     pub fn sync_members(&mut self, count: usize, fill: impl FnOnce(&mut Vec<Member>)) {
         if count == self.members.len() && self.generation != 0 {
@@ -297,18 +297,13 @@ impl LocalState {
         self.candidates.clear();
         &mut self.candidates
     }
+}
 
-    pub fn members(&self) -> &[Member] {
-        &self.members
-    }
-
-    /// `byhash`: the table's size and each member's share of it (in [`LocalState::members`]'
-    /// order), building the table if needed.
-    pub fn hash_shares(&mut self) -> (usize, Vec<f64>) {
-        let (table, _) = self.table.current(self.generation, &self.members);
-        let size = table.size().max(1) as f64;
-        (table.size(), table.shares().into_iter().map(|share| share as f64 / size).collect())
-    }
+/// A balancer's tables, where a pick finds them.
+#[derive(Clone, Copy)]
+pub struct TablesOf<'a> {
+    pub shelves: &'a Arc<Shelves>,
+    pub balancer: usize,
 }
 
 /// One pick in progress: what a method may read and the reservation it must make.
@@ -320,6 +315,7 @@ pub struct Pick<'a> {
     pub now_us: u64,
     /// `byhash`: the request's `LBHashKey` value (`None`: no key for this request).
     pub key: Option<&'a [u8]>,
+    tables: TablesOf<'a>,
     local: &'a mut LocalState,
     reserve: &'a mut dyn Reserve,
 }
@@ -328,12 +324,14 @@ impl<'a> Pick<'a> {
     /// A pick over the candidates the finder put in `local` (see
     /// [`LocalState::candidates_mut`]), in worker index order, so that every process lists the
     /// same members in the same order.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: &'a BalancerSlot,
         settings: &'a BalancerSettings,
         segment: &'a Segment,
         now_us: u64,
         key: Option<&'a [u8]>,
+        tables: TablesOf<'a>,
         local: &'a mut LocalState,
         reserve: &'a mut dyn Reserve,
     ) -> Pick<'a> {
@@ -341,7 +339,7 @@ impl<'a> Pick<'a> {
             local.candidates.is_sorted_by_key(|c| c.worker_index),
             "candidates in worker index order"
         );
-        Pick { shared, settings, segment, now_us, key, local, reserve }
+        Pick { shared, settings, segment, now_us, key, tables, local, reserve }
     }
 
     pub fn candidates(&self) -> &[Candidate] {
@@ -361,41 +359,78 @@ impl<'a> Pick<'a> {
         reserve_candidate(self.reserve, &mut self.local.candidates[position], limit)
     }
 
-    /// Maps every member to its candidate position, for the methods whose tables cover every
-    /// member (`byweight`, `byhash`). A candidate whose loadfactor is not the one the member
-    /// list holds (balancer-manager changed it) updates the list and bumps its generation, so
-    /// the tables are rebuilt: weights are checked on the way, not by a pass of their own.
-    fn map_members(&mut self) {
-        let LocalState { members, generation, candidates, offered, .. } = &mut *self.local;
-        // Candidates are a subset of the members, both in worker index order: as many means
-        // the same list.
-        offered.all = candidates.len() == members.len();
-        if offered.all {
-            debug_assert!(
-                members.iter().zip(candidates.iter()).all(|(m, c)| m.worker_index == c.worker_index)
-            );
-            if !members.iter().zip(candidates.iter()).all(|(m, c)| m.lbfactor == c.lbfactor) {
-                members.iter_mut().zip(candidates.iter()).for_each(|(m, c)| m.lbfactor = c.lbfactor);
-                *generation += 1;
-            }
-            return;
+    /// The tables to pick from (`byhash`'s table too if `hash`), with every member of them
+    /// mapped to its candidate position. On the way: a candidate whose loadfactor or tier is
+    /// not the member list's updates the list (balancer-manager changed it), and tables that
+    /// do not fit the list are asked for, once per change, from the builder
+    /// ([`tables`]); until they come, the ones there are serve. `None` before any were built.
+    fn tables(&mut self, hash: bool) -> Option<Arc<Tables>> {
+        let TablesOf { shelves, balancer } = self.tables;
+        let shelf = shelves.shelf(balancer)?;
+        let local = &mut *self.local;
+        note_changes(local);
+        let version = shelf.version();
+        if version != local.tables_version {
+            local.tables = shelf.published();
+            local.tables_version = version;
+            local.checked = None;
         }
-        let positions = &mut offered.positions;
-        positions.clear();
-        positions.resize(members.len(), NOT_OFFERED);
-        let mut next = 0;
-        for (position, candidate) in candidates.iter().enumerate() {
-            while next < members.len() && members[next].worker_index < candidate.worker_index {
-                next += 1;
+        if local.checked != Some((local.generation, hash)) {
+            local.tables_fit = local.tables.as_ref().is_some_and(|t| t.fit(&local.members, hash));
+            if !local.tables_fit {
+                shelves.ask(balancer, &local.members, hash);
+                // Inline builders (tests) have published already.
+                if shelf.version() != local.tables_version {
+                    local.tables = shelf.published();
+                    local.tables_version = shelf.version();
+                    local.tables_fit = local.tables.as_ref().is_some_and(|t| t.fit(&local.members, hash));
+                }
             }
-            let Some(member) = members.get_mut(next).filter(|m| m.worker_index == candidate.worker_index)
-            else {
-                continue; // not in the list (cannot happen under the lock): not in the tables
-            };
-            if member.lbfactor != candidate.lbfactor {
-                member.lbfactor = candidate.lbfactor;
-                *generation += 1;
-            }
+            local.checked = Some((local.generation, hash));
+        }
+        let tables = local.tables.clone()?;
+        map_offered(&mut local.offered, &tables.members, &local.candidates, local.tables_fit);
+        Some(tables)
+    }
+}
+
+/// Updates the member list where a candidate's loadfactor or tier differs from it, bumping
+/// its generation: weights are checked on the way, not by a pass of their own. Candidates are
+/// a subset of the members, both in worker index order.
+fn note_changes(local: &mut LocalState) {
+    let LocalState { members, generation, candidates, .. } = local;
+    let mut next = 0;
+    for candidate in candidates.iter() {
+        while next < members.len() && members[next].worker_index < candidate.worker_index {
+            next += 1;
+        }
+        let Some(member) = members.get_mut(next).filter(|m| m.worker_index == candidate.worker_index) else {
+            continue; // not in the list (cannot happen under the lock)
+        };
+        if member.lbfactor != candidate.lbfactor || member.tier != candidate.tier {
+            member.lbfactor = candidate.lbfactor;
+            member.tier = candidate.tier;
+            *generation += 1;
+        }
+    }
+}
+
+/// Maps every member of the tables to its candidate position. When the tables fit the
+/// member list and every member is a candidate, member `i` is candidate `i`: no map.
+fn map_offered(offered: &mut Offered, members: &[Member], candidates: &[Candidate], fit: bool) {
+    offered.all = fit && candidates.len() == members.len();
+    if offered.all {
+        return;
+    }
+    let positions = &mut offered.positions;
+    positions.clear();
+    positions.resize(members.len(), NOT_OFFERED);
+    let mut next = 0;
+    for (position, candidate) in candidates.iter().enumerate() {
+        while next < members.len() && members[next].worker_index < candidate.worker_index {
+            next += 1;
+        }
+        if members.get(next).is_some_and(|m| m.worker_index == candidate.worker_index) {
             positions[next] = position as u32;
         }
     }
@@ -415,7 +450,7 @@ pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{Counts, balancer, candidates, pick_once};
+    use super::testing::{Counts, Local, balancer, candidates, pick_once};
     use super::*;
 
     #[test]
@@ -427,41 +462,40 @@ mod tests {
     }
 
     #[test]
-    fn shared_counts_reserve_under_the_limit_and_count_per_process() {
+    fn shared_counts_reserve_under_the_limit() {
         let (segment, slot) = balancer(2);
         let shared = segment.balancer(slot).unwrap();
-        let process = segment.claim_process(4242);
         let index = segment.member_index(shared, 1).unwrap() as u32;
         let candidate = Candidate { member: Some(index), ..candidates(&[100, 100])[1] };
-        let mut counts = SharedCounts { segment: &segment, process };
-        assert!(counts.reserve(&candidate, 2));
-        assert!(counts.reserve(&candidate, 2));
+        let mut counts = SharedCounts::new(crate::shm::Counts::new(*segment, segment.claim_process(4242)));
+        let mut held = Vec::new();
+        for limit in [2, 2, u64::MAX] {
+            assert!(counts.reserve(&candidate, limit));
+            held.extend(counts.taken.take());
+        }
         assert!(!counts.reserve(&candidate, 2), "full at 2");
-        assert!(counts.reserve(&candidate, u64::MAX), "no cap");
-        let (member, mine) = counts.counters(&candidate).unwrap();
-        assert_eq!(member.inflight(), 3);
-        assert_eq!(mine.unwrap().load(std::sync::atomic::Ordering::Relaxed), 3);
-        unsafe { segment.unmap() };
+        assert!(counts.taken.is_none());
+        assert_eq!(crate::shm::attempt::inflight(&segment, index as usize), 3);
+        held.into_iter().for_each(|a| a.end(crate::shm::Outcome::Completed));
     }
 
     #[test]
     fn a_loadfactor_change_bumps_the_generation_on_the_way() {
         let (segment, slot) = balancer(3);
-        let mut local = LocalState::default();
+        let mut local = Local::default();
         let settings = BalancerSettings::default();
         let mut counts = Counts::default();
         let c = candidates(&[100, 100, 100]);
         pick_once(&byweight::ByWeight, &segment, slot, &settings, &mut local, &c, None, &mut counts);
-        let before = local.generation;
+        let before = local.state.generation;
         pick_once(&byweight::ByWeight, &segment, slot, &settings, &mut local, &c, None, &mut counts);
-        assert_eq!(local.generation, before, "nothing changed");
+        assert_eq!(local.state.generation, before, "nothing changed");
         let mut changed = c.clone();
         changed[1].lbfactor = 300;
         changed[1].weight = 300;
         pick_once(&byweight::ByWeight, &segment, slot, &settings, &mut local, &changed, None, &mut counts);
-        assert_eq!(local.generation, before + 1);
-        assert_eq!(local.members[1].lbfactor, 300);
-        unsafe { segment.unmap() };
+        assert_eq!(local.state.generation, before + 1);
+        assert_eq!(local.state.members[1].lbfactor, 300);
     }
 
     #[test]
@@ -484,27 +518,26 @@ mod tests {
         for latency in [3_000.0, 4_000.0] {
             bylatency::record(segment.member(0).unwrap(), latency, false, false, 1, 10_000_000);
         }
-        let process = segment.claim_process(777);
+        let process = crate::shm::Counts::new(*segment, segment.claim_process(777));
         for registered in &METHODS {
-            let mut local = LocalState::default();
-            let picks = |local: &mut LocalState, n: u64| {
+            let mut local = Local::default();
+            let picks = |local: &mut Local, n: u64| {
                 for i in 0..n {
                     let key = i.to_le_bytes();
-                    local.sync_members(all.len(), |list| {
-                        list.extend(all.iter().map(|c| Member {
-                            worker_index: c.worker_index,
-                            key: u64::from(c.worker_index) + 1,
-                            lbfactor: c.lbfactor,
-                        }))
-                    });
-                    local.candidates_mut().extend_from_slice(&all);
-                    let mut counts = SharedCounts { segment: &segment, process };
-                    let mut pick =
-                        Pick::new(shared, &settings, &segment, 1_000_000 + i, Some(&key), local, &mut counts);
+                    let mut counts = SharedCounts::new(process);
+                    let mut pick = local.pick(
+                        shared,
+                        &settings,
+                        &segment,
+                        1_000_000 + i,
+                        Some(&key),
+                        &all,
+                        &all,
+                        &mut counts,
+                    );
                     let choice = registered.method.choose(&mut pick);
-                    let candidate = choice.map(|c| pick.candidates()[c.position]);
-                    if let Some((member, mine)) = candidate.and_then(|c| counts.counters(&c)) {
-                        member.end_attempt(false, mine);
+                    if let Some(attempt) = counts.taken.take() {
+                        attempt.end(crate::shm::Outcome::Completed);
                     }
                     assert!(choice.is_some(), "{} found no member", registered.name());
                 }
@@ -514,7 +547,6 @@ mod tests {
             picks(&mut local, 1000);
             assert_eq!(crate::allocations::count() - before, 0, "{} allocated", registered.name());
         }
-        unsafe { segment.unmap() };
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! `byhash` admits that fraction of the member's keys.
 
 use crate::shm::MemberSlot;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Share of the full weight a member has at the very start of its ramp.
@@ -32,19 +33,39 @@ pub fn ramped_weight(full: u32, ramp: Duration, elapsed: Duration) -> u32 {
 }
 
 /// The weight member `member` of loadfactor x 100 `lbfactor` has at `now_us` (monotonic
-/// microseconds), given the balancer's ramp time.
+/// microseconds), given the balancer's ramp time. Without a ramp time the member's slot is not
+/// read at all.
 pub fn member_weight(lbfactor: u32, member: Option<&MemberSlot>, ramp: Option<Duration>, now_us: u64) -> u32 {
-    match (ramp, member.and_then(MemberSlot::ramp_start)) {
-        (Some(ramp), Some(start)) => {
-            ramped_weight(lbfactor, ramp, Duration::from_micros(now_us.saturating_sub(start)))
-        }
-        _ => lbfactor,
+    let Some(ramp) = ramp else { return lbfactor };
+    match member.and_then(ramp_start) {
+        Some(start) => ramped_weight(lbfactor, ramp, Duration::from_micros(now_us.saturating_sub(start))),
+        None => lbfactor,
     }
 }
 
 /// Where `member` is on its ramp at `now_us` (0..1), while it is on one.
 pub fn member_progress(member: &MemberSlot, ramp: Option<Duration>, now_us: u64) -> Option<f64> {
-    progress(ramp?, Duration::from_micros(now_us.saturating_sub(member.ramp_start()?)))
+    progress(ramp?, Duration::from_micros(now_us.saturating_sub(ramp_start(member)?)))
+}
+
+/// Records whether the member is usable now; a member seen unusable that is usable again
+/// starts its ramp at `now_us`. Cheap when nothing changes (loads only).
+pub fn observe(member: &MemberSlot, usable: bool, now_us: u64) {
+    let life = &member.life;
+    if !usable {
+        if life.down.load(Ordering::Relaxed) == 0 {
+            life.down.store(1, Ordering::Relaxed);
+        }
+    } else if life.down.load(Ordering::Relaxed) == 1
+        && life.down.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    {
+        life.ramp_start_us.store(now_us.max(1), Ordering::Release);
+    }
+}
+
+/// When the member's current ramp began (monotonic microseconds), if one ever did.
+pub fn ramp_start(member: &MemberSlot) -> Option<u64> {
+    Some(member.life.ramp_start_us.load(Ordering::Acquire)).filter(|&t| t != 0)
 }
 
 #[cfg(test)]
@@ -76,6 +97,24 @@ mod tests {
             }
             assert_eq!(last, full);
         }
+    }
+
+    #[test]
+    fn a_ramp_begins_when_a_member_seen_down_is_usable_again() {
+        let segment =
+            crate::shm::Segment::create(crate::shm::Capacity { balancers: 1, members: 1, processes: 1 })
+                .unwrap();
+        let member = segment.member(0).unwrap();
+        observe(member, true, 100);
+        assert_eq!(ramp_start(member), None, "usable from the start: no ramp");
+        observe(member, false, 200);
+        observe(member, false, 300);
+        observe(member, true, 400);
+        assert_eq!(ramp_start(member), Some(400));
+        observe(member, true, 500);
+        assert_eq!(ramp_start(member), Some(400), "one ramp per return");
+        assert_eq!(member_weight(1000, Some(member), None, 500), 1000, "no ramp time: full weight");
+        assert_eq!(member_weight(1000, Some(member), Some(RAMP), 500), 100);
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! Helpers for the methods' unit tests: candidates, plain counters to reserve on, a balancer
-//! slot in a real segment, and one pick.
+//! slot in a real segment, one process's state with tables built inline, and one pick.
 
-use super::{Candidate, Choice, LocalState, Member, Method, NO_LIMIT, Pick, Reserve};
+use super::tables::Builder;
+use super::{
+    Candidate, Choice, LocalState, Member, Method, NO_LIMIT, Pick, Reserve, Shelves, TablesOf, Tier,
+};
 use crate::config::BalancerSettings;
-use crate::shm::{Capacity, Segment, name_key};
+use crate::shm::testing::Mapped;
+use crate::shm::{BalancerSlot, Capacity, Segment, name_key};
+use std::sync::Arc;
 
-/// Candidates of these weights, idle, uncapped, without member slots.
+/// Candidates of these weights, idle, uncapped, without member slots, all in one tier.
 pub fn candidates(weights: &[u32]) -> Vec<Candidate> {
     weights
         .iter()
@@ -18,8 +23,19 @@ pub fn candidates(weights: &[u32]) -> Vec<Candidate> {
             inflight: 0,
             limit: NO_LIMIT,
             full: false,
+            tier: Tier::default(),
         })
         .collect()
+}
+
+/// The balancer's members, as the finder lists them, for these candidates.
+pub fn members_of(candidates: &[Candidate]) -> impl Iterator<Item = Member> + '_ {
+    candidates.iter().map(|c| Member {
+        worker_index: c.worker_index,
+        key: name_key(format!("http://10.0.0.{}:8080", c.worker_index).as_bytes()),
+        lbfactor: c.lbfactor,
+        tier: c.tier,
+    })
 }
 
 /// Reserves on plain counters, refusing members at their limit.
@@ -41,10 +57,43 @@ impl Reserve for Counts {
 }
 
 /// A balancer slot in a fresh segment, with `members` member slots.
-pub fn balancer(members: u32) -> (Segment, usize) {
-    let segment = Segment::create(Capacity { balancers: 1, members, processes: 2 }).unwrap();
+pub fn balancer(members: u32) -> (Mapped, usize) {
+    let segment = Mapped::new(Capacity { balancers: 1, members, processes: 2 });
     let slot = segment.claim_balancer(name_key(b"balancer://test"), members).unwrap();
     (segment, slot)
+}
+
+/// One process's state for one balancer, with its tables built inline when asked for.
+pub struct Local {
+    pub state: LocalState,
+    pub shelves: Arc<Shelves>,
+}
+
+impl Default for Local {
+    fn default() -> Local {
+        Local { state: LocalState::default(), shelves: Shelves::new(1, Builder::Inline) }
+    }
+}
+
+impl Local {
+    /// A pick over `offered` (in worker index order), the balancer's members being `members`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pick<'a>(
+        &'a mut self,
+        shared: &'a BalancerSlot,
+        settings: &'a BalancerSettings,
+        segment: &'a Segment,
+        now_us: u64,
+        key: Option<&'a [u8]>,
+        members: &[Candidate],
+        offered: &[Candidate],
+        reserve: &'a mut dyn Reserve,
+    ) -> Pick<'a> {
+        self.state.sync_members(members.len(), |list| list.extend(members_of(members)));
+        self.state.candidates_mut().extend_from_slice(offered);
+        let tables = TablesOf { shelves: &self.shelves, balancer: 0 };
+        Pick::new(shared, settings, segment, now_us, key, tables, &mut self.state, reserve)
+    }
 }
 
 /// One pick by `method` over `candidates`, with `local` kept between picks.
@@ -54,7 +103,7 @@ pub fn pick_once(
     segment: &Segment,
     slot: usize,
     settings: &BalancerSettings,
-    local: &mut LocalState,
+    local: &mut Local,
     candidates: &[Candidate],
     key: Option<&[u8]>,
     reserve: &mut dyn Reserve,
@@ -70,21 +119,13 @@ pub fn pick_offered(
     segment: &Segment,
     slot: usize,
     settings: &BalancerSettings,
-    local: &mut LocalState,
+    local: &mut Local,
     members: &[Candidate],
     offered: &[Candidate],
     key: Option<&[u8]>,
     reserve: &mut dyn Reserve,
 ) -> Option<Choice> {
-    local.sync_members(members.len(), |list| {
-        list.extend(members.iter().map(|c| Member {
-            worker_index: c.worker_index,
-            key: name_key(format!("http://10.0.0.{}:8080", c.worker_index).as_bytes()),
-            lbfactor: c.lbfactor,
-        }))
-    });
-    local.candidates_mut().extend_from_slice(offered);
     let shared = segment.balancer(slot).unwrap();
-    let mut pick = Pick::new(shared, settings, segment, 1_000_000, key, local, reserve);
+    let mut pick = local.pick(shared, settings, segment, 1_000_000, key, members, offered, reserve);
     method.choose(&mut pick)
 }

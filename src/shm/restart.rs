@@ -1,17 +1,22 @@
 //! What a graceful restart keeps: the previous generation's segment when the balancers are the
 //! same, else the totals carried over by name into a new one.
 
+use super::attempt::totals;
 use super::{MemberSlot, Segment};
 use std::sync::atomic::Ordering;
 
 /// What the configuration needs from the segment for one balancer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BalancerPlan {
-    /// [`name_key`] of the balancer's httpd-wide unique name.
+    /// [`name_key`](super::name_key) of the balancer's httpd-wide unique name (httpd's `sname`).
     pub key: u64,
+    /// [`name_key`](super::name_key) of what the status page and the metrics label it with
+    /// (its virtual host and its name), by which a new segment finds its totals.
+    pub label_key: u64,
     /// Member slots: httpd's `max_workers` (configured members plus `growth=`).
     pub members: u32,
-    /// (httpd worker index, [`name_key`] of the member name) for each configured member.
+    /// (httpd worker index, [`name_key`](super::name_key) of the member name) for each member
+    /// httpd has at startup.
     pub member_keys: Vec<(u32, u64)>,
 }
 
@@ -19,8 +24,10 @@ pub struct BalancerPlan {
 /// after a graceful restart that changed no balancer. Reusing it keeps every counter exact
 /// across the restart, in-flight counts and the `byweight` ticket included, because the old
 /// generation's children keep writing the same slots. Returns the slots in plan order, or
-/// `None` (and changes nothing) if any balancer is new, resized or has a member in another
-/// member's slot, or if httpd may now run more processes than the segment has slots for.
+/// `None` (and changes nothing) if any balancer is new or resized, if any member slot would
+/// change hands (a member in another member's slot, or a slot that held a member added at run
+/// time which the new configuration does not have: its old children may still be counting
+/// there), or if httpd may now run more processes than the segment has slots for.
 pub fn reuse(segment: &Segment, plan: &[BalancerPlan], processes: u32) -> Option<Vec<usize>> {
     if segment.capacity().processes < processes {
         return None;
@@ -32,9 +39,10 @@ pub fn reuse(segment: &Segment, plan: &[BalancerPlan], processes: u32) -> Option
         if shared.member_slots.load(Ordering::Acquire) != balancer.members {
             return None;
         }
-        for &(index, key) in &balancer.member_keys {
-            let held = segment.member_of(shared, index as usize)?.key.load(Ordering::Relaxed);
-            if held != 0 && held != key {
+        for index in 0..balancer.members {
+            let held = segment.member_of(shared, index as usize)?.life.key.load(Ordering::Relaxed);
+            let wanted = balancer.member_keys.iter().find(|&&(i, _)| i == index).map(|&(_, key)| key);
+            if held != 0 && Some(held) != wanted {
                 return None;
             }
         }
@@ -55,62 +63,93 @@ pub fn place(segment: &Segment, plan: &[BalancerPlan]) -> Option<Vec<usize>> {
     Some(slots)
 }
 
-/// Names each configured member's slot. A slot no configured member takes (room for members
-/// added at run time, `growth=`) is reset: what a member added there in an earlier generation
-/// left behind must not pass to the next member added there.
+/// Names each balancer's slot by its labels and each member's slot by its name.
 fn name_members(segment: &Segment, plan: &[BalancerPlan], slots: &[usize]) {
     for (balancer, &slot) in plan.iter().zip(slots) {
         let Some(shared) = segment.balancer(slot) else {
             continue;
         };
-        for index in 0..shared.member_slots.load(Ordering::Acquire) {
-            let Some(member) = segment.member_of(shared, index as usize) else { continue };
-            match balancer.member_keys.iter().find(|&&(i, _)| i == index) {
-                Some(&(_, key)) => member.key.store(key, Ordering::Relaxed),
-                None if member.key.load(Ordering::Relaxed) != 0 => member.reset_identity(),
-                None => {}
+        shared.label_key.store(balancer.label_key, Ordering::Relaxed);
+        for &(index, key) in &balancer.member_keys {
+            if let Some(member) = segment.member_of(shared, index as usize) {
+                member.life.key.store(key, Ordering::Relaxed);
             }
         }
     }
 }
 
-/// When the previous segment cannot be reused (balancers were added or resized), copies what
-/// should survive a graceful restart (totals, the shed and diverted counts and the `byweight`
-/// ticket) into the new segment, matching balancers and members by name key. Every count that
-/// the status page and the metrics call a total so never goes back across a graceful restart.
+/// When the previous segment cannot be reused, copies what should survive a graceful restart
+/// into the new segment (each member's totals, peak and latency estimate; each balancer's shed
+/// and diverted counts and `byweight` ticket), matching balancers by their labels (by httpd's
+/// name where two share labels) and members by name. Every count the status page and the
+/// metrics call a total so never goes back across a graceful restart, not even when httpd
+/// renames the balancer inside (a virtual host renamed, or one whose name now collides).
 ///
 /// In-flight counts are not copied: the previous generation's children still hold those
-/// attempts and release them into the old segment. They are counted as `handed_over`, so that
-/// `selected = completed + failed + handed_over + inflight` stays exact.
+/// attempts and end them in the old segment. The new segment counts them as `handed_over`,
+/// computed from one reading of the totals so that `selected = completed + failed +
+/// handed_over + inflight` holds exactly from the start.
 pub fn carry_over(old: &Segment, new: &Segment) {
     for slot in 0..new.capacity().balancers as usize {
         let Some(new_balancer) = new.balancer(slot) else {
             continue;
         };
-        let key = new_balancer.key.load(Ordering::Acquire);
-        let Some(old_balancer) = old.find_balancer(key).and_then(|s| old.balancer(s)) else {
+        let Some(old_balancer) = matching_balancer(old, new, slot).and_then(|s| old.balancer(s)) else {
             continue;
         };
         new_balancer.turns.ticket.store(old_balancer.turns.ticket.load(Ordering::Relaxed), Ordering::Relaxed);
         let (old_events, new_events) = (&old_balancer.events, &new_balancer.events);
         new_events.shed.store(old_events.shed.load(Ordering::Relaxed), Ordering::Relaxed);
         new_events.diverted.store(old_events.diverted.load(Ordering::Relaxed), Ordering::Relaxed);
-        let old_members: Vec<&MemberSlot> = (0..old_balancer.member_slots.load(Ordering::Acquire))
-            .filter_map(|i| old.member_of(old_balancer, i as usize))
+        let old_members: Vec<usize> = (0..old_balancer.member_slots.load(Ordering::Acquire))
+            .filter_map(|i| old.member_index(old_balancer, i as usize))
             .collect();
         for i in 0..new_balancer.member_slots.load(Ordering::Acquire) as usize {
             let Some(member) = new.member_of(new_balancer, i) else {
                 continue;
             };
-            let member_key = member.key.load(Ordering::Relaxed);
-            if member_key == 0 {
-                continue;
-            }
-            if let Some(previous) = old_members.iter().find(|m| m.key.load(Ordering::Relaxed) == member_key) {
-                member.restore(previous.totals());
-                // Finished in the old segment, where this generation does not see them.
-                member.handed_over.fetch_add(previous.inflight(), Ordering::Relaxed);
+            let key = member.life.key.load(Ordering::Relaxed);
+            let previous = old_members.iter().copied().find(|&m| {
+                key != 0 && old.member(m).is_some_and(|o| o.life.key.load(Ordering::Relaxed) == key)
+            });
+            if let Some(previous) = previous {
+                restore(member, old, previous);
             }
         }
     }
+}
+
+/// The balancer of `old` that balancer slot `slot` of `new` continues: the one with the same
+/// labels, if exactly one has them in each segment; else the one with the same httpd name.
+fn matching_balancer(old: &Segment, new: &Segment, slot: usize) -> Option<usize> {
+    let new_balancer = new.balancer(slot)?;
+    let label = new_balancer.label_key.load(Ordering::Relaxed);
+    let with_label = |segment: &Segment| {
+        (0..segment.capacity().balancers as usize)
+            .filter(|&s| segment.balancer(s).is_some_and(|b| b.label_key.load(Ordering::Relaxed) == label))
+            .collect::<Vec<usize>>()
+    };
+    match (label, with_label(old).as_slice(), with_label(new).len()) {
+        (1.., &[only], 1) => Some(only),
+        _ => old.find_balancer(new_balancer.key.load(Ordering::Relaxed)),
+    }
+}
+
+/// Gives `member` (fresh) what member slot `previous` of `old` had.
+fn restore(member: &MemberSlot, old: &Segment, previous: usize) {
+    let Some(before) = old.member(previous) else { return };
+    let totals = totals(old, previous);
+    let life = &member.life;
+    life.kept_selected.store(totals.selected, Ordering::Relaxed);
+    life.kept_completed.store(totals.completed, Ordering::Relaxed);
+    life.kept_failed.store(totals.failed, Ordering::Relaxed);
+    // Everything selected that had not ended when the totals were read: in flight then (or
+    // handed over by an earlier restart), ended by the previous generation's children.
+    life.handed_over
+        .store(totals.selected.saturating_sub(totals.completed + totals.failed), Ordering::Relaxed);
+    member.load.peak.store(totals.peak_inflight, Ordering::Relaxed);
+    let (from, to) = (&before.latency, &member.latency);
+    to.bits.store(from.bits.load(Ordering::Relaxed), Ordering::Relaxed);
+    to.at_us.store(from.at_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    to.samples.store(from.samples.load(Ordering::Relaxed), Ordering::Relaxed);
 }

@@ -2,22 +2,20 @@
 //! so every child of the generation inherits the same bytes at the same address.
 //!
 //! Layout: `Header`, then `balancers` x `BalancerSlot`, `members` x `MemberSlot`, `processes` x
-//! `ProcessSlot`, and one row of in-flight contributions (an `AtomicI32` per member slot) per
-//! process slot.
+//! `ProcessSlot`, and one row of counts (a `Cell` per member slot) per process slot, plus one
+//! more row shared by processes that found the table full.
 //!
 //! Balancers configured at startup get their slots in the parent (`claim_balancer` before any
 //! fork); a balancer first seen at run time claims a spare slot lock-free, so two processes that
 //! race for the same balancer end up sharing one slot.
 //!
-//! Each child claims a process slot and counts its own share of every member's in-flight
-//! attempts in its row. A child killed by a signal cannot release its attempts; when httpd's
-//! parent reaps it, `reap_process` subtracts the row from the members' counts, so a leak lasts
-//! no longer than the dead process.
+//! Each child claims a process slot and counts its attempts on every member in its row;
+//! `shm::attempt` says how, and how the parent takes back what a killed child left.
 
-use super::layout::{BalancerSlot, Header, MAGIC, MemberSlot, ProcessSlot, ShmSafe};
+use super::layout::{BalancerSlot, Cell, Header, MAGIC, MemberSlot, ProcessSlot, ShmSafe};
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 
 /// The size of a segment, in slots of each kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,9 +26,14 @@ pub struct Capacity {
 }
 
 impl Capacity {
-    /// Contributions per process row, rounded up to whole cache lines.
+    /// Cells per row, rounded up to whole cache lines.
     fn row(&self) -> usize {
-        (self.members as usize).next_multiple_of(16)
+        (self.members as usize).next_multiple_of(64 / size_of::<Cell>())
+    }
+
+    /// Rows: one per process slot, and the shared one.
+    fn rows(&self) -> usize {
+        self.processes as usize + 1
     }
 
     fn balancers_at(&self) -> usize {
@@ -45,13 +48,13 @@ impl Capacity {
         self.members_at() + self.members as usize * size_of::<MemberSlot>()
     }
 
-    fn contributions_at(&self) -> usize {
+    fn rows_at(&self) -> usize {
         self.processes_at() + self.processes as usize * size_of::<ProcessSlot>()
     }
 
     /// Bytes needed.
     pub fn bytes(&self) -> usize {
-        self.contributions_at() + self.processes as usize * self.row() * size_of::<AtomicI32>()
+        self.rows_at() + self.rows() * self.row() * size_of::<Cell>()
     }
 }
 
@@ -132,8 +135,7 @@ impl Segment {
     }
 
     pub fn header(&self) -> &Header {
-        // SAFETY: offset 0 of a live mapping at least a header long.
-        unsafe { self.at::<Header>(0) }
+        self.nth::<Header>(0, 0, 1).expect("a segment starts with its header")
     }
 
     pub fn capacity(&self) -> Capacity {
@@ -141,21 +143,11 @@ impl Segment {
     }
 
     pub fn balancer(&self, slot: usize) -> Option<&BalancerSlot> {
-        if slot >= self.capacity.balancers as usize {
-            return None;
-        }
-        let offset = self.capacity.balancers_at() + slot * size_of::<BalancerSlot>();
-        // SAFETY: in bounds (checked above) and aligned (slots are whole cache lines).
-        Some(unsafe { self.at::<BalancerSlot>(offset) })
+        self.nth(self.capacity.balancers_at(), slot, self.capacity.balancers as usize)
     }
 
     pub fn member(&self, slot: usize) -> Option<&MemberSlot> {
-        if slot >= self.capacity.members as usize {
-            return None;
-        }
-        let offset = self.capacity.members_at() + slot * size_of::<MemberSlot>();
-        // SAFETY: in bounds (checked above) and aligned (slots are whole cache lines).
-        Some(unsafe { self.at::<MemberSlot>(offset) })
+        self.nth(self.capacity.members_at(), slot, self.capacity.members as usize)
     }
 
     /// The member slot for httpd worker index `worker_index` of `balancer`.
@@ -217,28 +209,37 @@ impl Segment {
             .find(|&slot| self.balancer(slot).is_some_and(|b| b.key.load(Ordering::Acquire) == key))
     }
 
-    fn process(&self, slot: usize) -> Option<&ProcessSlot> {
-        if slot >= self.capacity.processes as usize {
-            return None;
-        }
-        let offset = self.capacity.processes_at() + slot * size_of::<ProcessSlot>();
-        // SAFETY: in bounds (checked above) and aligned (slots are whole cache lines).
-        Some(unsafe { self.at::<ProcessSlot>(offset) })
+    pub(super) fn process(&self, slot: usize) -> Option<&ProcessSlot> {
+        self.nth(self.capacity.processes_at(), slot, self.capacity.processes as usize)
     }
 
-    /// Process slot `process`'s own in-flight count for member slot `member`.
-    pub fn contribution(&self, process: usize, member: usize) -> Option<&AtomicI32> {
-        if process >= self.capacity.processes as usize || member >= self.capacity.members as usize {
+    /// Row `row`'s counts for member slot `member`. Rows `0..processes` belong to the process
+    /// slots; row `processes` ([`Segment::shared_row`]) is shared.
+    pub(super) fn cell(&self, row: usize, member: usize) -> Option<&Cell> {
+        if member >= self.capacity.members as usize {
             return None;
         }
-        let cell = process * self.capacity.row() + member;
-        let offset = self.capacity.contributions_at() + cell * size_of::<AtomicI32>();
-        // SAFETY: in bounds (checked above); 4-byte aligned inside cache-line aligned rows.
-        Some(unsafe { self.at::<AtomicI32>(offset) })
+        let cells = self.capacity.rows() * self.capacity.row();
+        self.nth(self.capacity.rows_at(), row.checked_mul(self.capacity.row())? + member, cells)
     }
 
-    /// Gives process `pid` a process slot (its own, if it has one already). `None` when all are
-    /// taken: the process then counts without a row, and a kill of it would leak its attempts.
+    /// The row of processes that found no free process slot: shared, so what one of them
+    /// leaves when it is killed cannot be told from the others' counts.
+    pub fn shared_row(&self) -> usize {
+        self.capacity.processes as usize
+    }
+
+    /// Rows that may hold counts: those of claimed process slots, and the shared row. A free
+    /// slot's row is all zeros (the parent clears it before freeing the slot) and is skipped
+    /// without being read, so that pages no process ever used stay untouched.
+    pub(super) fn rows_in_use(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.capacity.processes as usize)
+            .filter(|&slot| self.process(slot).is_some_and(|p| p.pid.load(Ordering::SeqCst) != 0))
+            .chain(std::iter::once(self.shared_row()))
+    }
+
+    /// Gives process `pid` a process slot (its own, if it has one already), whose row is all
+    /// zeros. `None` when all are taken: the process then counts in the shared row.
     pub fn claim_process(&self, pid: u32) -> Option<usize> {
         if pid == 0 {
             return None;
@@ -246,52 +247,35 @@ impl Segment {
         self.find_process(pid).or_else(|| {
             (0..self.capacity.processes as usize).find(|&slot| {
                 self.process(slot).is_some_and(|p| {
-                    p.pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                    p.pid.compare_exchange(0, pid, Ordering::SeqCst, Ordering::Relaxed).is_ok()
                 })
             })
         })
     }
 
-    fn find_process(&self, pid: u32) -> Option<usize> {
+    pub(super) fn find_process(&self, pid: u32) -> Option<usize> {
         (0..self.capacity.processes as usize)
-            .find(|&slot| self.process(slot).is_some_and(|p| p.pid.load(Ordering::Acquire) == pid))
+            .find(|&slot| self.process(slot).is_some_and(|p| p.pid.load(Ordering::SeqCst) == pid))
     }
 
-    /// Process `pid` has exited (httpd's parent reaped it): takes back every attempt it never
-    /// released, counting them as failed, and frees its slot. Returns how many attempts were
-    /// taken back.
-    pub fn reap_process(&self, pid: u32) -> i64 {
-        let Some(slot) = (pid != 0).then(|| self.find_process(pid)).flatten() else {
-            return 0;
-        };
-        let mut reclaimed = 0;
-        for index in 0..self.capacity.members as usize {
-            let (Some(mine), Some(member)) = (self.contribution(slot, index), self.member(index)) else {
-                continue;
-            };
-            let left = mine.swap(0, Ordering::AcqRel);
-            if left != 0 {
-                member.inflight.fetch_sub(i64::from(left), Ordering::AcqRel);
-                // The process died with them: they failed.
-                if left > 0 {
-                    member.failed.fetch_add(left as u64, Ordering::Relaxed);
-                }
-                reclaimed += i64::from(left);
-            }
-        }
-        if let Some(process) = self.process(slot) {
-            process.pid.store(0, Ordering::Release);
-        }
-        reclaimed
+    /// The pids of the claimed process slots.
+    pub fn processes(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.capacity.processes as usize)
+            .filter_map(|slot| Some(self.process(slot)?.pid.load(Ordering::SeqCst)).filter(|&pid| pid != 0))
     }
 
-    /// # Safety
-    /// `offset` must be in bounds and aligned for `T`.
-    unsafe fn at<T: ShmSafe>(&self, offset: usize) -> &T {
-        debug_assert!(offset + size_of::<T>() <= self.len);
-        // SAFETY: per the caller; T is ShmSafe, so any bytes there (zero or written through
-        // atomics) are a valid T.
-        unsafe { &*self.base.as_ptr().add(offset).cast::<T>() }
+    /// Value `index` of the `count` values of `T` that [`Capacity`] lays out from `start`.
+    fn nth<T: ShmSafe>(&self, start: usize, index: usize, count: usize) -> Option<&T> {
+        if index >= count {
+            return None;
+        }
+        let offset = start + index * size_of::<T>();
+        debug_assert!(offset + size_of::<T>() <= self.len && offset.is_multiple_of(align_of::<T>()));
+        // SAFETY: in bounds, since the capacity the mapping was sized by lays out `count` of them
+        // from `start`; aligned, since every region starts on a cache line and each T is a whole
+        // number of its alignment; and T is ShmSafe, so any bytes there (zero, or written
+        // through atomics by any process) are a valid T.
+        Some(unsafe { &*self.base.as_ptr().add(offset).cast::<T>() })
     }
 }
 

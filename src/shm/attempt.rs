@@ -1,0 +1,421 @@
+//! An attempt on the shared counters: one try of one request on one member, from its start to
+//! its end, and what the parent does when the process that made it is killed. Every count the
+//! methods, `LBMaxInflight` and the status page use stays exact whatever instruction a process
+//! is killed at; this file is the whole argument, beside the code it is about.
+//!
+//! **What is counted where.** Each member has one shared in-flight count (`Load::word`), the
+//! one every pick reads and `LBMaxInflight` checks and takes in one atomic step. Each process
+//! has its own row, with a cell per member (`Cell`): its own attempts in flight there
+//! (`open`'s low half), and its totals `selected`, `completed` and `failed`. Only the process
+//! writes its row, until it has exited; then only the parent does.
+//!
+//! **Starting and ending.** Both are four steps:
+//!
+//! ```text
+//!     start:  1. open.pending += 1                   end:  1. open.pending += 1
+//!             2. count += 1 (if below the cap)             2. count -= 1
+//!             3. selected += 1                             3. completed or failed += 1
+//!             4. open += 1, open.pending -= 1              4. open -= 1, open.pending -= 1
+//! ```
+//!
+//! Step 2 is the only write to the shared count; steps 1 and 4 bracket it, so a cell whose
+//! `pending` is 0 says exactly how much its process has in the count: `open`. A start refused
+//! at the cap undoes step 1 and stops.
+//!
+//! **A process that exits.** httpd's parent tells the module when it reaps a child (and the
+//! module looks once a second for a child that vanished unnoticed). The parent then, for every
+//! member, moves the child's totals into the member's kept totals (whatever the child did not
+//! see end counts as failed: it died with it), clears the cell and frees the slot. Where the
+//! cell's `pending` is 0 the child's `open` attempts are exactly its part of the count, and
+//! the parent takes them off it. Where `pending` is not 0 the child died inside a start or an
+//! end, and nothing says whether its step 2 happened: the parent recounts that member.
+//!
+//! **The recount** sets the count to the sum of `open` over the rows in use, if it can read
+//! them all with no `pending` and no change to the count meanwhile: it reads the count (its
+//! high half counts every change), sums the rows, and swaps the sum in only if the count is
+//! still what it read. Why that is exact: a thread whose step 2 happened before the count was
+//! read either finished its step 4 before its row was read (its `open` is counted, and so is
+//! its step 2) or had not (its `pending` was seen, and the recount waits); a thread whose step
+//! 2 came after the count was read changed the count, and the swap fails. Rows of processes
+//! that are dead but not yet reaped are summed like the others: their part is still in the
+//! count until their own reaping takes it off. The recount is tried at once and then once a
+//! second until it succeeds; until then the member's count may be off by the few starts and
+//! ends the dead child was in the middle of.
+//!
+//! **Totals** are the kept totals plus every row's; a reader rereads while the parent is
+//! moving a row (`Header::retiring`, a sequence lock). Whatever a process does, `selected =
+//! completed + failed + open` holds in its cell whenever its `pending` is 0, and the parent
+//! keeps it so in the kept totals; so at rest, for every member, `selected = completed +
+//! failed + handed_over + inflight` (`handed_over`: attempts a graceful restart left to the
+//! previous segment, `shm::carry_over`).
+//!
+//! What is not covered: a process that found the process table full counts in the shared
+//! row, which no reaping can take apart (the table has room for twice httpd's process limit,
+//! so this is a misconfiguration that the child logs).
+
+use super::layout::{Cell, Load};
+use super::segment::Segment;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+/// `open`'s high half: threads between step 1 and step 4.
+const PENDING: u64 = 1 << 32;
+/// The low half of `open` and of the count word.
+const LOW: u64 = 0xffff_ffff;
+/// One change of the count word (its high half).
+const CHANGE: u64 = 1 << 32;
+
+/// How an attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Ended without the member failing (which is not the same as a `200`).
+    Completed,
+    /// The member failed it: an error, a gateway error answer, a failover to another member.
+    Failed,
+}
+
+/// The counts one process keeps: its row of the segment.
+#[derive(Clone, Copy)]
+pub struct Counts {
+    segment: Segment,
+    row: u32,
+}
+
+impl Counts {
+    /// The counts of the process in process slot `slot`, or in the shared row when it has none.
+    pub fn new(segment: Segment, slot: Option<usize>) -> Counts {
+        let row = slot.filter(|&s| s < segment.shared_row()).unwrap_or(segment.shared_row());
+        Counts { segment, row: row as u32 }
+    }
+
+    /// Starts an attempt on member slot `member` if it has fewer than `cap` in flight (the check
+    /// and the count are one atomic step, so no number of processes can push it past its cap).
+    /// `None` when it is full, or when `member` is not a member slot.
+    pub fn begin(&self, member: usize, cap: u64) -> Option<Attempt> {
+        let (cell, load) = self.places(member)?;
+        let cap = cap.min(LOW);
+        cell.open.fetch_add(PENDING, SeqCst);
+        let counted = load
+            .word
+            .fetch_update(SeqCst, SeqCst, |word| (word & LOW < cap).then(|| word.wrapping_add(1 + CHANGE)));
+        let Ok(before) = counted else {
+            cell.open.fetch_sub(PENDING, SeqCst);
+            return None;
+        };
+        cell.selected.fetch_add(1, SeqCst);
+        cell.open.fetch_add(1u64.wrapping_sub(PENDING), SeqCst);
+        let now = (before & LOW) + 1;
+        if now > load.peak.load(SeqCst) {
+            load.peak.fetch_max(now, SeqCst);
+        }
+        Some(Attempt { counts: *self, member: member as u32 })
+    }
+
+    fn places(&self, member: usize) -> Option<(&Cell, &Load)> {
+        Some((self.segment.cell(self.row as usize, member)?, &self.segment.member(member)?.load))
+    }
+}
+
+/// An attempt under way, counted on its member. End it exactly once, with [`Attempt::end`].
+#[must_use = "an attempt stays counted until it is ended"]
+pub struct Attempt {
+    counts: Counts,
+    member: u32,
+}
+
+impl Attempt {
+    /// The member slot it is counted on.
+    pub fn member(&self) -> usize {
+        self.member as usize
+    }
+
+    /// The segment it is counted in.
+    pub fn segment(&self) -> &Segment {
+        &self.counts.segment
+    }
+
+    /// Ends the attempt: the member's count goes down and its outcome is counted.
+    pub fn end(self, outcome: Outcome) {
+        let Some((cell, load)) = self.counts.places(self.member as usize) else { return };
+        cell.open.fetch_add(PENDING, SeqCst);
+        // Never below 0: an attempt ends only after its start counted it, and a recount keeps
+        // every attempt of a live process in the count.
+        let _ = load
+            .word
+            .fetch_update(SeqCst, SeqCst, |word| (word & LOW > 0).then(|| word.wrapping_add(CHANGE) - 1));
+        match outcome {
+            Outcome::Completed => cell.completed.fetch_add(1, SeqCst),
+            Outcome::Failed => cell.failed.fetch_add(1, SeqCst),
+        };
+        // open - 1 and pending - 1 in one step (this attempt made open at least 1).
+        cell.open.fetch_add(0u64.wrapping_sub(1 + PENDING), SeqCst);
+    }
+}
+
+/// Attempts in flight on member slot `member` now, across all processes.
+pub fn inflight(segment: &Segment, member: usize) -> u64 {
+    segment.member(member).map_or(0, |m| m.load.word.load(SeqCst) & LOW)
+}
+
+/// What the parent took back from a process that exited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Attempts it still had in flight (they count as failed).
+    pub attempts: u64,
+    /// Members it died starting or ending an attempt on, whose count was recounted.
+    pub recounted: usize,
+    /// Of those, members whose recount found no quiet moment yet: the parent tries again
+    /// once a second.
+    pub recounts_due: usize,
+}
+
+/// Process `pid` has exited (httpd's parent reaped it): its totals go into the members' kept
+/// totals, what it had in flight comes off the counts, and its slot is freed. `None` if it had
+/// no slot. Runs in the parent only.
+pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
+    let slot = (pid != 0).then(|| segment.find_process(pid)).flatten()?;
+    let mut reaped = Reaped::default();
+    let mut due = Vec::new();
+    let retiring = &segment.header().retiring;
+    retiring.fetch_add(1, SeqCst);
+    for member in 0..segment.capacity().members as usize {
+        let (Some(cell), Some(slot_of_member)) = (segment.cell(slot, member), segment.member(member)) else {
+            continue;
+        };
+        let open = cell.open.load(SeqCst);
+        let (selected, completed) = (cell.selected.load(SeqCst), cell.completed.load(SeqCst));
+        if open == 0 && selected == 0 {
+            continue;
+        }
+        let (attempts, pending) = (open & LOW, open >> 32);
+        if pending == 0 {
+            if attempts > 0 {
+                let _ = slot_of_member.load.word.fetch_update(SeqCst, SeqCst, |word| {
+                    Some(word.wrapping_add(CHANGE) - attempts.min(word & LOW))
+                });
+            }
+        } else {
+            due.push(member);
+        }
+        reaped.attempts += attempts;
+        let life = &slot_of_member.life;
+        life.kept_selected.fetch_add(selected, SeqCst);
+        life.kept_completed.fetch_add(completed, SeqCst);
+        // Whatever it selected and did not see complete failed: it died with them.
+        life.kept_failed.fetch_add(selected.saturating_sub(completed), SeqCst);
+        for counter in [&cell.open, &cell.selected, &cell.completed, &cell.failed] {
+            counter.store(0, SeqCst);
+        }
+    }
+    retiring.fetch_add(1, SeqCst);
+    if let Some(process) = segment.process(slot) {
+        process.pid.store(0, SeqCst);
+    }
+    reaped.recounted = due.len();
+    for member in due {
+        if let Some(slot_of_member) = segment.member(member) {
+            slot_of_member.life.audit_due.store(1, SeqCst);
+        }
+        if !recount(segment, member) {
+            reaped.recounts_due += 1;
+        }
+    }
+    Some(reaped)
+}
+
+/// Tries again every recount still due (the parent does once a second). Returns how many
+/// are still due.
+pub fn recount_due(segment: &Segment) -> usize {
+    (0..segment.capacity().members as usize)
+        .filter(|&member| segment.member(member).is_some_and(|m| m.life.audit_due.load(SeqCst) != 0))
+        .filter(|&member| !recount(segment, member))
+        .count()
+}
+
+/// Tries a few times to set member `member`'s count to the sum of the rows (see the top of
+/// this file). True when done.
+fn recount(segment: &Segment, member: usize) -> bool {
+    const TRIES: usize = 100;
+    let Some(slot) = segment.member(member) else { return true };
+    for _ in 0..TRIES {
+        let word = slot.load.word.load(SeqCst);
+        let mut sum = 0u64;
+        let mut quiet = true;
+        for row in segment.rows_in_use() {
+            let open = segment.cell(row, member).map_or(0, |cell| cell.open.load(SeqCst));
+            if open >> 32 != 0 {
+                quiet = false;
+                break;
+            }
+            sum += open & LOW;
+        }
+        let recounted = (word & !LOW).wrapping_add(CHANGE) | sum.min(LOW);
+        if quiet && slot.load.word.compare_exchange(word, recounted, SeqCst, SeqCst).is_ok() {
+            slot.life.audit_due.store(0, SeqCst);
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
+/// A member's totals, read in one pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub inflight: u64,
+    pub peak_inflight: u64,
+    pub selected: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub handed_over: u64,
+}
+
+/// Member slot `member`'s totals: its kept totals and every row's. Completed and failed are
+/// read before selected, so that a reading taken while attempts start and end never shows
+/// more ended than selected.
+pub fn totals(segment: &Segment, member: usize) -> Totals {
+    let Some(slot) = segment.member(member) else { return Totals::default() };
+    let life = &slot.life;
+    let retiring = &segment.header().retiring;
+    let sum = |field: fn(&Cell) -> &AtomicU64| -> u64 {
+        segment.rows_in_use().filter_map(|row| segment.cell(row, member)).map(|c| field(c).load(SeqCst)).sum()
+    };
+    loop {
+        let before = retiring.load(SeqCst);
+        if before % 2 == 1 {
+            std::thread::yield_now();
+            continue;
+        }
+        let completed = life.kept_completed.load(SeqCst) + sum(|c| &c.completed);
+        let failed = life.kept_failed.load(SeqCst) + sum(|c| &c.failed);
+        let selected = life.kept_selected.load(SeqCst) + sum(|c| &c.selected);
+        if retiring.load(SeqCst) == before {
+            return Totals {
+                inflight: slot.load.word.load(SeqCst) & LOW,
+                peak_inflight: slot.load.peak.load(SeqCst),
+                selected,
+                completed,
+                failed,
+                handed_over: life.handed_over.load(SeqCst),
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::Capacity;
+    use crate::shm::testing::{Child, Mapped};
+    use crate::shm::tests::adds_up;
+    use std::time::{Duration, Instant};
+
+    /// A pseudo-random number from a counter.
+    fn draw(n: u64) -> u64 {
+        crate::shm::fnv1a(&n.to_le_bytes())
+    }
+
+    /// A forked process that takes a slot and runs `body` until it is killed.
+    fn victim(segment: &Segment, body: fn(Counts, u64)) -> Child {
+        let child = Child::fork(|pid| {
+            body(Counts::new(*segment, segment.claim_process(pid)), u64::from(pid));
+            0
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while segment.find_process(child.pid()).is_none() {
+            assert!(Instant::now() < deadline, "the child never took a slot");
+            std::thread::yield_now();
+        }
+        child
+    }
+
+    /// Kills it and reaps it as httpd's parent does.
+    fn kill(segment: &Segment, mut victim: Child) -> Reaped {
+        victim.kill();
+        reap(segment, victim.pid()).expect("the victim had a slot")
+    }
+
+    /// Starts and ends attempts on both members as fast as it can, one of them under a cap of
+    /// 2, with both outcomes, holding up to two at a time, until it is killed.
+    fn churn(counts: Counts, seed: u64) {
+        let mut i = seed;
+        loop {
+            i += 1;
+            let first = counts.begin(0, u64::MAX).expect("no cap");
+            let second = counts.begin(1, 2);
+            first.end(if draw(i).is_multiple_of(5) { Outcome::Failed } else { Outcome::Completed });
+            if let Some(second) = second {
+                second.end(Outcome::Completed);
+            }
+        }
+    }
+
+    /// Kills processes at random instructions, two at a time, a thousand times, reaping them
+    /// as httpd's parent does: no count drifts, and the attempt the test itself holds stays.
+    #[test]
+    fn a_thousand_random_kills_leave_every_count_exact() {
+        let segment = Mapped::new(Capacity { balancers: 1, members: 2, processes: 8 });
+        let mine = Counts::new(*segment, segment.claim_process(std::process::id()));
+        let held = mine.begin(0, u64::MAX).unwrap();
+        let (mut kills, mut recounts) = (0, 0);
+        for round in 0..500u64 {
+            let victims = [victim(&segment, churn), victim(&segment, churn)];
+            std::thread::sleep(Duration::from_micros(draw(round) % 1500));
+            // Both die at once; while the second is not reaped yet, a recount the first one
+            // needs may wait for it (the second may have died in the middle of a start).
+            for victim in victims {
+                recounts += kill(&segment, victim).recounted;
+                kills += 1;
+            }
+            assert_eq!(recount_due(&segment), 0, "nothing else runs: a recount succeeds at once");
+            let (t0, t1) = (totals(&segment, 0), totals(&segment, 1));
+            assert_eq!((t0.inflight, t1.inflight), (1, 0), "round {round}: {t0:?} {t1:?}");
+            assert!(adds_up(&t0) && adds_up(&t1), "round {round}: {t0:?} {t1:?}");
+        }
+        held.end(Outcome::Completed);
+        let t0 = totals(&segment, 0);
+        assert_eq!(t0.inflight, 0);
+        assert!(adds_up(&t0));
+        assert_eq!(segment.processes().count(), 1, "every victim's slot was freed");
+        eprintln!("{kills} kills, {recounts} recount(s), 0 drift; member 0: {t0:?}");
+    }
+
+    /// The same while another process keeps working: the recounts that a kill inside a start
+    /// or an end makes necessary are exact while that process starts and ends attempts.
+    #[test]
+    fn recounts_are_exact_while_another_process_works() {
+        let segment = Mapped::new(Capacity { balancers: 1, members: 2, processes: 8 });
+        // The worker holds each attempt about 20 µs, as a fast request would.
+        let worker = victim(&segment, |counts, seed| {
+            let mut i = seed;
+            loop {
+                i += 1;
+                let attempt = counts.begin((i % 2) as usize, 2);
+                std::thread::sleep(Duration::from_micros(20));
+                if let Some(attempt) = attempt {
+                    attempt.end(if draw(i).is_multiple_of(3) { Outcome::Failed } else { Outcome::Completed });
+                }
+            }
+        });
+        let (mut recounted, mut due) = (0, 0);
+        for round in 0..200u64 {
+            let churning = victim(&segment, churn);
+            std::thread::sleep(Duration::from_micros(draw(round) % 1000));
+            recounted += kill(&segment, churning).recounted;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while recount_due(&segment) != 0 {
+                due += 1;
+                assert!(Instant::now() < deadline, "a recount never found a quiet moment");
+            }
+        }
+        // Stops the worker between two attempts: the only way to be sure it holds none is to
+        // let it be reaped, which takes back whatever it held, exactly.
+        kill(&segment, worker);
+        assert_eq!(recount_due(&segment), 0, "nothing else runs: a recount succeeds at once");
+        for member in 0..2 {
+            let t = totals(&segment, member);
+            assert_eq!(t.inflight, 0, "{t:?}");
+            assert!(adds_up(&t), "{t:?}");
+        }
+        eprintln!("200 kills beside a working process: {recounted} recount(s), {due} retried later");
+    }
+}
