@@ -9,7 +9,8 @@
 //! method's own cost. `byhash/pick` hashes a fresh key each time. `byweight/pick-most-down`
 //! offers only 2 of the members (the others down), so most tickets land on members that cannot
 //! take the request: the pick's worst case. `byweight/rebuild` and `byhash/build` are the
-//! table builds alone: what a process pays once when a loadfactor changes or a member is added.
+//! table builds alone: what a process's builder thread pays once when a loadfactor changes or a
+//! member is added. `byweight/pick-during-rebuild` is a pick while loadfactors change.
 //!
 //! Run with `cargo bench --bench selection`; docs/benchmark.md explains the output.
 
@@ -261,5 +262,51 @@ fn build_byhash(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, finder, rebuild, build_byhash);
+/// One pick in 500 comes after a loadfactor changed, at 1000 members of distinct loadfactors:
+/// `byweight/pick-during-rebuild` with the tables built by the process's builder thread (what
+/// the module does), `byweight/pick-building-in-the-pick` with the pick that notices the change
+/// building them itself (what it did before). benches/pick_during_rebuild.rs gives the tail.
+fn pick_during_rebuild(c: &mut Criterion) {
+    fn spawn(body: Box<dyn FnOnce() + Send>) {
+        std::thread::spawn(body);
+    }
+    let settings = BalancerSettings::default();
+    let (segment, slot) = segment(1000);
+    let shared = segment.balancer(slot).expect("the slot just claimed");
+    let byweight = methods::by_name(b"byweight").expect("registered");
+    for (name, builder) in
+        [("pick-during-rebuild", Builder::Thread(spawn)), ("pick-building-in-the-pick", Builder::Inline)]
+    {
+        let mut group = c.benchmark_group(format!("byweight/{name}"));
+        group.throughput(Throughput::Elements(1));
+        group.sample_size(10);
+        let mut all = candidates(1000, true, &segment, slot);
+        let shelves = Shelves::new(1, builder);
+        shelves.publish_now(0, &members_of(&all).collect::<Vec<_>>(), false);
+        let tables = TablesOf { shelves: &shelves, balancer: 0 };
+        let mut local = LocalState::default();
+        local.sync_members(all.len(), |list| list.extend(members_of(&all)));
+        let mut picks = 0u64;
+        group.bench_function(BenchmarkId::from_parameter(1000), |b| {
+            b.iter(|| {
+                picks += 1;
+                if picks.is_multiple_of(500) {
+                    let changed = (picks / 500 % 1000) as usize;
+                    all[changed].lbfactor = 100 + (picks / 500 % 50) as u32 * 11;
+                    all[changed].weight = all[changed].lbfactor;
+                }
+                local.candidates_mut().extend_from_slice(&all);
+                let mut free = Free;
+                let mut pick =
+                    Pick::new(shared, &settings, &segment, 1_000_000, None, tables, &mut local, &mut free);
+                black_box(byweight.method.choose(&mut pick))
+            })
+        });
+        group.finish();
+    }
+    // SAFETY: nothing of this segment is used after this point.
+    unsafe { segment.unmap() };
+}
+
+criterion_group!(benches, pick, finder, rebuild, build_byhash, pick_during_rebuild);
 criterion_main!(benches);

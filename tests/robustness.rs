@@ -76,6 +76,57 @@ fn kills_under(mpm: Mpm) {
     );
 }
 
+/// Children killed under load with a cap of `cap` on each of four members, and clients for
+/// half the places: a count left behind by a kill would fill a member for good, and the
+/// requests it then turns away would be shed. None is: at rest nothing is in flight, every
+/// attempt is accounted for, and no request was shed.
+fn kills_with_a_cap(mpm: Mpm, cap: u64) {
+    let b = [app_server("a", 8, 30), app_server("b", 8, 30), app_server("c", 8, 30), app_server("d", 8, 30)];
+    let members: Vec<(&Backend, &str)> = b.iter().map(|b| (b, "")).collect();
+    let body = balancer_block("app", "/", &members, "lbmethod=byinflight")
+        .replace("    ProxySet", &format!("    LBMaxInflight {cap}\n    ProxySet"));
+    let config = ApacheConfig::new(&body).mpm(mpm).processes(if mpm == Mpm::Prefork { 8 } else { 3 });
+    let apache = Apache::start(config).unwrap();
+    let load = Load::new("/", 2 * cap as usize, 100_000).deadline(Duration::from_secs(6));
+    thread::scope(|scope| {
+        let running = scope.spawn(|| load.run(apache.addr()));
+        for round in 0..8u64 {
+            thread::sleep(Duration::from_millis(600));
+            let children = apache.children();
+            if let Some(&victim) = children.get((draw(round) % children.len().max(1) as u64) as usize) {
+                // SAFETY: signalling a child of the apache2 this test started.
+                unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+            }
+        }
+        let report = running.join().unwrap();
+        assert_eq!(report.count_status(503), 0, "shed: {:?}", report.per_status());
+        assert!(report.count_status(200) > 100, "{:?}", report.per_status());
+    });
+    assert_settled(&apache);
+    let shed = apache.status().unwrap()["balancers"][0]["shed"].clone();
+    assert_eq!(shed, 0, "nothing shed");
+}
+
+#[test]
+fn killed_children_leave_no_place_taken_with_a_cap_of_1_under_event() {
+    kills_with_a_cap(Mpm::Event, 1);
+}
+
+#[test]
+fn killed_children_leave_no_place_taken_with_a_cap_of_1_under_prefork() {
+    kills_with_a_cap(Mpm::Prefork, 1);
+}
+
+#[test]
+fn killed_children_leave_no_place_taken_with_a_cap_of_2_under_event() {
+    kills_with_a_cap(Mpm::Event, 2);
+}
+
+#[test]
+fn killed_children_leave_no_place_taken_with_a_cap_of_2_under_prefork() {
+    kills_with_a_cap(Mpm::Prefork, 2);
+}
+
 #[test]
 fn ten_children_killed_under_load_leave_no_count_behind_under_event() {
     kills_under(Mpm::Event);

@@ -28,7 +28,7 @@ use crate::config::BalancerSettings;
 use crate::httpd::log::{Level, log_request, log_server};
 use crate::httpd::proxy::Finder;
 use crate::httpd::request::Expression;
-use crate::httpd::{Balancer, Request, Server, Worker};
+use crate::httpd::{Balancer, Request, Server, Worker, process};
 use crate::methods::{
     Candidate, METHODS, Member, NO_LIMIT, Pick, Registered, SharedCounts, Tier, slow_start,
 };
@@ -77,51 +77,65 @@ fn pick(
         observe_members(runtime, balancer, slot, now);
     }
     sync_members(runtime, balancer, slot, local);
-    weigh(runtime, slot, local, now);
-
     let key = if method.method.uses_hash_key() { hash_key(r, slot.settings) } else { None };
     let segment = runtime.generation.segment();
-    let mut counts = SharedCounts::new(runtime.generation.counts());
-    let mut pick = Pick::new(
-        slot.shared,
-        slot.settings,
-        segment,
-        now,
-        key,
-        slot.tables,
-        &mut local.methods,
-        &mut counts,
-    );
-    let Some(choice) = method.method.choose(&mut pick) else {
-        let shed = attempts::refuse(r, &slot.shared.events.shed);
+    for round in 0..2 {
+        weigh(runtime, slot, local, now);
+        let mut counts = SharedCounts::new(runtime.generation.counts());
+        let mut pick = Pick::new(
+            slot.shared,
+            slot.settings,
+            segment,
+            now,
+            key,
+            slot.tables,
+            &mut local.methods,
+            &mut counts,
+        );
+        if let Some(choice) = method.method.choose(&mut pick) {
+            let candidate_count = pick.candidates().len();
+            // Candidates are in the order of `offered` (both by worker index).
+            let worker = local.offered[choice.position];
+            if let Some(attempt) = counts.taken.take() {
+                let decay = slot.settings.latency_decay();
+                attempts::start(
+                    r,
+                    Picked { attempt, worker, picked_us: now, decay, probe: choice.is_probe() },
+                );
+            }
+            log_request!(
+                r,
+                Level::Debug,
+                "{}: {}: picked {} ({}; {} candidate(s))",
+                method.name(),
+                balancer.name(),
+                worker.name(),
+                choice.reason,
+                candidate_count
+            );
+            return Some(worker);
+        }
+        // Every member is full. Before refusing: places held by a sibling process that died and
+        // that httpd's parent has not reaped yet (it looks once a second) come back at once.
+        let reaped = if round == 0 { attempt::reap_gone(segment, process::gone) } else { 0 };
+        if reaped == 0 {
+            break;
+        }
         log_request!(
             r,
-            Level::Info,
-            "{}: {}: every usable member is at its LBMaxInflight cap; request refused ({shed} shed so far with \
-             this one)",
-            method.name(),
-            balancer.name()
+            Level::Notice,
+            "{reaped} dead process(es) reaped: their in-flight counts were given back"
         );
-        return None;
-    };
-    let candidate_count = pick.candidates().len();
-    // Candidates are in the order of `offered` (both by worker index).
-    let worker = local.offered[choice.position];
-    if let Some(attempt) = counts.taken.take() {
-        let decay = slot.settings.latency_decay();
-        attempts::start(r, Picked { attempt, worker, picked_us: now, decay, probe: choice.is_probe() });
     }
+    let shed = attempts::refuse(r, &slot.shared.events.shed);
     log_request!(
         r,
-        Level::Debug,
-        "{}: {}: picked {} ({}; {} candidate(s))",
+        Level::Info,
+        "{}: {}: every usable member is at its LBMaxInflight cap; request refused ({shed} shed so far with this one)",
         method.name(),
-        balancer.name(),
-        worker.name(),
-        choice.reason,
-        candidate_count
+        balancer.name()
     );
-    Some(worker)
+    None
 }
 
 /// Weighs the members httpd offered into the method's candidates.

@@ -25,3 +25,30 @@ pub fn exists(pid: u32) -> bool {
     let alive = unsafe { libc::kill(pid, 0) } == 0;
     alive || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
+
+/// Whether process `pid` can no longer run: it no longer exists, or it has exited and waits,
+/// a zombie, for its parent to reap it (Linux's `/proc/<pid>/stat` says so). Reads into stack
+/// buffers only.
+pub fn gone(pid: u32) -> bool {
+    use std::io::{Read, Write};
+    use std::os::unix::ffi::OsStrExt;
+    if !exists(pid) {
+        return true;
+    }
+    let mut path = [0u8; 32];
+    let length = {
+        let mut cursor = &mut path[..];
+        if write!(cursor, "/proc/{pid}/stat").is_err() {
+            return false;
+        }
+        32 - cursor.len()
+    };
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&path[..length]));
+    let mut stat = [0u8; 512];
+    let read = std::fs::File::open(path).and_then(|mut file| file.read(&mut stat));
+    let Ok(read) = read else { return !exists(pid) };
+    // "pid (command) state ...": the state follows the last ')' (a command may hold one).
+    let stat = &stat[..read];
+    let state = stat.iter().rposition(|&b| b == b')').and_then(|end| stat.get(end + 2));
+    matches!(state, Some(b'Z' | b'X'))
+}

@@ -131,17 +131,25 @@ impl Schedule {
 }
 
 /// Divides the weights by their greatest common divisor and, if their sum is still longer than
-/// [`MAX_CYCLE`], scales them down proportionally (never below 1).
+/// [`MAX_CYCLE`], scales them to [`MAX_CYCLE`] steps, each member's steps its exact share
+/// rounded to a neighbouring whole step (largest remainders get the steps left over), never
+/// below 1: a member's share of the cycle is then within one step, 1/65536, of its exact
+/// share, but for members whose exact share is less than one step (they get one).
 fn reduce(weights: &[u32]) -> Vec<u64> {
     let weights: Vec<u64> = weights.iter().map(|&w| u64::from(w.max(1))).collect();
     let divisor = weights.iter().copied().fold(0, gcd).max(1);
     let mut reduced: Vec<u64> = weights.iter().map(|w| w / divisor).collect();
     let total: u64 = reduced.iter().sum();
     if total > MAX_CYCLE {
-        reduced = reduced
-            .iter()
-            .map(|&w| ((u128::from(w) * u128::from(MAX_CYCLE) / u128::from(total)) as u64).max(1))
-            .collect();
+        let (total, cycle) = (u128::from(total), u128::from(MAX_CYCLE));
+        let exact: Vec<u128> = reduced.iter().map(|&w| u128::from(w) * cycle).collect();
+        reduced = exact.iter().map(|&e| ((e / total) as u64).max(1)).collect();
+        let given: u64 = reduced.iter().sum();
+        let mut by_remainder: Vec<usize> = (0..exact.len()).filter(|&i| exact[i] / total >= 1).collect();
+        by_remainder.sort_unstable_by_key(|&i| std::cmp::Reverse(exact[i] % total));
+        for &i in by_remainder.iter().take(MAX_CYCLE.saturating_sub(given) as usize) {
+            reduced[i] += 1;
+        }
         let divisor = reduced.iter().copied().fold(0, gcd).max(1);
         reduced.iter_mut().for_each(|w| *w /= divisor);
     }
@@ -505,11 +513,21 @@ mod tests {
         for t in 0..schedule.len() as u64 {
             counts[schedule.pick(t).unwrap().0] += 1;
         }
-        for (i, &w) in weights.iter().enumerate() {
-            let ideal = f64::from(w) / total;
-            let got = counts[i] as f64 / schedule.len() as f64;
-            assert!((got - ideal).abs() < 2.0 / MAX_CYCLE as f64, "member {i}: {got} vs {ideal}");
-        }
+        let worst = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| (counts[i] as f64 / schedule.len() as f64 - f64::from(w) / total).abs())
+            .fold(0.0, f64::max);
+        assert!(worst <= 1.0 / MAX_CYCLE as f64, "a member is {} steps off", worst * MAX_CYCLE as f64);
+        // The same with one member holding half the weight, where rounding every other member
+        // down would hand it hundreds of steps too many.
+        let mut heavy: Vec<u32> = (0..1000).map(|i| 100 + i * 9).collect();
+        heavy[0] = heavy.iter().sum();
+        let schedule = Schedule::build(&heavy);
+        let total: f64 = heavy.iter().map(|&w| f64::from(w)).sum();
+        let got = (0..schedule.len() as u64).filter(|&t| schedule.pick(t).unwrap().0 == 0).count();
+        let off = (got as f64 / schedule.len() as f64 - f64::from(heavy[0]) / total).abs();
+        assert!(off <= 1.0 / MAX_CYCLE as f64, "{} steps off", off * MAX_CYCLE as f64);
     }
 
     #[test]

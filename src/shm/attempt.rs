@@ -22,18 +22,21 @@
 //! `pending` is 0 says exactly how much its process has in the count: `open`. A start refused
 //! at the cap undoes step 1 and stops.
 //!
-//! **A process that exits.** httpd's parent tells the module when it reaps a child (and the
-//! module looks once a second for a child that vanished unnoticed). The parent then, for every
-//! member, moves the child's totals into the member's kept totals (whatever the child did not
-//! see end counts as failed: it died with it), clears the cell and frees the slot. Where the
-//! cell's `pending` is 0 the child's `open` attempts are exactly its part of the count, and
-//! the parent takes them off it. Where `pending` is not 0 the child died inside a start or an
-//! end, and nothing says whether its step 2 happened: the parent recounts that member.
+//! **A process that exits.** httpd's parent tells the module when it reaps a child; a child
+//! that is about to refuse a request because every member is full looks for siblings that are
+//! dead but not yet reaped (httpd's parent notices them within a second), and the parent
+//! looks every few seconds for one that vanished unnoticed. Whoever reaps first (an atomic
+//! claim on the process slot) then, for every member, moves the dead process's totals into
+//! the member's kept totals (whatever it did not see end counts as failed: it died with it),
+//! clears the cell and frees the slot. Where the cell's `pending` is 0 the dead process's
+//! `open` attempts are exactly its part of the count, and the reaper takes them off it. Where
+//! `pending` is not 0 it died inside a start or an end, and nothing says whether its step 2
+//! happened: the reaper recounts that member.
 //!
 //! **The recount** sets the count to the sum of `open` over the rows in use, if it can read
-//! them all with no `pending` and no change to the count meanwhile: it reads the count (its
-//! high half counts every change), sums the rows, and swaps the sum in only if the count is
-//! still what it read. Why that is exact: a thread whose step 2 happened before the count was
+//! them all with no `pending`, no row being reaped and no change to the count meanwhile: it
+//! reads the count (its high half counts every change), sums the rows, and swaps the sum in
+//! only if the count is still what it read. Why that is exact: a thread whose step 2 happened before the count was
 //! read either finished its step 4 before its row was read (its `open` is counted, and so is
 //! its step 2) or had not (its `pending` was seen, and the recount waits); a thread whose step
 //! 2 came after the count was read changed the count, and the swap fails. Rows of processes
@@ -42,8 +45,8 @@
 //! second until it succeeds; until then the member's count may be off by the few starts and
 //! ends the dead child was in the middle of.
 //!
-//! **Totals** are the kept totals plus every row's; a reader rereads while the parent is
-//! moving a row (`Header::retiring`, a sequence lock). Whatever a process does, `selected =
+//! **Totals** are the kept totals plus every row's; a reader rereads while a reaper is moving
+//! a row (`Header::retirements_begun` and `_ended`, a sequence lock). Whatever a process does, `selected =
 //! completed + failed + open` holds in its cell whenever its `pending` is 0, and the parent
 //! keeps it so in the kept totals; so at rest, for every member, `selected = completed +
 //! failed + handed_over + inflight` (`handed_over`: attempts a graceful restart left to the
@@ -53,7 +56,7 @@
 //! row, which no reaping can take apart (the table has room for twice httpd's process limit,
 //! so this is a misconfiguration that the child logs).
 
-use super::layout::{Cell, Load};
+use super::layout::{Cell, Load, RETIRING};
 use super::segment::Segment;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
@@ -168,15 +171,17 @@ pub struct Reaped {
     pub recounts_due: usize,
 }
 
-/// Process `pid` has exited (httpd's parent reaped it): its totals go into the members' kept
-/// totals, what it had in flight comes off the counts, and its slot is freed. `None` if it had
-/// no slot. Runs in the parent only.
+/// Process `pid` has exited (it was reaped, or it is a zombie): its totals go into the
+/// members' kept totals, what it had in flight comes off the counts, and its slot is freed.
+/// `None` if it has no slot, or another process is reaping it. Any process may call it, for a
+/// process that can no longer run.
 pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
     let slot = (pid != 0).then(|| segment.find_process(pid)).flatten()?;
+    segment.process(slot)?.pid.compare_exchange(pid, RETIRING, SeqCst, SeqCst).ok()?;
     let mut reaped = Reaped::default();
     let mut due = Vec::new();
-    let retiring = &segment.header().retiring;
-    retiring.fetch_add(1, SeqCst);
+    let header = segment.header();
+    header.retirements_begun.fetch_add(1, SeqCst);
     for member in 0..segment.capacity().members as usize {
         let (Some(cell), Some(slot_of_member)) = (segment.cell(slot, member), segment.member(member)) else {
             continue;
@@ -185,6 +190,12 @@ pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
         let (selected, completed) = (cell.selected.load(SeqCst), cell.completed.load(SeqCst));
         if open == 0 && selected == 0 {
             continue;
+        }
+        // The cell is cleared before the count is corrected: a recount that reads the count
+        // before the correction then fails its swap, one that reads it after finds the slot
+        // retiring or free (see `recount`).
+        for counter in [&cell.open, &cell.selected, &cell.completed, &cell.failed] {
+            counter.store(0, SeqCst);
         }
         let (attempts, pending) = (open & LOW, open >> 32);
         if pending == 0 {
@@ -202,11 +213,8 @@ pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
         life.kept_completed.fetch_add(completed, SeqCst);
         // Whatever it selected and did not see complete failed: it died with them.
         life.kept_failed.fetch_add(selected.saturating_sub(completed), SeqCst);
-        for counter in [&cell.open, &cell.selected, &cell.completed, &cell.failed] {
-            counter.store(0, SeqCst);
-        }
     }
-    retiring.fetch_add(1, SeqCst);
+    header.retirements_ended.fetch_add(1, SeqCst);
     if let Some(process) = segment.process(slot) {
         process.pid.store(0, SeqCst);
     }
@@ -222,7 +230,14 @@ pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
     Some(reaped)
 }
 
-/// Tries again every recount still due (the parent does once a second). Returns how many
+/// Reaps every process of the table that `gone` says can no longer run (a zombie its parent
+/// has not reaped yet, or a process that vanished). Returns how many were reaped.
+pub fn reap_gone(segment: &Segment, gone: impl Fn(u32) -> bool) -> usize {
+    let pids: Vec<u32> = segment.processes().filter(|&pid| gone(pid)).collect();
+    pids.into_iter().filter(|&pid| reap(segment, pid).is_some()).count()
+}
+
+/// Tries again every recount still due (the parent does every few seconds). Returns how many
 /// are still due.
 pub fn recount_due(segment: &Segment) -> usize {
     (0..segment.capacity().members as usize)
@@ -240,9 +255,11 @@ fn recount(segment: &Segment, member: usize) -> bool {
         let word = slot.load.word.load(SeqCst);
         let mut sum = 0u64;
         let mut quiet = true;
-        for row in segment.rows_in_use() {
+        for (row, retiring) in segment.rows_with_state() {
             let open = segment.cell(row, member).map_or(0, |cell| cell.open.load(SeqCst));
-            if open >> 32 != 0 {
+            // A row being reaped may have been cleared before its part of the count was
+            // taken off: it is counted again once it is free.
+            if retiring || open >> 32 != 0 {
                 quiet = false;
                 break;
             }
@@ -275,20 +292,21 @@ pub struct Totals {
 pub fn totals(segment: &Segment, member: usize) -> Totals {
     let Some(slot) = segment.member(member) else { return Totals::default() };
     let life = &slot.life;
-    let retiring = &segment.header().retiring;
+    let header = segment.header();
     let sum = |field: fn(&Cell) -> &AtomicU64| -> u64 {
         segment.rows_in_use().filter_map(|row| segment.cell(row, member)).map(|c| field(c).load(SeqCst)).sum()
     };
     loop {
-        let before = retiring.load(SeqCst);
-        if before % 2 == 1 {
+        let ended = header.retirements_ended.load(SeqCst);
+        let begun = header.retirements_begun.load(SeqCst);
+        if begun != ended {
             std::thread::yield_now();
             continue;
         }
         let completed = life.kept_completed.load(SeqCst) + sum(|c| &c.completed);
         let failed = life.kept_failed.load(SeqCst) + sum(|c| &c.failed);
         let selected = life.kept_selected.load(SeqCst) + sum(|c| &c.selected);
-        if retiring.load(SeqCst) == before {
+        if header.retirements_begun.load(SeqCst) == begun {
             return Totals {
                 inflight: slot.load.word.load(SeqCst) & LOW,
                 peak_inflight: slot.load.peak.load(SeqCst),

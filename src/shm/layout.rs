@@ -24,9 +24,11 @@ pub struct Header {
     /// Next member slot not yet given to a balancer (balancers that appear after startup take
     /// their member slots from here).
     pub next_free_member: AtomicU32,
-    /// Odd while the parent moves an exited process's counts into the members' kept totals:
-    /// readers of totals read again when it was odd or changed (a sequence lock).
-    pub retiring: AtomicU64,
+    /// Moves of an exited process's counts into the members' kept totals, begun and ended: a
+    /// reader of totals reads again when they differ or moved meanwhile (a sequence lock that
+    /// several reapers may hold at once).
+    pub retirements_begun: AtomicU64,
+    pub retirements_ended: AtomicU64,
 }
 
 /// One balancer (one `<Proxy balancer://...>` in one virtual host). Three cache lines: what is
@@ -130,9 +132,13 @@ pub struct Life {
 /// One httpd child process: the owner of a row of counts.
 #[repr(C, align(64))]
 pub struct ProcessSlot {
-    /// The child's pid; 0 while the slot is free.
+    /// The child's pid; 0 while the slot is free, [`RETIRING`] while a reaper takes its counts.
     pub pid: AtomicU32,
 }
+
+/// [`ProcessSlot::pid`] while a reaper moves the exited process's counts (whoever sets it
+/// first does; no pid has this value).
+pub const RETIRING: u32 = u32::MAX;
 
 /// One process's counts for one member, written by that process alone (and, once it has
 /// exited, by the parent that takes them back). `shm::attempt` says how they move.
