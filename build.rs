@@ -125,6 +125,7 @@ const ALLOWED_TYPES: &[&str] = &[
 /// Functions the module calls; bindgen sees only real functions, never macros.
 const ALLOWED_FUNCTIONS: &[&str] = &[
     "ap_register_provider",
+    "ap_lookup_provider",
     "ap_hook_pre_config",
     "ap_hook_post_config",
     "ap_hook_check_config",

@@ -123,10 +123,13 @@ fn run(segment: &Segment, slot: usize, registered: &methods::Registered, builder
             .collect()
     };
     let shelves = Shelves::new(1, builder);
-    shelves.publish_now(0, &members(&all), registered.method.uses_hash_key());
+    shelves.publish_now(
+        0,
+        std::sync::Arc::new(methods::Tables::build(&members(&all), registered.method.uses_hash_key())),
+    );
     let tables = TablesOf { shelves: &shelves, balancer: 0 };
     let mut local = LocalState::default();
-    local.sync_members(all.len(), |list| list.extend(members(&all)));
+    local.sync_members((all.len(), 0), |list| list.extend(members(&all)));
     let mut times = Vec::with_capacity(4_000_000);
     let (start, mut next_change, mut changes) = (Instant::now(), Instant::now() + CHANGE_EVERY, 0u32);
     let mut user = 0u64;

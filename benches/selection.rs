@@ -112,7 +112,7 @@ fn members_of(candidates: &[Candidate]) -> impl Iterator<Item = Member> + '_ {
 /// One process's tables for one balancer, with its tables built for `all` before the picks.
 fn tables_for(all: &[Candidate], hash: bool) -> Arc<Shelves> {
     let shelves = Shelves::new(1, Builder::Inline);
-    shelves.publish_now(0, &members_of(all).collect::<Vec<_>>(), hash);
+    shelves.publish_now(0, Arc::new(methods::Tables::build(&members_of(all).collect::<Vec<_>>(), hash)));
     shelves
 }
 
@@ -133,7 +133,7 @@ fn bench_method(
         let shelves = tables_for(&all, registered.method.uses_hash_key());
         let tables = TablesOf { shelves: &shelves, balancer: 0 };
         let mut local = LocalState::default();
-        local.sync_members(all.len(), |list| list.extend(members_of(&all)));
+        local.sync_members((all.len(), 0), |list| list.extend(members_of(&all)));
         local.candidates_mut().extend_from_slice(&offered(&all));
         let mut user = 0u64;
         let mut key = [0u8; 16];
@@ -175,14 +175,14 @@ fn finder(c: &mut Criterion) {
             let shelves = tables_for(&all, registered.method.uses_hash_key());
             let tables = TablesOf { shelves: &shelves, balancer: 0 };
             let mut local = LocalState::default();
-            local.sync_members(all.len(), |list| list.extend(members_of(&all)));
+            local.sync_members((all.len(), 0), |list| list.extend(members_of(&all)));
             let mut user = 0u64;
             let mut key = [0u8; 16];
             group.bench_function(BenchmarkId::from_parameter(members), |b| {
                 b.iter(|| {
                     user += 1;
                     key[..8].copy_from_slice(&user.to_le_bytes());
-                    local.sync_members(all.len(), |_| unreachable!("no member added"));
+                    local.sync_members((all.len(), 0), |_| unreachable!("no member added"));
                     let candidates = local.candidates_mut();
                     for offered in &all {
                         let member = offered.member.and_then(|m| segment.member(m as usize));
@@ -282,10 +282,11 @@ fn pick_during_rebuild(c: &mut Criterion) {
         group.sample_size(10);
         let mut all = candidates(1000, true, &segment, slot);
         let shelves = Shelves::new(1, builder);
-        shelves.publish_now(0, &members_of(&all).collect::<Vec<_>>(), false);
+        shelves
+            .publish_now(0, Arc::new(methods::Tables::build(&members_of(&all).collect::<Vec<_>>(), false)));
         let tables = TablesOf { shelves: &shelves, balancer: 0 };
         let mut local = LocalState::default();
-        local.sync_members(all.len(), |list| list.extend(members_of(&all)));
+        local.sync_members((all.len(), 0), |list| list.extend(members_of(&all)));
         let mut picks = 0u64;
         group.bench_function(BenchmarkId::from_parameter(1000), |b| {
             b.iter(|| {

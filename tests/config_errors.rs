@@ -117,6 +117,33 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
     }
 }
 
+/// A virtual host whose `ProxyPass` names a main server's balancer gets a copy of it with
+/// httpd's default method, byrequests. Where that method is not loaded (Debian enables no stock
+/// lbmethod module), httpd's own check passes and its start then fails (AH02432, also at a
+/// graceful restart, which leaves no server): the module's check fails first, naming the
+/// balancer and the fix. Where it is loaded, the module warns that the copy is not balanced by
+/// its method.
+#[test]
+fn a_virtual_host_copy_without_a_loaded_method_fails_the_check() {
+    let vhost = |pass: &str| {
+        with_balancer("", &format!("<VirtualHost *:*>\n    ServerName b.test\n    {pass}\n</VirtualHost>"))
+    };
+    let plain = vhost("ProxyPass \"/b/\" \"balancer://app/\"");
+    let (ok, output) = config_test(&ApacheConfig::new(&plain).without_stock_methods());
+    assert!(!ok, "{output}");
+    for fragment in
+        ["<Proxy \"balancer://app\"> in b.test", "lbmethod byrequests is not loaded", "AH02432", "lbmethod="]
+    {
+        assert!(output.contains(fragment), "lacks {fragment:?}: {output}");
+    }
+    let (ok, output) = config_test(&ApacheConfig::new(&plain));
+    assert!(ok, "{output}");
+    assert!(output.contains("uses lbmethod byrequests, the main server's byinflight"), "{output}");
+    let set = vhost("ProxyPass \"/b/\" \"balancer://app/\" lbmethod=byinflight");
+    let (ok, output) = config_test(&ApacheConfig::new(&set).without_stock_methods());
+    assert!(ok && !output.contains("lbmethod byrequests"), "{output}");
+}
+
 /// httpd names the balancer of `<Proxy "balancer://App/">` `balancer://app`: the module's
 /// directives in that section belong to it.
 #[test]

@@ -199,6 +199,11 @@ fn a_member_added_in_balancer_manager_is_balanced_and_counted() {
     // balancer-manager adds members disabled; enable it next, as an admin would.
     balancer_manager_set(&apache, "app", "", &[("b_wyes", "1"), ("b_nwrkr", &b[2].url())]).unwrap();
     balancer_manager_set(&apache, "app", &b[2].url(), &[("w_status_D", "0")]).unwrap();
+    // Whichever process answers, the status page lists it at once (before any process has
+    // picked since).
+    for _ in 0..20 {
+        assert!(apache.member_status("balancer://app", &b[2].url()).is_ok(), "a process does not list it");
+    }
     // Every child syncs the new member at its next pick, and builds its new cycle away from
     // its requests: until it is built (a request or two), the child picks from the old one.
     let report = Load::new("/", 4, 600).run(apache.addr());

@@ -116,6 +116,8 @@ pub struct ApacheConfig {
     /// `Listen` arguments that replace the loopback port (e.g. `80`, `198.18.0.100:80`), for
     /// a server in a network namespace.
     pub listen: Vec<String>,
+    /// Load httpd's own lbmethod modules (byrequests, bybusyness); Debian enables none of them.
+    pub stock_methods: bool,
 }
 
 impl ApacheConfig {
@@ -132,7 +134,15 @@ impl ApacheConfig {
             port: None,
             under: Vec::new(),
             listen: Vec::new(),
+            stock_methods: true,
         }
+    }
+
+    /// Without httpd's own lbmethod modules, as on a Debian box where only this module's are
+    /// enabled.
+    pub fn without_stock_methods(mut self) -> ApacheConfig {
+        self.stock_methods = false;
+        self
     }
 
     pub fn mpm(mut self, mpm: Mpm) -> ApacheConfig {
@@ -214,15 +224,12 @@ impl ApacheConfig {
         if self.load_order == LoadOrder::BeforeProxy {
             conf.push_str(&ours);
         }
-        for name in [
-            "proxy",
-            "proxy_http",
-            "proxy_balancer",
-            "slotmem_shm",
-            "lbmethod_byrequests",
-            "lbmethod_bybusyness",
-        ] {
+        for name in ["proxy", "proxy_http", "proxy_balancer", "slotmem_shm"] {
             conf.push_str(&load(name));
+        }
+        if self.stock_methods {
+            conf.push_str(&load("lbmethod_byrequests"));
+            conf.push_str(&load("lbmethod_bybusyness"));
         }
         for name in &self.extra_modules {
             conf.push_str(&load(name));

@@ -32,7 +32,8 @@ use crate::httpd::{Balancer, Request, Server, Worker, process};
 use crate::methods::{
     Candidate, METHODS, Member, NO_LIMIT, Pick, Registered, SharedCounts, Tier, slow_start,
 };
-use crate::shm::{attempt, monotonic_us, name_key};
+use crate::shm::attempt::{self, Holders};
+use crate::shm::{monotonic_us, name_key};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The finder every provider table calls.
@@ -117,15 +118,20 @@ fn pick(
         }
         // Every member is full. Before refusing: places held by a sibling process that died and
         // that httpd's parent has not reaped yet (it looks once a second) come back at once.
-        let reaped = if round == 0 { attempt::reap_gone(segment, process::gone) } else { 0 };
-        if reaped == 0 {
+        if round == 1 {
             break;
         }
-        log_request!(
-            r,
-            Level::Notice,
-            "{reaped} dead process(es) reaped: their in-flight counts were given back"
-        );
+        let members = local.methods.candidates().iter().filter_map(|c| c.member.map(|m| m as usize));
+        match attempt::mark_dead_holders(segment, members, now, process::gone) {
+            Holders::Marked(n) => log_request!(
+                r,
+                Level::Notice,
+                "{n} dead child process(es) hold places on {}: lent until httpd's parent takes them back",
+                balancer.name()
+            ),
+            Holders::LookedElsewhere => {}
+            Holders::Nothing => break,
+        }
     }
     let shed = attempts::refuse(r, &slot.shared.events.shed);
     log_request!(
@@ -147,11 +153,13 @@ fn weigh(runtime: &Runtime, slot: &BalancerRef<'_>, local: &mut Local, now: u64)
     for &worker in offered.iter() {
         let state = worker.state();
         let member = segment.member_index(slot.shared, state.index as usize);
-        let inflight =
-            member.map_or(0, |m| attempt::inflight(segment, m)).min(u64::from(u32::MAX - 1)) as u32;
-        let limit = settings
-            .max_inflight
-            .map_or(NO_LIMIT, |cap| cap.for_member(state.lbfactor).min(u64::from(NO_LIMIT - 1)) as u32);
+        // Places held by dead processes that httpd's parent has not reaped yet are lent.
+        let lent = member.map_or(0, |m| attempt::lendable(segment, m));
+        let inflight = member.map_or(0, |m| attempt::inflight(segment, m)).saturating_sub(lent);
+        let inflight = inflight.min(u64::from(u32::MAX - 1)) as u32;
+        let limit = settings.max_inflight.map_or(NO_LIMIT, |cap| {
+            (cap.for_member(state.lbfactor) + lent).min(u64::from(NO_LIMIT - 1)) as u32
+        });
         let weight = match settings.slow_start {
             Some(_) => slow_start::member_weight(
                 state.lbfactor,
@@ -179,7 +187,7 @@ fn weigh(runtime: &Runtime, slot: &BalancerRef<'_>, local: &mut Local, now: u64)
 /// first time a process sees it.
 pub(super) fn sync_members(runtime: &Runtime, balancer: Balancer, slot: &BalancerRef<'_>, local: &mut Local) {
     let segment = runtime.generation.segment();
-    local.methods.sync_members(balancer.worker_count(), |members| {
+    local.methods.sync_members((balancer.worker_count(), balancer.updated()), |members| {
         for worker in balancer.workers() {
             let state = worker.state();
             let key = name_key(worker.key_name().as_bytes());

@@ -8,7 +8,7 @@
 use crate::config::BalancerSettings;
 use crate::httpd::Worker;
 use crate::methods::tables::Builder;
-use crate::methods::{LocalState, Member, Shelves, TablesOf};
+use crate::methods::{LocalState, Member, Shelves, Tables, TablesOf};
 use crate::shm::{BalancerSlot, Counts, Segment};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -24,6 +24,8 @@ pub struct Generation {
     slots: HashMap<usize, usize>,
     /// This process's slot in the segment's process table (set once, in each child).
     process: OnceLock<Option<usize>>,
+    /// Some balancer used `byweight` or `byhash` at startup.
+    uses_tables: bool,
 }
 
 /// A balancer's slot: its shared counters, this process's state for it, its settings, and
@@ -58,9 +60,10 @@ pub struct Configured {
     pub id: usize,
     pub slot: usize,
     pub settings: BalancerSettings,
-    /// Its members, and whether it uses `byhash` now: its first tables are built before the
-    /// children start.
+    /// Its members, and whether it uses `byweight` or `byhash` now (`byhash`): its first tables
+    /// are built before the children start.
     pub members: Vec<Member>,
+    pub tables: bool,
     pub hashes: bool,
 }
 
@@ -71,14 +74,34 @@ impl Generation {
         let mut settings = vec![BalancerSettings::default(); slots];
         let shelves = Shelves::new(slots, Builder::Thread(spawn_builder));
         let mut ids = HashMap::new();
+        let uses_tables = configured.iter().any(|b| b.tables);
+        // Virtual hosts' copies of a balancer have the same members: one build serves them all.
+        let mut built: Vec<(Vec<Member>, bool, Arc<Tables>)> = Vec::new();
         for balancer in configured {
             if let Some(place) = settings.get_mut(balancer.slot) {
                 *place = balancer.settings;
             }
-            shelves.publish_now(balancer.slot, &balancer.members, balancer.hashes);
+            let tables = match built.iter().find(|(m, h, _)| *m == balancer.members && *h == balancer.hashes)
+            {
+                Some((_, _, tables)) => Arc::clone(tables),
+                None => {
+                    let tables = Arc::new(Tables::build(&balancer.members, balancer.hashes));
+                    built.push((balancer.members, balancer.hashes, Arc::clone(&tables)));
+                    tables
+                }
+            };
+            shelves.publish_now(balancer.slot, tables);
             ids.insert(balancer.id, balancer.slot);
         }
-        Generation { segment, local, settings, shelves, slots: ids, process: OnceLock::new() }
+        Generation { segment, local, settings, shelves, slots: ids, process: OnceLock::new(), uses_tables }
+    }
+
+    /// Starts this process's table builder, if a balancer picks from tables (a child, before it
+    /// serves: no pick then pays for starting it).
+    pub fn start_table_builder(&self) {
+        if self.uses_tables {
+            self.shelves.start_builder();
+        }
     }
 
     pub fn segment(&self) -> &Segment {

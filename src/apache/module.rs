@@ -78,6 +78,7 @@ impl Module for LbMethodRs {
     /// take back this process's attempts if it is killed.
     fn child_init(s: Server) {
         let Some(runtime) = runtime() else { return };
+        runtime.generation.start_table_builder();
         if !runtime.generation.join_as_process(std::process::id()) {
             log_server!(
                 s,
@@ -91,21 +92,8 @@ impl Module for LbMethodRs {
     /// had in flight and never ended (it was killed) is taken back.
     fn child_exited(s: Server, pid: u32) {
         let Some(runtime) = runtime() else { return };
-        let Some(reaped) = attempt::reap(runtime.generation.segment(), pid) else { return };
-        if reaped.attempts != 0 || reaped.recounted != 0 {
-            log_server!(
-                s,
-                Level::Notice,
-                "child {pid} exited with {} attempt(s) in flight; its in-flight counts were given back{}",
-                reaped.attempts,
-                match reaped.recounted {
-                    0 => String::new(),
-                    n => format!(
-                        " ({n} member count(s) recounted{})",
-                        if reaped.recounts_due > 0 { ", some later: other processes were busy" } else { "" }
-                    ),
-                }
-            );
+        if let Some(reaped) = attempt::reap(runtime.generation.segment(), pid) {
+            log_reaped(s, pid, reaped);
         }
     }
 
@@ -128,4 +116,25 @@ impl Module for LbMethodRs {
     fn status_section(r: Request<'_>, form: StatusForm) -> bool {
         status_handler::server_status_section(r, form)
     }
+}
+
+/// The `notice` line for a dead child whose in-flight attempts were taken back (nothing when it
+/// had none).
+fn log_reaped(s: Server, pid: u32, reaped: attempt::Reaped) {
+    if reaped.attempts == 0 && reaped.recounted == 0 {
+        return;
+    }
+    let recounted = match reaped.recounted {
+        0 => String::new(),
+        n => format!(
+            " ({n} member count(s) recounted{})",
+            if reaped.recounts_due > 0 { ", some later: other processes were busy" } else { "" }
+        ),
+    };
+    log_server!(
+        s,
+        Level::Notice,
+        "child {pid} exited with {} attempt(s) in flight; its in-flight counts were given back{recounted}",
+        reaped.attempts
+    );
 }

@@ -7,18 +7,25 @@ use super::generation::{Configured, Generation};
 use super::module::Runtime;
 use crate::config::{BalancerSettings, ServerSettings};
 use crate::httpd::log::{Level, log_server};
-use crate::httpd::proxy::{COMPILED_BALANCER_RECORD, COMPILED_WORKER_RECORD, ProxyApi};
+use crate::httpd::proxy::{COMPILED_BALANCER_RECORD, COMPILED_WORKER_RECORD, ProxyApi, method_registered};
 use crate::httpd::server::{self, BUILT_FOR_MAGIC, BUILT_FOR_VERSION};
 use crate::httpd::{Balancer, Server};
 use crate::shm::{self, BalancerPlan, Capacity, Segment, name_key};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
-/// Errors for settings that name a balancer their virtual host does not have, and for `byhash`
-/// without a key.
+/// Errors for settings that name a balancer their virtual host does not have, for a balancer
+/// whose method is not loaded, and for `byhash` without a key; a warning for a virtual host's
+/// copy of a balancer with another method than the main server's.
 pub fn check_settings(main: Server) -> Vec<String> {
     let Ok(proxy) = ProxyApi::find() else { return Vec::new() };
     let mut errors = Vec::new();
+    let main_methods: Vec<(String, String)> = proxy
+        .conf(main)
+        .into_iter()
+        .flat_map(|conf| conf.balancers())
+        .map(|b| (b.name(), b.method().to_string()))
+        .collect();
     for s in main.and_following() {
         let balancers: Vec<Balancer> = proxy.conf(s).into_iter().flat_map(|conf| conf.balancers()).collect();
         let known: Vec<String> = balancers.iter().map(|b| b.name()).collect();
@@ -26,8 +33,34 @@ pub fn check_settings(main: Server) -> Vec<String> {
         if let Some(settings) = settings {
             errors.extend(settings.check(&known));
         }
-        // byhash without a key would silently be byinflight: say so now, not at run time.
         for (balancer, name) in balancers.iter().zip(&known) {
+            let method = balancer.method();
+            // httpd's own check passes this, then its post_config stops the server (AH02432):
+            // a virtual host whose ProxyPass names a main server's balancer gets a copy of it
+            // with httpd's default method, byrequests, which Debian does not load.
+            if !method_registered(&method) {
+                errors.push(format!(
+                    "<Proxy \"{name}\"> in {}: its lbmethod {method} is not loaded, and httpd would stop at its next \
+                     start (AH02432). A virtual host whose ProxyPass or ProxySet names a balancer gets its own copy \
+                     of it, with httpd's default method: add lbmethod=... to that line, or load \
+                     mod_lbmethod_{method}",
+                    s.label()
+                ));
+            } else if s != main
+                && let Some(main_copy) = main_methods.iter().find(|(n, _)| n == name)
+                && main_copy.1 != method.to_string()
+            {
+                log_server!(
+                    s,
+                    Level::Warning,
+                    "<Proxy \"{name}\"> in {}: this virtual host's copy of the balancer uses lbmethod {method}, the \
+                     main server's {}: a ProxyPass or ProxySet in a virtual host gives it a copy of its own, with \
+                     httpd's default method unless that line sets lbmethod=...",
+                    s.label(),
+                    main_copy.1
+                );
+            }
+            // byhash without a key would silently be byinflight: say so now, not at run time.
             let has_key = settings.is_some_and(|settings| settings.balancer(name).hash_key.is_some());
             if balancer.method() == *"byhash" && !has_key {
                 errors.push(format!(
@@ -58,6 +91,7 @@ pub fn build_runtime(main: Server) -> Result<Runtime, String> {
             slot,
             settings: settings_of(server, balancer),
             members: balancer.workers().map(member_of).collect(),
+            tables: balancer.method() == *"byweight" || balancer.method() == *"byhash",
             hashes: balancer.method() == *"byhash",
         })
         .collect();

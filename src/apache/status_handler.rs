@@ -69,8 +69,9 @@ fn balancer_status(runtime: &Runtime, server: Server, balancer: Balancer, now: u
     let slot = runtime.generation.balancer(balancer.id());
     let default_settings = BalancerSettings::default();
     let settings = slot.as_ref().map_or(&default_settings, |s| s.settings);
-    // The member list, as the finder reads it (httpd adds members under this lock).
-    let workers: Vec<Worker> = balancer.with_thread_lock(|| balancer.workers().collect());
+    // Every member, those added in another process too (a process learns of them only when it
+    // syncs its list, which httpd does before each pick).
+    let workers: Vec<Worker> = runtime.proxy.current_workers(balancer, server);
     // byhash: each member's share of the table this process picks from, computed with it.
     let table =
         slot.as_ref().filter(|_| method.is_some_and(|m| m.method.uses_hash_key())).and_then(hash_table);

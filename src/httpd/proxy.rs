@@ -23,11 +23,20 @@ type GetBestWorker = unsafe extern "C" fn(
     baton: *mut c_void,
 ) -> *mut ffi::proxy_worker;
 
+/// `ap_proxy_sync_balancer`: adds to this process's member list the members another process
+/// added (balancer-manager), from the shared records.
+type SyncBalancer = unsafe extern "C" fn(
+    balancer: *mut ffi::proxy_balancer,
+    s: *mut ffi::server_rec,
+    conf: *mut ffi::proxy_server_conf,
+) -> ffi::apr_status_t;
+
 /// What this module uses of mod_proxy, looked up once per generation.
 #[derive(Clone, Copy)]
 pub struct ProxyApi {
     module_index: c_int,
     get_best_worker: GetBestWorker,
+    sync_balancer: Option<SyncBalancer>,
 }
 
 /// mod_proxy's configuration of one server: its balancers.
@@ -47,13 +56,33 @@ impl ProxyApi {
         let Some(function) = function else {
             return Err("mod_proxy does not offer proxy_balancer_get_best_worker (httpd older than 2.4.24?)");
         };
+        // SAFETY: looking a symbol up in the process's global namespace (mod_proxy.so exports it).
+        let sync = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"ap_proxy_sync_balancer".as_ptr()) };
         // SAFETY: module is a live module record; the optional function registered under that
-        // name has exactly the GetBestWorker signature (mod_proxy.h).
+        // name has exactly the GetBestWorker signature, and ap_proxy_sync_balancer the
+        // SyncBalancer one (mod_proxy.h).
         Ok(ProxyApi {
             module_index: unsafe { (*module).module_index },
             get_best_worker: unsafe {
                 std::mem::transmute::<unsafe extern "C" fn(), GetBestWorker>(function)
             },
+            sync_balancer: (!sync.is_null())
+                .then(|| unsafe { std::mem::transmute::<*mut c_void, SyncBalancer>(sync) }),
+        })
+    }
+
+    /// The balancer's members as every process has them now, in configuration order: this
+    /// process's list is brought up to date first with the members other processes added
+    /// (balancer-manager), as mod_proxy_balancer does before each pick, under the balancer's
+    /// thread lock.
+    pub fn current_workers(&self, balancer: Balancer, server: Server) -> Vec<Worker> {
+        balancer.with_thread_lock(|| {
+            if let (Some(sync), Some(conf)) = (self.sync_balancer, self.conf(server)) {
+                // SAFETY: the live balancer of this server, its live configuration, under the
+                // balancer's thread lock as httpd calls it.
+                unsafe { sync(balancer.raw(), server.raw(), conf.0.as_ptr()) };
+            }
+            balancer.workers().collect()
         })
     }
 
@@ -137,6 +166,13 @@ impl ProxyConf {
     }
 }
 
+/// Whether a method provider of that name is registered (a loaded `lbmethod` module offers it).
+pub fn method_registered(name: &Name) -> bool {
+    let Ok(name) = std::ffi::CString::new(name.as_bytes()) else { return false };
+    // SAFETY: a lookup by name in httpd's provider registry.
+    !unsafe { ffi::ap_lookup_provider(c"proxylbmethod".as_ptr(), name.as_ptr(), c"0".as_ptr()) }.is_null()
+}
+
 /// The size of the balancer and worker records these bindings were made for (mod_proxy_balancer
 /// sizes its slots with APR_ALIGN_DEFAULT, 8 bytes).
 pub const COMPILED_BALANCER_RECORD: usize = size_of::<ffi::proxy_balancer_shared>().next_multiple_of(8);
@@ -145,7 +181,9 @@ pub const COMPILED_WORKER_RECORD: usize = size_of::<ffi::proxy_worker_shared>().
 /// Pointers to the elements of an APR array (no references: httpd may be using them). The
 /// count is read before the array: a push in another thread of this process (balancer-manager
 /// adds members without the lock the finder holds) moves the array before it raises the
-/// count, so the array read is at least that long.
+/// count, so on x86, whose stores are seen in order, the array read is at least that long.
+/// httpd publishes neither with a barrier, so a weaker processor may see them out of order;
+/// httpd's own eligibility walk, which runs first, has the same exposure.
 ///
 /// # Safety
 /// `a` must be null or a live array whose elements are `T`.
@@ -208,15 +246,31 @@ impl Balancer {
         unsafe { Name::read(addr_of!((*(*self.raw()).s).lbpname)) }
     }
 
-    /// Its members (configured and added at run time), in configuration order. A slot that
-    /// balancer-manager is filling in this moment (the array has grown but the member is not
-    /// stored yet) is skipped.
+    /// Its members (configured and added at run time), in configuration order. A member that
+    /// balancer-manager is adding in another thread of this process this moment (httpd grows
+    /// the array, stores the member, gives it its shared record and initializes it, all without
+    /// the lock the finder holds) is skipped until it is initialized; httpd stamps the list
+    /// again then ([`Balancer::updated`]).
     pub fn workers(self) -> impl Iterator<Item = Worker> {
-        // SAFETY: balancer->workers is an array of proxy_worker pointers.
+        // SAFETY: balancer->workers is an array of proxy_worker pointers; a member's `s` is
+        // null or its shared record.
         unsafe { elements::<*mut ffi::proxy_worker>((*self.raw()).workers) }
             .filter_map(|slot| NonNull::new(unsafe { read_volatile(slot) }))
-            .filter(|worker| !unsafe { (*worker.as_ptr()).s }.is_null())
+            .filter(|worker| {
+                let shared = unsafe { read_volatile(addr_of!((*worker.as_ptr()).s)) };
+                !shared.is_null()
+                    && unsafe { read_volatile(addr_of!((*shared).status)) }
+                        & bit(ffi::PROXY_WORKER_INITIALIZED)
+                        != 0
+            })
             .map(Worker)
+    }
+
+    /// When this process's member list last changed (httpd's `wupdated`): a member added at
+    /// run time changes it when it is ready.
+    pub fn updated(self) -> i64 {
+        // SAFETY: a plain field of a live balancer.
+        unsafe { read_volatile(addr_of!((*self.raw()).wupdated)) }
     }
 
     /// How many members it has in this process (grows when balancer-manager adds one).

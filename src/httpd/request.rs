@@ -150,10 +150,17 @@ impl<'r> Request<'r> {
     pub fn with_state<S: RequestState, R>(self, body: impl FnOnce(&mut S) -> R) -> R {
         let cell = self.state_cell::<S>();
         assert!(!cell.borrowed.replace(true), "request state asked for while in use");
+        // Lends the state back even if `body` panics (the panic guard answers for the request,
+        // and the state must still end with it).
+        struct Return<'a>(&'a Cell<bool>);
+        impl Drop for Return<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let _return = Return(&cell.borrowed);
         // SAFETY: the borrow flag makes this the only reference to the state.
-        let result = body(unsafe { &mut *cell.state.get() });
-        cell.borrowed.set(false);
-        result
+        body(unsafe { &mut *cell.state.get() })
     }
 
     fn state_cell<S: RequestState>(self) -> &'r StateCell<S> {

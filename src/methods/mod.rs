@@ -239,6 +239,8 @@ pub struct LocalState {
     members: Vec<Member>,
     /// Counts changes of `members` (a member added, a loadfactor or a tier changed).
     generation: u64,
+    /// The balancer's stamp `members` was listed for (see [`LocalState::sync_members`]).
+    synced: Option<(usize, i64)>,
     /// The candidates of the pick under way, in worker index order.
     candidates: Vec<Candidate>,
     /// Where each member of the tables is among the candidates of the pick under way.
@@ -279,17 +281,24 @@ impl Offered {
 }
 
 impl LocalState {
-    /// Brings the member list up to date when the balancer's member count is not the one it
-    /// was made for (httpd only ever adds members within a generation): `fill` then lists
-    /// every member.
-    pub fn sync_members(&mut self, count: usize, fill: impl FnOnce(&mut Vec<Member>)) {
-        if count == self.members.len() && self.generation != 0 {
+    /// Brings the member list up to date when the balancer's `stamp` (httpd's member count and
+    /// the time this process's list last changed) is not the one it was made for: `fill` then
+    /// lists every member. httpd only ever adds members within a generation, and stamps the
+    /// list again once a member added at run time is ready.
+    pub fn sync_members(&mut self, stamp: (usize, i64), fill: impl FnOnce(&mut Vec<Member>)) {
+        if self.synced == Some(stamp) {
             return;
         }
         self.members.clear();
         fill(&mut self.members);
         self.members.sort_unstable_by_key(|m| m.worker_index);
         self.generation += 1;
+        self.synced = Some(stamp);
+    }
+
+    /// The candidates of the last pick.
+    pub fn candidates(&self) -> &[Candidate] {
+        &self.candidates
     }
 
     /// The buffer for the next pick's candidates, emptied: push them in worker index order.
@@ -377,16 +386,17 @@ impl<'a> Pick<'a> {
         }
         if local.checked != Some((local.generation, hash)) {
             local.tables_fit = local.tables.as_ref().is_some_and(|t| t.fit(&local.members, hash));
-            if !local.tables_fit {
-                shelves.ask(balancer, &local.members, hash);
-                // Inline builders (tests) have published already.
-                if shelf.version() != local.tables_version {
-                    local.tables = shelf.published();
-                    local.tables_version = shelf.version();
-                    local.tables_fit = local.tables.as_ref().is_some_and(|t| t.fit(&local.members, hash));
-                }
+            let asked = local.tables_fit || shelves.ask(balancer, &local.members, hash);
+            // Inline builders (tests) have published already.
+            if !local.tables_fit && shelf.version() != local.tables_version {
+                local.tables = shelf.published();
+                local.tables_version = shelf.version();
+                local.tables_fit = local.tables.as_ref().is_some_and(|t| t.fit(&local.members, hash));
             }
-            local.checked = Some((local.generation, hash));
+            // Not asked (the builder was busy this moment): the next pick asks again.
+            if asked {
+                local.checked = Some((local.generation, hash));
+            }
         }
         let tables = local.tables.clone()?;
         map_offered(&mut local.offered, &tables.members, &local.candidates, local.tables_fit);
@@ -496,6 +506,26 @@ mod tests {
         pick_once(&byweight::ByWeight, &segment, slot, &settings, &mut local, &changed, None, &mut counts);
         assert_eq!(local.state.generation, before + 1);
         assert_eq!(local.state.members[1].lbfactor, 300);
+    }
+
+    /// A pick that could not hand its member list to the builder (busy this moment) asks again
+    /// at the next pick: the change is not lost.
+    #[test]
+    fn a_request_for_tables_is_repeated_until_taken() {
+        fn never(_: Box<dyn FnOnce() + Send>) {}
+        let (segment, slot) = balancer(2);
+        let settings = BalancerSettings::default();
+        let mut local =
+            Local { shelves: Shelves::new(1, tables::Builder::Thread(never)), ..Local::default() };
+        let c = candidates(&[100, 100]);
+        let mut counts = Counts::default();
+        let shelves = std::sync::Arc::clone(&local.shelves);
+        let busy = shelves.shelf(0).unwrap().wanted.lock().unwrap();
+        pick_once(&byweight::ByWeight, &segment, slot, &settings, &mut local, &c, None, &mut counts);
+        assert_eq!(local.state.checked, None, "not asked: to ask again");
+        drop(busy);
+        pick_once(&byweight::ByWeight, &segment, slot, &settings, &mut local, &c, None, &mut counts);
+        assert_eq!(local.state.checked, Some((local.state.generation, false)));
     }
 
     #[test]

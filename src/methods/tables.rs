@@ -125,15 +125,23 @@ pub struct Shelves {
 /// One balancer's tables.
 #[derive(Default)]
 pub struct Shelf {
-    published: Mutex<Option<Arc<Tables>>>,
+    published: Mutex<Published>,
     /// Bumped with every publication, so that a pick sees a new one with one load.
     version: AtomicU64,
     /// The member list picks want tables for, and whether with `byhash`'s table.
-    wanted: Mutex<Wanted>,
+    pub(super) wanted: Mutex<Wanted>,
+}
+
+/// The tables published last, and the ones before: kept until the next publication, so that
+/// the picks that move on from them do not free them (the builder does).
+#[derive(Default)]
+struct Published {
+    last: Option<Arc<Tables>>,
+    before: Option<Arc<Tables>>,
 }
 
 #[derive(Default)]
-struct Wanted {
+pub(super) struct Wanted {
     members: Vec<Member>,
     hash: bool,
     /// Not built yet.
@@ -155,22 +163,22 @@ impl Shelves {
         self.shelves.get(balancer)
     }
 
-    /// Builds and publishes tables for `members` at once (httpd's parent, at startup).
-    pub fn publish_now(&self, balancer: usize, members: &[Member], hash: bool) {
+    /// Publishes `tables` at once (httpd's parent, at startup).
+    pub fn publish_now(&self, balancer: usize, tables: Arc<Tables>) {
         if let Some(shelf) = self.shelf(balancer) {
-            shelf.publish(Tables::build(members, hash));
+            shelf.publish(tables);
         }
     }
 
-    /// Asks for tables for `members`: copies them for the builder and wakes it; never waits
-    /// (if the builder is reading the previous request this very moment, the next pick asks
-    /// again). Allocates only when the list is longer than any asked for before.
-    pub fn ask(self: &Arc<Self>, balancer: usize, members: &[Member], hash: bool) {
-        let Some(shelf) = self.shelf(balancer) else { return };
+    /// Asks for tables for `members`: copies them for the builder and wakes it; never waits.
+    /// False if the builder was reading a request this very moment: ask again at the next pick.
+    /// Allocates only when the list is longer than any asked for before.
+    pub fn ask(self: &Arc<Self>, balancer: usize, members: &[Member], hash: bool) -> bool {
+        let Some(shelf) = self.shelf(balancer) else { return true };
         {
-            let Ok(mut wanted) = shelf.wanted.try_lock() else { return };
+            let Ok(mut wanted) = shelf.wanted.try_lock() else { return false };
             if wanted.open && wanted.hash == hash && wanted.members == members {
-                return;
+                return true;
             }
             wanted.members.clear();
             wanted.members.extend_from_slice(members);
@@ -179,14 +187,23 @@ impl Shelves {
         }
         match self.builder {
             Builder::Inline => self.build_asked(),
-            Builder::Thread(spawn) => {
-                if !self.started.swap(true, Ordering::AcqRel) {
-                    let shelves = Arc::clone(self);
-                    spawn(Box::new(move || shelves.run()));
-                }
+            Builder::Thread(_) => {
+                self.start_builder();
                 *self.asked.lock().unwrap_or_else(PoisonError::into_inner) = true;
                 self.wake.notify_one();
             }
+        }
+        true
+    }
+
+    /// Starts this process's builder thread, if it is not running yet (a child starts it
+    /// before it serves, so that no pick pays for that).
+    pub fn start_builder(self: &Arc<Self>) {
+        if let Builder::Thread(spawn) = self.builder
+            && !self.started.swap(true, Ordering::AcqRel)
+        {
+            let shelves = Arc::clone(self);
+            spawn(Box::new(move || shelves.run()));
         }
     }
 
@@ -215,20 +232,25 @@ impl Shelves {
                 wanted.open = false;
                 (wanted.members.clone(), wanted.hash)
             };
-            shelf.publish(Tables::build(&request.0, request.1));
+            shelf.publish(Arc::new(Tables::build(&request.0, request.1)));
         }
     }
 }
 
 impl Shelf {
-    fn publish(&self, tables: Tables) {
-        *self.published.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(tables));
+    fn publish(&self, tables: Arc<Tables>) {
+        let freed = {
+            let mut published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
+            let previous = published.last.replace(tables);
+            std::mem::replace(&mut published.before, previous)
+        };
         self.version.fetch_add(1, Ordering::Release);
+        drop(freed);
     }
 
     /// The tables published last, if any.
     pub fn published(&self) -> Option<Arc<Tables>> {
-        self.published.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.published.lock().unwrap_or_else(PoisonError::into_inner).last.clone()
     }
 
     /// Counts publications (a pick compares it with the one it holds).
@@ -284,6 +306,18 @@ mod tests {
 
     fn spawn(body: Box<dyn FnOnce() + Send>) {
         std::thread::spawn(body);
+    }
+
+    #[test]
+    fn a_request_the_builder_could_not_take_is_reported() {
+        fn never(_: Box<dyn FnOnce() + Send>) {}
+        let shelves = Shelves::new(1, Builder::Thread(never));
+        let list = members(&[(100, 0, false)]);
+        let busy = shelves.shelf(0).unwrap().wanted.lock().unwrap();
+        assert!(!shelves.ask(0, &list, false), "the builder holds the request: not asked");
+        drop(busy);
+        assert!(shelves.ask(0, &list, false));
+        assert!(shelves.ask(0, &list, false), "asked already");
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Local {
         offered: &[Candidate],
         reserve: &'a mut dyn Reserve,
     ) -> Pick<'a> {
-        self.state.sync_members(members.len(), |list| list.extend(members_of(members)));
+        self.state.sync_members((members.len(), 0), |list| list.extend(members_of(members)));
         self.state.candidates_mut().extend_from_slice(offered);
         let tables = TablesOf { shelves: &self.shelves, balancer: 0 };
         Pick::new(shared, settings, segment, now_us, key, tables, &mut self.state, reserve)

@@ -22,16 +22,22 @@
 //! `pending` is 0 says exactly how much its process has in the count: `open`. A start refused
 //! at the cap undoes step 1 and stops.
 //!
-//! **A process that exits.** httpd's parent tells the module when it reaps a child; a child
-//! that is about to refuse a request because every member is full looks for siblings that are
-//! dead but not yet reaped (httpd's parent notices them within a second), and the parent
-//! looks every few seconds for one that vanished unnoticed. Whoever reaps first (an atomic
-//! claim on the process slot) then, for every member, moves the dead process's totals into
-//! the member's kept totals (whatever it did not see end counts as failed: it died with it),
-//! clears the cell and frees the slot. Where the cell's `pending` is 0 the dead process's
-//! `open` attempts are exactly its part of the count, and the reaper takes them off it. Where
-//! `pending` is not 0 it died inside a start or an end, and nothing says whether its step 2
-//! happened: the reaper recounts that member.
+//! **A process that exits.** httpd's parent tells the module when it reaps a child, and the
+//! module looks every few seconds for a child that vanished without httpd telling. The parent
+//! then, for every member, moves the dead process's totals into the member's kept totals
+//! (whatever it did not see end counts as failed: it died with it), clears the cell and frees
+//! the slot. Where the cell's `pending` is 0 the dead process's `open` attempts are exactly
+//! its part of the count, and the parent takes them off it. Where `pending` is not 0 it died
+//! inside a start or an end, and nothing says whether its step 2 happened: the parent
+//! recounts that member. Only the parent reaps: a reaping cut short by a kill would leave the
+//! counts wrong, and the parent is the one process that is not killed while httpd runs.
+//!
+//! **Until the parent reaps.** httpd's parent notices a dead child within about a second. A
+//! child about to refuse a request because every member is full marks the dead siblings
+//! holding places on them (a mark added to the slot's pid, nothing else: a child killed while
+//! marking leaves nothing wrong), and those places are lent to new attempts: the cap is raised
+//! by as much as the dead processes hold ([`lendable`]), and the count drops back when the
+//! parent reaps them.
 //!
 //! **The recount** sets the count to the sum of `open` over the rows in use, if it can read
 //! them all with no `pending`, no row being reaped and no change to the count meanwhile: it
@@ -56,7 +62,7 @@
 //! row, which no reaping can take apart (the table has room for twice httpd's process limit,
 //! so this is a misconfiguration that the child logs).
 
-use super::layout::{Cell, Load, RETIRING};
+use super::layout::{Cell, DEAD, Load};
 use super::segment::Segment;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
@@ -167,17 +173,17 @@ pub struct Reaped {
     /// Members it died starting or ending an attempt on, whose count was recounted.
     pub recounted: usize,
     /// Of those, members whose recount found no quiet moment yet: the parent tries again
-    /// once a second.
+    /// every few seconds.
     pub recounts_due: usize,
 }
 
-/// Process `pid` has exited (it was reaped, or it is a zombie): its totals go into the
-/// members' kept totals, what it had in flight comes off the counts, and its slot is freed.
-/// `None` if it has no slot, or another process is reaping it. Any process may call it, for a
-/// process that can no longer run.
+/// Process `pid` has exited (httpd's parent reaped it): its totals go into the members' kept
+/// totals, what it had in flight comes off the counts, and its slot is freed. `None` if it had
+/// no slot. The parent alone calls it, one process at a time: a reaping cut short would leave
+/// the counts wrong, and the parent is the one process that is not killed while httpd runs.
 pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
     let slot = (pid != 0).then(|| segment.find_process(pid)).flatten()?;
-    segment.process(slot)?.pid.compare_exchange(pid, RETIRING, SeqCst, SeqCst).ok()?;
+    let process = segment.process(slot)?;
     let mut reaped = Reaped::default();
     let mut due = Vec::new();
     let header = segment.header();
@@ -190,12 +196,6 @@ pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
         let (selected, completed) = (cell.selected.load(SeqCst), cell.completed.load(SeqCst));
         if open == 0 && selected == 0 {
             continue;
-        }
-        // The cell is cleared before the count is corrected: a recount that reads the count
-        // before the correction then fails its swap, one that reads it after finds the slot
-        // retiring or free (see `recount`).
-        for counter in [&cell.open, &cell.selected, &cell.completed, &cell.failed] {
-            counter.store(0, SeqCst);
         }
         let (attempts, pending) = (open & LOW, open >> 32);
         if pending == 0 {
@@ -213,10 +213,13 @@ pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
         life.kept_completed.fetch_add(completed, SeqCst);
         // Whatever it selected and did not see complete failed: it died with them.
         life.kept_failed.fetch_add(selected.saturating_sub(completed), SeqCst);
+        for counter in [&cell.open, &cell.selected, &cell.completed, &cell.failed] {
+            counter.store(0, SeqCst);
+        }
     }
     header.retirements_ended.fetch_add(1, SeqCst);
-    if let Some(process) = segment.process(slot) {
-        process.pid.store(0, SeqCst);
+    if process.pid.swap(0, SeqCst) & DEAD != 0 {
+        header.dead_marked.fetch_sub(1, SeqCst);
     }
     reaped.recounted = due.len();
     for member in due {
@@ -230,11 +233,93 @@ pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
     Some(reaped)
 }
 
-/// Reaps every process of the table that `gone` says can no longer run (a zombie its parent
-/// has not reaped yet, or a process that vanished). Returns how many were reaped.
-pub fn reap_gone(segment: &Segment, gone: impl Fn(u32) -> bool) -> usize {
-    let pids: Vec<u32> = segment.processes().filter(|&pid| gone(pid)).collect();
-    pids.into_iter().filter(|&pid| reap(segment, pid).is_some()).count()
+/// How often, at most, a process looks for dead siblings holding places.
+pub const HOLDERS_CHECK_INTERVAL_US: u64 = 50_000;
+/// How long a request about to be refused waits, at most, for another process's look.
+const HOLDERS_WAIT_US: u64 = 5_000;
+
+/// What [`mark_dead_holders`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holders {
+    /// It looked, and marked this many processes dead.
+    Marked(usize),
+    /// Another process looked since the pick began: places may be lent now; pick again.
+    LookedElsewhere,
+    /// Nobody found anything.
+    Nothing,
+}
+
+/// Before a request is refused because `members` are all full: marks dead the processes that
+/// hold places on them and that `gone` says can no longer run (zombies httpd's parent has not
+/// reaped yet: it notices within about a second), so that their places are lent
+/// ([`lendable`]) until the parent takes them back. It writes nothing but the mark, which is
+/// tied to the pid: a process killed while marking leaves nothing wrong.
+///
+/// Looks at most once per [`HOLDERS_CHECK_INTERVAL_US`] across all processes (whoever moves
+/// the header's time first looks), so that a long overload, where every request is refused,
+/// costs one look per interval; a process that finds another one looking waits for it (a few
+/// milliseconds at most), and is told to pick again if a look ended after its pick began
+/// (`since_us`).
+pub fn mark_dead_holders(
+    segment: &Segment,
+    members: impl Iterator<Item = usize> + Clone,
+    since_us: u64,
+    gone: impl Fn(u32) -> bool,
+) -> Holders {
+    let header = segment.header();
+    let now = super::monotonic_us();
+    let last = header.holders_checked_us.load(SeqCst);
+    if now.saturating_sub(last) < HOLDERS_CHECK_INTERVAL_US
+        || header.holders_checked_us.compare_exchange(last, now, SeqCst, SeqCst).is_err()
+    {
+        let deadline = now + HOLDERS_WAIT_US;
+        while header.holders_done_us.load(SeqCst) < header.holders_checked_us.load(SeqCst)
+            && super::monotonic_us() < deadline
+        {
+            std::thread::yield_now();
+        }
+        return if header.holders_done_us.load(SeqCst) >= since_us {
+            Holders::LookedElsewhere
+        } else {
+            Holders::Nothing
+        };
+    }
+    let mut marked = 0;
+    for (slot, pid, dead) in segment.process_states() {
+        let holds =
+            members.clone().any(|m| segment.cell(slot, m).is_some_and(|c| c.open.load(SeqCst) & LOW != 0));
+        if dead || !holds || !gone(pid) {
+            continue;
+        }
+        let marks = segment
+            .process(slot)
+            .is_some_and(|p| p.pid.compare_exchange(pid, pid | DEAD, SeqCst, SeqCst).is_ok());
+        if marks {
+            header.dead_marked.fetch_add(1, SeqCst);
+            marked += 1;
+        }
+    }
+    header.holders_done_us.fetch_max(super::monotonic_us(), SeqCst);
+    if marked == 0 { Holders::Nothing } else { Holders::Marked(marked) }
+}
+
+/// Places on member slot `member` held by processes marked dead: they are lent to new
+/// attempts (the cap is raised by as much) until httpd's parent reaps those processes and
+/// takes them off the count. An attempt such a process was starting or ending when it died is
+/// not lent (its part of the count is unknown until the parent recounts).
+pub fn lendable(segment: &Segment, member: usize) -> u64 {
+    if segment.header().dead_marked.load(SeqCst) == 0 {
+        return 0;
+    }
+    segment
+        .process_states()
+        .filter(|&(_, _, dead)| dead)
+        .filter_map(|(slot, _, _)| segment.cell(slot, member))
+        .map(|cell| {
+            let open = cell.open.load(SeqCst);
+            (open & LOW).saturating_sub(open >> 32)
+        })
+        .sum()
 }
 
 /// Tries again every recount still due (the parent does every few seconds). Returns how many
@@ -255,11 +340,9 @@ fn recount(segment: &Segment, member: usize) -> bool {
         let word = slot.load.word.load(SeqCst);
         let mut sum = 0u64;
         let mut quiet = true;
-        for (row, retiring) in segment.rows_with_state() {
+        for row in segment.rows_in_use() {
             let open = segment.cell(row, member).map_or(0, |cell| cell.open.load(SeqCst));
-            // A row being reaped may have been cleared before its part of the count was
-            // taken off: it is counted again once it is free.
-            if retiring || open >> 32 != 0 {
+            if open >> 32 != 0 {
                 quiet = false;
                 break;
             }
@@ -296,17 +379,21 @@ pub fn totals(segment: &Segment, member: usize) -> Totals {
     let sum = |field: fn(&Cell) -> &AtomicU64| -> u64 {
         segment.rows_in_use().filter_map(|row| segment.cell(row, member)).map(|c| field(c).load(SeqCst)).sum()
     };
+    // A reaping takes microseconds; a reading that keeps meeting one (never, in practice) gives
+    // up waiting after a while rather than spin.
+    let mut tries = 0;
     loop {
+        tries += 1;
         let ended = header.retirements_ended.load(SeqCst);
         let begun = header.retirements_begun.load(SeqCst);
-        if begun != ended {
+        if begun != ended && tries < 10_000 {
             std::thread::yield_now();
             continue;
         }
         let completed = life.kept_completed.load(SeqCst) + sum(|c| &c.completed);
         let failed = life.kept_failed.load(SeqCst) + sum(|c| &c.failed);
         let selected = life.kept_selected.load(SeqCst) + sum(|c| &c.selected);
-        if header.retirements_begun.load(SeqCst) == begun {
+        if header.retirements_begun.load(SeqCst) == begun || tries >= 10_000 {
             return Totals {
                 inflight: slot.load.word.load(SeqCst) & LOW,
                 peak_inflight: slot.load.peak.load(SeqCst),
@@ -395,6 +482,63 @@ mod tests {
         assert!(adds_up(&t0));
         assert_eq!(segment.processes().count(), 1, "every victim's slot was freed");
         eprintln!("{kills} kills, {recounts} recount(s), 0 drift; member 0: {t0:?}");
+    }
+
+    /// A request about to be refused marks dead the processes holding places on its members,
+    /// and only those, at most once per interval; their places are lent until the parent reaps.
+    #[test]
+    fn a_refusal_marks_dead_holders_of_its_members_and_their_places_are_lent() {
+        let segment = Mapped::new(Capacity { balancers: 1, members: 2, processes: 8 });
+        let holder = |member: usize| {
+            victim(
+                &segment,
+                if member == 0 {
+                    |counts: Counts, _| hold(counts, 0)
+                } else {
+                    |counts: Counts, _| hold(counts, 1)
+                },
+            )
+        };
+        fn hold(counts: Counts, member: usize) {
+            let _held = counts.begin(member, 1);
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        let (on_0, on_1) = (holder(0), holder(1));
+        while inflight(&segment, 0) + inflight(&segment, 1) < 2 {
+            std::thread::yield_now();
+        }
+        let dead = [on_0.pid(), on_1.pid()];
+        let gone = |pid: u32| dead.contains(&pid);
+        let since = crate::shm::monotonic_us();
+        assert_eq!(lendable(&segment, 0), 0);
+        assert_eq!(
+            mark_dead_holders(&segment, [0].into_iter(), since, gone),
+            Holders::Marked(1),
+            "only member 0's holder"
+        );
+        assert_eq!((lendable(&segment, 0), lendable(&segment, 1)), (1, 0));
+        assert_eq!((inflight(&segment, 0), inflight(&segment, 1)), (1, 1), "the count waits for the parent");
+        // Within the interval, nobody looks again: a request whose pick began before the last
+        // look ended is told to pick again, a later one is not.
+        assert_eq!(mark_dead_holders(&segment, [1].into_iter(), since, gone), Holders::LookedElsewhere);
+        let later = crate::shm::monotonic_us() + 1;
+        assert_eq!(mark_dead_holders(&segment, [1].into_iter(), later, gone), Holders::Nothing);
+        std::thread::sleep(Duration::from_micros(HOLDERS_CHECK_INTERVAL_US));
+        assert_eq!(
+            mark_dead_holders(&segment, [1].into_iter(), crate::shm::monotonic_us(), gone),
+            Holders::Marked(1)
+        );
+        assert_eq!(lendable(&segment, 1), 1);
+        // The parent reaps them: their places come off the count, nothing is lent any more.
+        for holder in [on_0, on_1] {
+            let reaped = kill(&segment, holder);
+            assert_eq!(reaped.attempts, 1);
+        }
+        assert_eq!((inflight(&segment, 0), inflight(&segment, 1)), (0, 0));
+        assert_eq!((lendable(&segment, 0), lendable(&segment, 1)), (0, 0));
+        assert_eq!(segment.header().dead_marked.load(SeqCst), 0);
     }
 
     /// The same while another process keeps working: the recounts that a kill inside a start

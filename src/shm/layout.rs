@@ -29,6 +29,12 @@ pub struct Header {
     /// several reapers may hold at once).
     pub retirements_begun: AtomicU64,
     pub retirements_ended: AtomicU64,
+    /// When a process last began and last finished looking for dead siblings holding places
+    /// (monotonic microseconds; `shm::attempt::mark_dead_holders`), and how many process slots
+    /// are marked [`DEAD`] now.
+    pub holders_checked_us: AtomicU64,
+    pub holders_done_us: AtomicU64,
+    pub dead_marked: AtomicU32,
 }
 
 /// One balancer (one `<Proxy balancer://...>` in one virtual host). Three cache lines: what is
@@ -132,13 +138,14 @@ pub struct Life {
 /// One httpd child process: the owner of a row of counts.
 #[repr(C, align(64))]
 pub struct ProcessSlot {
-    /// The child's pid; 0 while the slot is free, [`RETIRING`] while a reaper takes its counts.
+    /// The child's pid; 0 while the slot is free. [`DEAD`] is added when another child finds
+    /// the process dead before httpd's parent has reaped it.
     pub pid: AtomicU32,
 }
 
-/// [`ProcessSlot::pid`] while a reaper moves the exited process's counts (whoever sets it
-/// first does; no pid has this value).
-pub const RETIRING: u32 = u32::MAX;
+/// Added to [`ProcessSlot::pid`] to mark a process found dead and not reaped yet (pids stay
+/// below 2^22 on Linux).
+pub const DEAD: u32 = 1 << 31;
 
 /// One process's counts for one member, written by that process alone (and, once it has
 /// exited, by the parent that takes them back). `shm::attempt` says how they move.

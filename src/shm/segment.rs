@@ -12,7 +12,7 @@
 //! Each child claims a process slot and counts its attempts on every member in its row;
 //! `shm::attempt` says how, and how the parent takes back what a killed child left.
 
-use super::layout::{BalancerSlot, Cell, Header, MAGIC, MemberSlot, ProcessSlot, RETIRING, ShmSafe};
+use super::layout::{BalancerSlot, Cell, DEAD, Header, MAGIC, MemberSlot, ProcessSlot, ShmSafe};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
@@ -233,23 +233,15 @@ impl Segment {
     /// slot's row is all zeros (the parent clears it before freeing the slot) and is skipped
     /// without being read, so that pages no process ever used stay untouched.
     pub(super) fn rows_in_use(&self) -> impl Iterator<Item = usize> + '_ {
-        self.rows_with_state().map(|(row, _)| row)
-    }
-
-    /// [`Segment::rows_in_use`], each with whether a reaper is moving its counts this moment.
-    pub(super) fn rows_with_state(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
         (0..self.capacity.processes as usize)
-            .filter_map(|slot| {
-                let pid = self.process(slot)?.pid.load(Ordering::SeqCst);
-                (pid != 0).then_some((slot, pid == RETIRING))
-            })
-            .chain(std::iter::once((self.shared_row(), false)))
+            .filter(|&slot| self.process(slot).is_some_and(|p| p.pid.load(Ordering::SeqCst) != 0))
+            .chain(std::iter::once(self.shared_row()))
     }
 
     /// Gives process `pid` a process slot (its own, if it has one already), whose row is all
     /// zeros. `None` when all are taken: the process then counts in the shared row.
     pub fn claim_process(&self, pid: u32) -> Option<usize> {
-        if pid == 0 || pid == RETIRING {
+        if pid == 0 || pid & DEAD != 0 {
             return None;
         }
         self.find_process(pid).or_else(|| {
@@ -263,14 +255,20 @@ impl Segment {
 
     pub(super) fn find_process(&self, pid: u32) -> Option<usize> {
         (0..self.capacity.processes as usize)
-            .find(|&slot| self.process(slot).is_some_and(|p| p.pid.load(Ordering::SeqCst) == pid))
+            .find(|&slot| self.process(slot).is_some_and(|p| p.pid.load(Ordering::SeqCst) & !DEAD == pid))
+    }
+
+    /// The pids of the claimed process slots, and whether each is marked dead.
+    pub(super) fn process_states(&self) -> impl Iterator<Item = (usize, u32, bool)> + '_ {
+        (0..self.capacity.processes as usize).filter_map(|slot| {
+            let word = self.process(slot)?.pid.load(Ordering::SeqCst);
+            (word != 0).then_some((slot, word & !DEAD, word & DEAD != 0))
+        })
     }
 
     /// The pids of the claimed process slots.
     pub fn processes(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.capacity.processes as usize)
-            .filter_map(|slot| Some(self.process(slot)?.pid.load(Ordering::SeqCst)))
-            .filter(|&pid| pid != 0 && pid != RETIRING)
+        self.process_states().map(|(_, pid, _)| pid)
     }
 
     /// Value `index` of the `count` values of `T` that [`Capacity`] lays out from `start`.
