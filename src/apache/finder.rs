@@ -188,7 +188,7 @@ fn weigh(runtime: &Runtime, slot: &BalancerRef<'_>, local: &mut Local, now: u64)
 pub(super) fn sync_members(runtime: &Runtime, balancer: Balancer, slot: &BalancerRef<'_>, local: &mut Local) {
     let segment = runtime.generation.segment();
     local.methods.sync_members((balancer.worker_count(), balancer.updated()), |members| {
-        for worker in balancer.workers() {
+        for worker in balancer.initialized_workers() {
             let state = worker.state();
             let key = name_key(worker.key_name().as_bytes());
             if let Some(member) = segment.member_of(slot.shared, state.index as usize) {
@@ -248,7 +248,7 @@ fn warn_once_no_key(r: Request<'_>) {
 /// a member seen out that is back starts its ramp.
 fn observe_members(runtime: &Runtime, balancer: Balancer, slot: &BalancerRef<'_>, now: u64) {
     let segment = runtime.generation.segment();
-    for worker in balancer.workers() {
+    for worker in balancer.initialized_workers() {
         let state = worker.state();
         if let Some(member) = segment.member_of(slot.shared, state.index as usize) {
             slow_start::observe(member, state.selectable(), now);

@@ -246,26 +246,26 @@ impl Balancer {
         unsafe { Name::read(addr_of!((*(*self.raw()).s).lbpname)) }
     }
 
-    /// Its members (configured and added at run time), in configuration order. A member that
-    /// balancer-manager is adding in another thread of this process this moment (httpd grows
-    /// the array, stores the member, gives it its shared record and initializes it, all without
-    /// the lock the finder holds) is skipped until it is initialized; httpd stamps the list
-    /// again then ([`Balancer::updated`]).
+    /// Its members (configured and added at run time), in configuration order: every member
+    /// httpd has defined with its shared record.
     pub fn workers(self) -> impl Iterator<Item = Worker> {
         // SAFETY: balancer->workers is an array of proxy_worker pointers; a member's `s` is
         // null or its shared record.
         unsafe { elements::<*mut ffi::proxy_worker>((*self.raw()).workers) }
             .filter_map(|slot| NonNull::new(unsafe { read_volatile(slot) }))
-            .filter(|worker| {
-                let shared = unsafe { read_volatile(addr_of!((*worker.as_ptr()).s)) };
-                !shared.is_null()
-                    && unsafe { read_volatile(addr_of!((*shared).status)) }
-                        & bit(ffi::PROXY_WORKER_INITIALIZED)
-                        != 0
-            })
+            .filter(|worker| !unsafe { read_volatile(addr_of!((*worker.as_ptr()).s)) }.is_null())
             .map(Worker)
     }
 
+    /// [`Balancer::workers`] that httpd has initialized, what a child picks among. A member that
+    /// balancer-manager is adding in another thread of this process this moment (httpd grows
+    /// the array, stores the member, gives it its shared record and initializes it, all without
+    /// the lock the finder holds) is left out until it is initialized; httpd stamps the list
+    /// again then ([`Balancer::updated`]). In the parent, before children start, no member is
+    /// initialized yet.
+    pub fn initialized_workers(self) -> impl Iterator<Item = Worker> {
+        self.workers().filter(|worker| worker.state().status & bit(ffi::PROXY_WORKER_INITIALIZED) != 0)
+    }
     /// When this process's member list last changed (httpd's `wupdated`): a member added at
     /// run time changes it when it is ready.
     pub fn updated(self) -> i64 {
