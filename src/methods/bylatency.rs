@@ -166,13 +166,27 @@ fn rank(candidate: &Candidate, latency_us: Option<f64>, best_us: f64) -> f64 {
     (f64::from(candidate.inflight) + 1.0) / f64::from(candidate.weight.max(1)) * slowness(latency_us, best_us)
 }
 
+/// Picks of a balancer between two looks for members due for a probe, and the longest time
+/// between two looks when there are fewer picks: a member due for a probe gets it at most that
+/// much late, and a pick that does not look costs nothing.
+const PROBE_LOOK_EVERY_PICKS: u64 = 16;
+const PROBE_LOOK_EVERY_US: u64 = 100_000;
+
 /// A candidate outside the band that is due for a probe (its last one was
 /// [`PROBE_EVERY_PICKS`] picks of the balancer or [`PROBE_INTERVAL_US`] ago), the one probed
 /// longest ago, claimed for this pick: one process wins each probe of a member (an atomic
-/// claim in its slot), and each avoided member has its own budget. Costs nothing per member
-/// in the band.
+/// claim in its slot), and each avoided member has its own budget. Looks only once in
+/// [`PROBE_LOOK_EVERY_PICKS`] picks or [`PROBE_LOOK_EVERY_US`], and then costs nothing per
+/// member in the band.
 fn due_probe(pick: &Pick<'_>, pick_number: u64, best: f64, latencies: &[Option<f64>]) -> Option<usize> {
     let now = pick.now_us;
+    let looked = &pick.shared.turns.probe_look_us;
+    let last_look = looked.load(Ordering::Relaxed);
+    let time_to_look = now.saturating_sub(last_look) >= PROBE_LOOK_EVERY_US
+        && looked.compare_exchange(last_look, now, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+    if !pick_number.is_multiple_of(PROBE_LOOK_EVERY_PICKS) && !time_to_look {
+        return None;
+    }
     let (position, latency, probed_us) = pick
         .candidates()
         .iter()

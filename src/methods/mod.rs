@@ -409,6 +409,18 @@ impl<'a> Pick<'a> {
 /// a subset of the members, both in worker index order.
 fn note_changes(local: &mut LocalState) {
     let LocalState { members, generation, candidates, .. } = local;
+    let same = |m: &Member, c: &Candidate| m.lbfactor == c.lbfactor && m.tier == c.tier;
+    // Every member a candidate (the common case): one pass side by side, no search.
+    if candidates.len() == members.len() {
+        if !members.iter().zip(candidates.iter()).all(|(m, c)| same(m, c)) {
+            for (member, candidate) in members.iter_mut().zip(candidates.iter()) {
+                member.lbfactor = candidate.lbfactor;
+                member.tier = candidate.tier;
+            }
+            *generation += 1;
+        }
+        return;
+    }
     let mut next = 0;
     for candidate in candidates.iter() {
         while next < members.len() && members[next].worker_index < candidate.worker_index {
@@ -417,7 +429,7 @@ fn note_changes(local: &mut LocalState) {
         let Some(member) = members.get_mut(next).filter(|m| m.worker_index == candidate.worker_index) else {
             continue; // not in the list (cannot happen under the lock)
         };
-        if member.lbfactor != candidate.lbfactor || member.tier != candidate.tier {
+        if !same(member, candidate) {
             member.lbfactor = candidate.lbfactor;
             member.tier = candidate.tier;
             *generation += 1;

@@ -63,6 +63,8 @@ pub struct Turns {
     /// Where the next tie-break or draw starts, so that equal members take turns (and
     /// `bylatency`'s pick number).
     pub rotation: AtomicU64,
+    /// `bylatency`: when a pick last looked for members due for a probe.
+    pub probe_look_us: AtomicU64,
 }
 
 /// Counts of what happens to a request only now and then.
