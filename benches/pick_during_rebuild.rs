@@ -45,8 +45,9 @@ impl Reserve for Free {
     }
 }
 
-fn spawn(body: Box<dyn FnOnce() + Send>) {
+fn spawn(body: Box<dyn FnOnce() + Send>) -> bool {
     std::thread::spawn(body);
+    true
 }
 
 fn main() {

@@ -267,8 +267,9 @@ fn build_byhash(c: &mut Criterion) {
 /// the module does), `byweight/pick-building-in-the-pick` with the pick that notices the change
 /// building them itself (what it did before). benches/pick_during_rebuild.rs gives the tail.
 fn pick_during_rebuild(c: &mut Criterion) {
-    fn spawn(body: Box<dyn FnOnce() + Send>) {
+    fn spawn(body: Box<dyn FnOnce() + Send>) -> bool {
         std::thread::spawn(body);
+        true
     }
     let settings = BalancerSettings::default();
     let (segment, slot) = segment(1000);

@@ -32,7 +32,7 @@ use crate::httpd::{Balancer, Request, Server, Worker, process};
 use crate::methods::{
     Candidate, METHODS, Member, NO_LIMIT, Pick, Registered, SharedCounts, Tier, slow_start,
 };
-use crate::shm::attempt::{self, Holders};
+use crate::shm::attempt::{self, Holders, Loans};
 use crate::shm::{monotonic_us, name_key};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -81,8 +81,9 @@ fn pick(
     let key = if method.method.uses_hash_key() { hash_key(r, slot.settings) } else { None };
     let segment = runtime.generation.segment();
     for round in 0..2 {
-        weigh(runtime, slot, local, now);
-        let mut counts = SharedCounts::new(runtime.generation.counts());
+        let loans = Loans::read(segment);
+        weigh(runtime, slot, local, &loans, now);
+        let mut counts = SharedCounts { loans, ..SharedCounts::new(runtime.generation.counts()) };
         let mut pick = Pick::new(
             slot.shared,
             slot.settings,
@@ -145,7 +146,7 @@ fn pick(
 }
 
 /// Weighs the members httpd offered into the method's candidates.
-fn weigh(runtime: &Runtime, slot: &BalancerRef<'_>, local: &mut Local, now: u64) {
+fn weigh(runtime: &Runtime, slot: &BalancerRef<'_>, local: &mut Local, loans: &Loans, now: u64) {
     let segment = runtime.generation.segment();
     let settings = slot.settings;
     let Local { methods, offered } = local;
@@ -153,13 +154,14 @@ fn weigh(runtime: &Runtime, slot: &BalancerRef<'_>, local: &mut Local, now: u64)
     for &worker in offered.iter() {
         let state = worker.state();
         let member = segment.member_index(slot.shared, state.index as usize);
-        // Places held by dead processes that httpd's parent has not reaped yet are lent.
-        let lent = member.map_or(0, |m| attempt::lendable(segment, m));
+        // What live processes hold: places held by dead processes that httpd's parent has not
+        // reaped yet are lent (the reservation adds them back to the cap).
+        let lent = member.map_or(0, |m| loans.of(segment, m));
         let inflight = member.map_or(0, |m| attempt::inflight(segment, m)).saturating_sub(lent);
         let inflight = inflight.min(u64::from(u32::MAX - 1)) as u32;
-        let limit = settings.max_inflight.map_or(NO_LIMIT, |cap| {
-            (cap.for_member(state.lbfactor) + lent).min(u64::from(NO_LIMIT - 1)) as u32
-        });
+        let limit = settings
+            .max_inflight
+            .map_or(NO_LIMIT, |cap| cap.for_member(state.lbfactor).min(u64::from(NO_LIMIT - 1)) as u32);
         let weight = match settings.slow_start {
             Some(_) => slow_start::member_weight(
                 state.lbfactor,

@@ -134,6 +134,6 @@ impl Generation {
 
 /// Starts a process's table builder (`methods::tables`) in a thread that leaves httpd's
 /// signals alone.
-fn spawn_builder(body: Box<dyn FnOnce() + Send>) {
-    crate::httpd::process::spawn_quiet("lbrs-tables", body);
+fn spawn_builder(body: Box<dyn FnOnce() + Send>) -> bool {
+    crate::httpd::process::spawn_quiet("lbrs-tables", body)
 }

@@ -97,8 +97,9 @@ impl Module for LbMethodRs {
         }
     }
 
-    /// In the parent, every few seconds: recounts that found no quiet moment when a child died,
-    /// and children that vanished without httpd telling (their slots would stay taken).
+    /// In the parent, about every ten seconds: recounts that found no quiet moment when a child
+    /// died, children that vanished without httpd telling (their slots would stay taken), and
+    /// the count of dead marks (a child killed while marking leaves it high).
     fn monitor(s: Server) {
         let Some(runtime) = runtime() else { return };
         let segment = runtime.generation.segment();
@@ -107,6 +108,7 @@ impl Module for LbMethodRs {
             Self::child_exited(s, pid);
         }
         attempt::recount_due(segment);
+        attempt::count_dead_marks(segment);
     }
 
     fn handler(r: Request<'_>) -> Option<i32> {

@@ -19,6 +19,8 @@ use std::sync::atomic::Ordering;
 /// copy of a balancer with another method than the main server's.
 pub fn check_settings(main: Server) -> Vec<String> {
     let Ok(proxy) = ProxyApi::find() else { return Vec::new() };
+    // Without mod_proxy_balancer no balancer is shared, and a method is never looked up.
+    let shares_balancers = crate::httpd::proxy::balancer_module_loaded();
     let mut errors = Vec::new();
     let main_methods: Vec<(String, String)> = proxy
         .conf(main)
@@ -38,7 +40,7 @@ pub fn check_settings(main: Server) -> Vec<String> {
             // httpd's own check passes this, then its post_config stops the server (AH02432):
             // a virtual host whose ProxyPass names a main server's balancer gets a copy of it
             // with httpd's default method, byrequests, which Debian does not load.
-            if !method_registered(&method) {
+            if shares_balancers && !method_registered(&method) {
                 errors.push(format!(
                     "<Proxy \"{name}\"> in {}: its lbmethod {method} is not loaded, and httpd would stop at its next \
                      start (AH02432). A virtual host whose ProxyPass or ProxySet names a balancer gets its own copy \

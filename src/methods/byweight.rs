@@ -372,7 +372,9 @@ mod tests {
         let (segment, slot) = balancer(2);
         let settings = BalancerSettings::default();
         // A builder that never runs: the tables never come.
-        fn never(_: Box<dyn FnOnce() + Send>) {}
+        fn never(_: Box<dyn FnOnce() + Send>) -> bool {
+            true
+        }
         let mut local = Local { shelves: Shelves::new(1, Builder::Thread(never)), ..Local::default() };
         let all = candidates(&[100, 300]);
         let mut counts = [0u32; 2];

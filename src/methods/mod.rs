@@ -18,6 +18,7 @@ pub mod slow_start;
 pub mod tables;
 
 use crate::config::BalancerSettings;
+use crate::shm::attempt::Loans;
 use crate::shm::{Attempt, BalancerSlot, Counts, Segment};
 use std::ffi::CStr;
 use std::fmt;
@@ -193,15 +194,18 @@ pub trait Reserve {
 }
 
 /// Reserves on the shared in-flight counters (`shm::attempt`): the attempt a successful
-/// reservation starts is kept in `taken`, for the finder to record.
+/// reservation starts is kept in `taken`, for the finder to record. Places dead processes hold
+/// are lent (`loans`): a candidate's `inflight` and `limit` are what live processes hold and may
+/// hold, the shared count also holds the dead processes' places.
 pub struct SharedCounts {
     pub counts: Counts,
+    pub loans: Loans,
     pub taken: Option<Attempt>,
 }
 
 impl SharedCounts {
     pub fn new(counts: Counts) -> SharedCounts {
-        SharedCounts { counts, taken: None }
+        SharedCounts { counts, loans: Loans::NONE, taken: None }
     }
 }
 
@@ -210,7 +214,7 @@ impl Reserve for SharedCounts {
         // A member beyond the slots httpd declared: balanced, not counted.
         let Some(member) = candidate.member else { return true };
         debug_assert!(self.taken.is_none(), "a pick reserves once");
-        match self.counts.begin(member as usize, limit) {
+        match self.counts.begin_with(member as usize, limit, &self.loans) {
             Some(attempt) => {
                 self.taken = Some(attempt);
                 true
@@ -377,7 +381,7 @@ impl<'a> Pick<'a> {
         let TablesOf { shelves, balancer } = self.tables;
         let shelf = shelves.shelf(balancer)?;
         let local = &mut *self.local;
-        note_changes(local);
+        let all_offered = note_changes(local);
         let version = shelf.version();
         if version != local.tables_version {
             local.tables = shelf.published();
@@ -399,19 +403,22 @@ impl<'a> Pick<'a> {
             }
         }
         let tables = local.tables.clone()?;
-        map_offered(&mut local.offered, &tables.members, &local.candidates, local.tables_fit);
+        map_offered(&mut local.offered, &tables.members, &local.candidates, local.tables_fit && all_offered);
         Some(tables)
     }
 }
 
 /// Updates the member list where a candidate's loadfactor or tier differs from it, bumping
 /// its generation: weights are checked on the way, not by a pass of their own. Candidates are
-/// a subset of the members, both in worker index order.
-fn note_changes(local: &mut LocalState) {
-    let LocalState { members, generation, candidates, .. } = local;
+/// a subset of the members, both in worker index order. True when every member is a
+/// candidate.
+fn note_changes(local: &mut LocalState) -> bool {
+    let LocalState { members, generation, candidates, synced, .. } = local;
     let same = |m: &Member, c: &Candidate| m.lbfactor == c.lbfactor && m.tier == c.tier;
     // Every member a candidate (the common case): one pass side by side, no search.
-    if candidates.len() == members.len() {
+    if candidates.len() == members.len()
+        && members.iter().zip(candidates.iter()).all(|(m, c)| m.worker_index == c.worker_index)
+    {
         if !members.iter().zip(candidates.iter()).all(|(m, c)| same(m, c)) {
             for (member, candidate) in members.iter_mut().zip(candidates.iter()) {
                 member.lbfactor = candidate.lbfactor;
@@ -419,7 +426,7 @@ fn note_changes(local: &mut LocalState) {
             }
             *generation += 1;
         }
-        return;
+        return true;
     }
     let mut next = 0;
     for candidate in candidates.iter() {
@@ -427,7 +434,10 @@ fn note_changes(local: &mut LocalState) {
             next += 1;
         }
         let Some(member) = members.get_mut(next).filter(|m| m.worker_index == candidate.worker_index) else {
-            continue; // not in the list (cannot happen under the lock)
+            // Not in the list: httpd initialized it since the list was made (a member added at
+            // run time, or one whose first initialization failed). The next pick lists again.
+            *synced = None;
+            continue;
         };
         if !same(member, candidate) {
             member.lbfactor = candidate.lbfactor;
@@ -435,12 +445,13 @@ fn note_changes(local: &mut LocalState) {
             *generation += 1;
         }
     }
+    false
 }
 
-/// Maps every member of the tables to its candidate position. When the tables fit the
-/// member list and every member is a candidate, member `i` is candidate `i`: no map.
-fn map_offered(offered: &mut Offered, members: &[Member], candidates: &[Candidate], fit: bool) {
-    offered.all = fit && candidates.len() == members.len();
+/// Maps every member of the tables to its candidate position. When the tables were built from
+/// exactly the candidates (`all`), member `i` is candidate `i`: no map.
+fn map_offered(offered: &mut Offered, members: &[Member], candidates: &[Candidate], all: bool) {
+    offered.all = all;
     if offered.all {
         return;
     }
@@ -524,7 +535,9 @@ mod tests {
     /// at the next pick: the change is not lost.
     #[test]
     fn a_request_for_tables_is_repeated_until_taken() {
-        fn never(_: Box<dyn FnOnce() + Send>) {}
+        fn never(_: Box<dyn FnOnce() + Send>) -> bool {
+            true
+        }
         let (segment, slot) = balancer(2);
         let settings = BalancerSettings::default();
         let mut local =

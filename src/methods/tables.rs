@@ -104,8 +104,9 @@ impl Tables {
 /// How a process builds the tables its picks ask for.
 pub enum Builder {
     /// In a thread of its own, started by this function the first time it is needed (httpd's
-    /// glue passes one that keeps httpd's signals away from the thread).
-    Thread(fn(Box<dyn FnOnce() + Send>)),
+    /// glue passes one that keeps httpd's signals away from the thread); false if it could not
+    /// start one (the next request for tables tries again).
+    Thread(fn(Box<dyn FnOnce() + Send>) -> bool),
     /// At once, in the pick that asks (unit tests, where waiting is not the point).
     #[cfg_attr(not(test), allow(dead_code))]
     Inline,
@@ -203,7 +204,9 @@ impl Shelves {
             && !self.started.swap(true, Ordering::AcqRel)
         {
             let shelves = Arc::clone(self);
-            spawn(Box::new(move || shelves.run()));
+            if !spawn(Box::new(move || shelves.run())) {
+                self.started.store(false, Ordering::Release);
+            }
         }
     }
 
@@ -304,13 +307,16 @@ mod tests {
         assert!(!Tables::build(&list, false).fit(&list, true));
     }
 
-    fn spawn(body: Box<dyn FnOnce() + Send>) {
+    fn spawn(body: Box<dyn FnOnce() + Send>) -> bool {
         std::thread::spawn(body);
+        true
     }
 
     #[test]
     fn a_request_the_builder_could_not_take_is_reported() {
-        fn never(_: Box<dyn FnOnce() + Send>) {}
+        fn never(_: Box<dyn FnOnce() + Send>) -> bool {
+            true
+        }
         let shelves = Shelves::new(1, Builder::Thread(never));
         let list = members(&[(100, 0, false)]);
         let busy = shelves.shelf(0).unwrap().wanted.lock().unwrap();

@@ -36,8 +36,10 @@
 //! child about to refuse a request because every member is full marks the dead siblings
 //! holding places on them (a mark added to the slot's pid, nothing else: a child killed while
 //! marking leaves nothing wrong), and those places are lent to new attempts: the cap is raised
-//! by as much as the dead processes hold ([`lendable`]), and the count drops back when the
-//! parent reaps them.
+//! by as much as the dead processes hold ([`Loans`]), and the count drops back when the parent
+//! reaps them. A start that used a loan checks, after it counted, that no reaping began since
+//! the loans were read; if one did, it undoes itself (inside its own bracket), so no member ever
+//! holds more live attempts than its cap.
 //!
 //! **The recount** sets the count to the sum of `open` over the rows in use, if it can read
 //! them all with no `pending`, no row being reaped and no change to the count meanwhile: it
@@ -100,8 +102,17 @@ impl Counts {
     /// and the count are one atomic step, so no number of processes can push it past its cap).
     /// `None` when it is full, or when `member` is not a member slot.
     pub fn begin(&self, member: usize, cap: u64) -> Option<Attempt> {
+        self.begin_with(member, cap, &Loans::NONE)
+    }
+
+    /// [`Counts::begin`], with the places dead processes hold on the member lent ([`Loans`]): the
+    /// count may reach `cap` plus what they hold, since that much of it is theirs until the
+    /// parent reaps them. If a reaping began since the loans were read, the count may already
+    /// be without them: the start is undone and `None` returned.
+    pub fn begin_with(&self, member: usize, cap: u64, loans: &Loans) -> Option<Attempt> {
         let (cell, load) = self.places(member)?;
-        let cap = cap.min(LOW);
+        let lent = loans.of(&self.segment, member);
+        let cap = cap.saturating_add(lent).min(LOW);
         cell.open.fetch_add(PENDING, SeqCst);
         let counted = load
             .word
@@ -110,6 +121,15 @@ impl Counts {
             cell.open.fetch_sub(PENDING, SeqCst);
             return None;
         };
+        if lent > 0 && !loans.still_good(&self.segment) {
+            // Undone within the same bracket: a kill here leaves `pending` set, and the parent
+            // recounts.
+            let _ = load
+                .word
+                .fetch_update(SeqCst, SeqCst, |word| (word & LOW > 0).then(|| word.wrapping_add(CHANGE) - 1));
+            cell.open.fetch_sub(PENDING, SeqCst);
+            return None;
+        }
         cell.selected.fetch_add(1, SeqCst);
         cell.open.fetch_add(1u64.wrapping_sub(PENDING), SeqCst);
         let now = (before & LOW) + 1;
@@ -219,7 +239,7 @@ pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
     }
     header.retirements_ended.fetch_add(1, SeqCst);
     if process.pid.swap(0, SeqCst) & DEAD != 0 {
-        header.dead_marked.fetch_sub(1, SeqCst);
+        let _ = header.dead_marked.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
     }
     reaped.recounted = due.len();
     for member in due {
@@ -251,9 +271,10 @@ pub enum Holders {
 
 /// Before a request is refused because `members` are all full: marks dead the processes that
 /// hold places on them and that `gone` says can no longer run (zombies httpd's parent has not
-/// reaped yet: it notices within about a second), so that their places are lent
-/// ([`lendable`]) until the parent takes them back. It writes nothing but the mark, which is
-/// tied to the pid: a process killed while marking leaves nothing wrong.
+/// reaped yet: it notices within about a second), so that their places are lent ([`Loans`])
+/// until the parent takes them back. It writes nothing but the mark, which is tied to the pid;
+/// a process killed while marking leaves at worst a count of marks one too high, which the
+/// parent corrects ([`count_dead_marks`]).
 ///
 /// Looks at most once per [`HOLDERS_CHECK_INTERVAL_US`] across all processes (whoever moves
 /// the header's time first looks), so that a long overload, where every request is refused,
@@ -288,42 +309,92 @@ pub fn mark_dead_holders(
     for (slot, pid, dead) in segment.process_states() {
         let holds =
             members.clone().any(|m| segment.cell(slot, m).is_some_and(|c| c.open.load(SeqCst) & LOW != 0));
-        if dead || !holds || !gone(pid) {
+        let Some(process) = segment.process(slot).filter(|_| !dead && holds && gone(pid)) else { continue };
+        // Counted before the mark, so that a kill in between leaves the count high (the
+        // parent corrects it), never low.
+        header.dead_marked.fetch_add(1, SeqCst);
+        if process.pid.compare_exchange(pid, pid | DEAD, SeqCst, SeqCst).is_err() {
+            header.dead_marked.fetch_sub(1, SeqCst);
             continue;
         }
-        let marks = segment
-            .process(slot)
-            .is_some_and(|p| p.pid.compare_exchange(pid, pid | DEAD, SeqCst, SeqCst).is_ok());
-        if marks {
-            header.dead_marked.fetch_add(1, SeqCst);
-            marked += 1;
+        // The pid could have passed to a new process that took the same slot since `gone`
+        // answered: then the mark comes off again.
+        if !gone(pid) && process.pid.compare_exchange(pid | DEAD, pid, SeqCst, SeqCst).is_ok() {
+            header.dead_marked.fetch_sub(1, SeqCst);
+            continue;
         }
+        marked += 1;
     }
     header.holders_done_us.fetch_max(super::monotonic_us(), SeqCst);
     if marked == 0 { Holders::Nothing } else { Holders::Marked(marked) }
 }
 
-/// Places on member slot `member` held by processes marked dead: they are lent to new
-/// attempts (the cap is raised by as much) until httpd's parent reaps those processes and
-/// takes them off the count. An attempt such a process was starting or ending when it died is
-/// not lent (its part of the count is unknown until the parent recounts).
-pub fn lendable(segment: &Segment, member: usize) -> u64 {
-    if segment.header().dead_marked.load(SeqCst) == 0 {
-        return 0;
-    }
-    segment
-        .process_states()
-        .filter(|&(_, _, dead)| dead)
-        .filter_map(|(slot, _, _)| segment.cell(slot, member))
-        .map(|cell| {
-            let open = cell.open.load(SeqCst);
-            (open & LOW).saturating_sub(open >> 32)
-        })
-        .sum()
+/// Sets the count of dead marks to the number of slots marked (the parent, every few seconds):
+/// a process killed between counting a mark and setting it leaves the count too high, which
+/// only makes picks look for loans they will not find.
+pub fn count_dead_marks(segment: &Segment) {
+    let marked = segment.process_states().filter(|&(_, _, dead)| dead).count();
+    segment.header().dead_marked.store(marked as u32, SeqCst);
 }
 
-/// Tries again every recount still due (the parent does every few seconds). Returns how many
-/// are still due.
+/// The places processes marked dead hold, which new attempts may use until httpd's parent
+/// reaps those processes and takes them off the count. Read once per pick.
+pub struct Loans {
+    /// The slots marked dead (the first [`Loans::MOST`]).
+    dead: [u32; Loans::MOST],
+    count: usize,
+    /// `Header::retirements_begun` when they were read: a reaping since makes them stale.
+    epoch: u64,
+}
+
+impl Loans {
+    const MOST: usize = 32;
+
+    /// No loans.
+    pub const NONE: Loans = Loans { dead: [0; Loans::MOST], count: 0, epoch: 0 };
+
+    /// The slots marked dead now. None when no slot is marked (one load), or while the parent
+    /// is reaping (a row being cleared lends nothing).
+    pub fn read(segment: &Segment) -> Loans {
+        let header = segment.header();
+        if header.dead_marked.load(SeqCst) == 0 {
+            return Loans::NONE;
+        }
+        let ended = header.retirements_ended.load(SeqCst);
+        let epoch = header.retirements_begun.load(SeqCst);
+        if epoch != ended {
+            return Loans::NONE;
+        }
+        let mut loans = Loans { epoch, ..Loans::NONE };
+        for (slot, _, _) in segment.process_states().filter(|&(_, _, dead)| dead).take(Loans::MOST) {
+            loans.dead[loans.count] = slot as u32;
+            loans.count += 1;
+        }
+        loans
+    }
+
+    /// The places on member slot `member` the dead processes hold: their attempts in flight
+    /// there, but for any they were starting or ending when they died (their part of the count
+    /// is not known until the parent recounts).
+    pub fn of(&self, segment: &Segment, member: usize) -> u64 {
+        self.dead[..self.count]
+            .iter()
+            .filter_map(|&slot| segment.cell(slot as usize, member))
+            .map(|cell| {
+                let open = cell.open.load(SeqCst);
+                (open & LOW).saturating_sub(open >> 32)
+            })
+            .sum()
+    }
+
+    /// No reaping has begun since they were read.
+    fn still_good(&self, segment: &Segment) -> bool {
+        segment.header().retirements_begun.load(SeqCst) == self.epoch
+    }
+}
+
+/// Tries again every recount still due (the parent does, about every ten seconds). Returns
+/// how many are still due.
 pub fn recount_due(segment: &Segment) -> usize {
     (0..segment.capacity().members as usize)
         .filter(|&member| segment.member(member).is_some_and(|m| m.life.audit_due.load(SeqCst) != 0))
@@ -511,33 +582,52 @@ mod tests {
         }
         let dead = [on_0.pid(), on_1.pid()];
         let gone = |pid: u32| dead.contains(&pid);
+        let lent = |member| Loans::read(&segment).of(&segment, member);
         let since = crate::shm::monotonic_us();
-        assert_eq!(lendable(&segment, 0), 0);
-        assert_eq!(
-            mark_dead_holders(&segment, [0].into_iter(), since, gone),
-            Holders::Marked(1),
-            "only member 0's holder"
-        );
-        assert_eq!((lendable(&segment, 0), lendable(&segment, 1)), (1, 0));
+        assert_eq!(lent(0), 0);
+        let marked = mark_dead_holders(&segment, [0].into_iter(), since, gone);
+        assert_eq!(marked, Holders::Marked(1), "only member 0's holder");
+        assert_eq!((lent(0), lent(1)), (1, 0));
         assert_eq!((inflight(&segment, 0), inflight(&segment, 1)), (1, 1), "the count waits for the parent");
+        // A start may use the loan: the cap of 1 is not reached by live attempts.
+        let counts = Counts::new(*segment, segment.claim_process(std::process::id()));
+        let loans = Loans::read(&segment);
+        let borrowed = counts.begin_with(0, 1, &loans).expect("the dead holder's place is lent");
+        assert!(counts.begin_with(0, 1, &loans).is_none(), "one place lent, one taken");
         // Within the interval, nobody looks again: a request whose pick began before the last
         // look ended is told to pick again, a later one is not.
         assert_eq!(mark_dead_holders(&segment, [1].into_iter(), since, gone), Holders::LookedElsewhere);
         let later = crate::shm::monotonic_us() + 1;
         assert_eq!(mark_dead_holders(&segment, [1].into_iter(), later, gone), Holders::Nothing);
         std::thread::sleep(Duration::from_micros(HOLDERS_CHECK_INTERVAL_US));
-        assert_eq!(
-            mark_dead_holders(&segment, [1].into_iter(), crate::shm::monotonic_us(), gone),
-            Holders::Marked(1)
-        );
-        assert_eq!(lendable(&segment, 1), 1);
-        // The parent reaps them: their places come off the count, nothing is lent any more.
+        let since = crate::shm::monotonic_us();
+        assert_eq!(mark_dead_holders(&segment, [1].into_iter(), since, gone), Holders::Marked(1));
+        assert_eq!(lent(1), 1);
+        // The parent reaps them: their places come off the count, nothing is lent any more, and
+        // loans read before the reaping no longer admit anything past the cap.
+        let stale = Loans::read(&segment);
         for holder in [on_0, on_1] {
-            let reaped = kill(&segment, holder);
-            assert_eq!(reaped.attempts, 1);
+            assert_eq!(kill(&segment, holder).attempts, 1);
         }
-        assert_eq!((inflight(&segment, 0), inflight(&segment, 1)), (0, 0));
-        assert_eq!((lendable(&segment, 0), lendable(&segment, 1)), (0, 0));
+        assert_eq!((inflight(&segment, 0), inflight(&segment, 1)), (1, 0));
+        assert_eq!((lent(0), lent(1)), (0, 0));
+        assert_eq!(segment.header().dead_marked.load(SeqCst), 0);
+        assert!(counts.begin_with(0, 1, &stale).is_none(), "a stale loan is undone");
+        assert_eq!(inflight(&segment, 0), 1, "and leaves the count as it was");
+        assert_eq!(
+            segment.cell(segment.find_process(std::process::id()).unwrap(), 0).unwrap().open.load(SeqCst),
+            1
+        );
+        borrowed.end(Outcome::Completed);
+    }
+
+    /// A process killed between counting a dead mark and setting it leaves the count high; the
+    /// parent sets it right.
+    #[test]
+    fn the_count_of_dead_marks_is_set_right_by_the_parent() {
+        let segment = Mapped::new(Capacity { balancers: 1, members: 1, processes: 2 });
+        segment.header().dead_marked.store(3, SeqCst);
+        count_dead_marks(&segment);
         assert_eq!(segment.header().dead_marked.load(SeqCst), 0);
     }
 

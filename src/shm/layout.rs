@@ -174,7 +174,7 @@ shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell);
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v07");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v08");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
 const _: () = assert!(size_of::<BalancerSlot>() == 3 * 64);

@@ -244,7 +244,11 @@ impl Segment {
         if pid == 0 || pid & DEAD != 0 {
             return None;
         }
-        self.find_process(pid).or_else(|| {
+        // Its own slot, as it holds it (not one marked dead under a pid that is now this
+        // process's: that was another process, whose counts are not this one's).
+        let own = (0..self.capacity.processes as usize)
+            .find(|&slot| self.process(slot).is_some_and(|p| p.pid.load(Ordering::SeqCst) == pid));
+        own.or_else(|| {
             (0..self.capacity.processes as usize).find(|&slot| {
                 self.process(slot).is_some_and(|p| {
                     p.pid.compare_exchange(0, pid, Ordering::SeqCst, Ordering::Relaxed).is_ok()
