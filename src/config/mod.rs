@@ -6,6 +6,9 @@
 //! virtual host where it is written (virtual hosts inherit the main server's balancers and
 //! their settings, as httpd does for the balancers themselves).
 
+mod outlier;
+
+pub use outlier::{Failures, Outliers};
 use std::any::Any;
 use std::ffi::CStr;
 use std::fmt;
@@ -25,6 +28,9 @@ pub struct BalancerSettings {
     pub hash_balance_factor: Option<f64>,
     /// `LBLatencyDecay`: how fast `bylatency`'s estimates forget.
     pub latency_decay: Option<Duration>,
+    /// `LBOutlierDetection`: which outcomes are failures, and when a member that fails is
+    /// ejected.
+    pub outliers: Option<Outliers>,
 }
 
 /// `LBHashBalanceFactor` when not written (HAProxy's and the paper's usual value).
@@ -44,6 +50,17 @@ impl BalancerSettings {
         self.latency_decay.unwrap_or(DEFAULT_LATENCY_DECAY)
     }
 
+    /// Outlier detection's settings, when it is on.
+    pub fn outlier_detection(&self) -> Option<&Outliers> {
+        self.outliers.as_ref().filter(|o| o.enabled)
+    }
+
+    /// What counts as a member's failure (for outlier detection and `bylatency`).
+    pub fn failures(&self) -> &Failures {
+        static DEFAULT: std::sync::LazyLock<Failures> = std::sync::LazyLock::new(Failures::default);
+        self.outliers.as_ref().map_or(&DEFAULT, |o| &o.failures)
+    }
+
     /// These settings with those written in `over` on top.
     fn overlaid(&self, over: &BalancerSettings) -> BalancerSettings {
         BalancerSettings {
@@ -52,6 +69,7 @@ impl BalancerSettings {
             hash_key: over.hash_key.clone().or_else(|| self.hash_key.clone()),
             hash_balance_factor: over.hash_balance_factor.or(self.hash_balance_factor),
             latency_decay: over.latency_decay.or(self.latency_decay),
+            outliers: over.outliers.clone().or_else(|| self.outliers.clone()),
         }
     }
 }
@@ -224,15 +242,17 @@ pub enum Directive {
     HashKey,
     HashBalanceFactor,
     LatencyDecay,
+    OutlierDetection,
 }
 
 impl Directive {
-    pub const ALL: [Directive; 5] = [
+    pub const ALL: [Directive; 6] = [
         Directive::SlowStart,
         Directive::MaxInflight,
         Directive::HashKey,
         Directive::HashBalanceFactor,
         Directive::LatencyDecay,
+        Directive::OutlierDetection,
     ];
 
     /// The directive's name, as httpd's command table needs it.
@@ -243,6 +263,7 @@ impl Directive {
             Directive::HashKey => c"LBHashKey",
             Directive::HashBalanceFactor => c"LBHashBalanceFactor",
             Directive::LatencyDecay => c"LBLatencyDecay",
+            Directive::OutlierDetection => c"LBOutlierDetection",
         }
     }
 
@@ -263,6 +284,9 @@ impl Directive {
             }
             Directive::LatencyDecay => {
                 c"LBLatencyDecay <time>: how fast bylatency's latency estimate comes down again (default 250ms)"
+            }
+            Directive::OutlierDetection => {
+                c"LBOutlierDetection on|off [key=value ...]: eject members that fail (consecutive=5 eject=10s max-ejected=50% ...)"
             }
         }
     }
@@ -332,6 +356,10 @@ impl Directive {
                     return Err(self.invalid(value, "expected a time from 10ms to 1h"));
                 }
                 settings.latency_decay = Some(decay);
+            }
+            Directive::OutlierDetection => {
+                let outliers = outlier::parse(args).map_err(|why| format!("{}: {why}", self.name()))?;
+                settings.outliers = Some(outliers);
             }
         }
         Ok(())

@@ -64,7 +64,7 @@
 //! row, which no reaping can take apart (the table has room for twice httpd's process limit,
 //! so this is a misconfiguration that the child logs).
 
-use super::layout::{Cell, DEAD, Load};
+use super::layout::{Cell, DEAD, Load, MemberSlot};
 use super::segment::Segment;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
@@ -136,7 +136,7 @@ impl Counts {
         if now > load.peak.load(SeqCst) {
             load.peak.fetch_max(now, SeqCst);
         }
-        Some(Attempt { counts: *self, member: member as u32 })
+        Some(Attempt { counts: *self, member: member as u32, awaiting: false })
     }
 
     fn places(&self, member: usize) -> Option<(&Cell, &Load)> {
@@ -149,6 +149,8 @@ impl Counts {
 pub struct Attempt {
     counts: Counts,
     member: u32,
+    /// Counted in the member's `waiting` ([`Attempt::await_answer`]) and not answered yet.
+    awaiting: bool,
 }
 
 impl Attempt {
@@ -162,8 +164,38 @@ impl Attempt {
         &self.counts.segment
     }
 
+    /// The attempt waits for the member's answer from `now_us` (monotonic microseconds) until
+    /// [`Attempt::answered`] or its end: it counts in the member's `waiting`, which tells how
+    /// long the member has kept requests waiting without answering ([`unanswered_for`]).
+    pub fn await_answer(&mut self, now_us: u64) {
+        let segment = self.counts.segment;
+        let Some(member) = segment.member(self.member as usize).filter(|_| !self.awaiting) else { return };
+        self.awaiting = true;
+        if member.load.waiting.fetch_add(1, SeqCst) == 0 {
+            member.load.waiting_since_us.store(now_us, SeqCst);
+        }
+    }
+
+    /// The member answered (the first byte of its answer came) at `now_us`.
+    pub fn answered(&mut self, now_us: u64) {
+        if let Some(load) = self.stop_waiting() {
+            load.answered_us.store(now_us, SeqCst);
+        }
+    }
+
+    /// Takes the attempt out of the member's `waiting`, if it is in it.
+    fn stop_waiting(&mut self) -> Option<&Load> {
+        if !std::mem::take(&mut self.awaiting) {
+            return None;
+        }
+        let load = &self.counts.segment.member(self.member as usize)?.load;
+        let _ = load.waiting.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        Some(load)
+    }
+
     /// Ends the attempt: the member's count goes down and its outcome is counted.
-    pub fn end(self, outcome: Outcome) {
+    pub fn end(mut self, outcome: Outcome) {
+        self.stop_waiting();
         let Some((cell, load)) = self.counts.places(self.member as usize) else { return };
         cell.open.fetch_add(PENDING, SeqCst);
         // Never below 0: an attempt ends only after its start counted it, and a recount keeps
@@ -183,6 +215,19 @@ impl Attempt {
 /// Attempts in flight on member slot `member` now, across all processes.
 pub fn inflight(segment: &Segment, member: usize) -> u64 {
     segment.member(member).map_or(0, |m| m.load.word.load(SeqCst) & LOW)
+}
+
+/// How long member slot `member` has kept requests waiting without answering any at `now_us`
+/// (0: none waiting): since the last answer, or since requests began waiting if that was
+/// later. A member that answers slowly but steadily keeps this near its latency; one that
+/// stalls sees it grow from its first unanswered request.
+pub fn unanswered_for(member: &MemberSlot, now_us: u64) -> u64 {
+    let load = &member.load;
+    if load.waiting.load(SeqCst) == 0 || load.word.load(SeqCst) & LOW == 0 {
+        return 0;
+    }
+    let since = load.waiting_since_us.load(SeqCst).max(load.answered_us.load(SeqCst));
+    now_us.saturating_sub(since)
 }
 
 /// What the parent took back from a process that exited.
@@ -226,6 +271,13 @@ pub fn reap(segment: &Segment, pid: u32) -> Option<Reaped> {
             }
         } else {
             due.push(member);
+        }
+        // Its attempts that still waited for an answer never will. It cannot say which of its
+        // attempts were answered: all of them come off, so the count errs low (a stall seen
+        // late), never high (a member seen stalled for good).
+        if attempts > 0 {
+            let waiting = &slot_of_member.load.waiting;
+            let _ = waiting.fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(attempts)));
         }
         reaped.attempts += attempts;
         let life = &slot_of_member.life;

@@ -75,16 +75,24 @@ pub struct BalancerEvents {
     /// `byhash`: requests that went past an eligible member of their key because it was at
     /// the load bound (or its cap).
     pub diverted: AtomicU64,
+    /// Outlier detection (`methods::outlier`): when the balancer's members are next reviewed
+    /// (monotonic microseconds; 0: at the next pick), when the success-rate window began, and
+    /// how many members have an ejection set (0: no pick needs to look at any member's).
+    pub review_at_us: AtomicU64,
+    pub window_start_us: AtomicU64,
+    pub ejected: AtomicU32,
 }
 
-/// One balancer member (a `BalancerMember`), indexed by httpd's own worker slot index. Three
+/// One balancer member (a `BalancerMember`), indexed by httpd's own worker slot index. Four
 /// cache lines, by who writes them: every attempt's start and end (and every pick reads it),
-/// `bylatency`'s estimate (written as attempts end), and what changes only now and then.
+/// `bylatency`'s estimate (written as attempts end), what changes only now and then, and
+/// outlier detection's record (read by every pick while a member is ejected).
 #[repr(C, align(64))]
 pub struct MemberSlot {
     pub load: Load,
     pub latency: Latency,
     pub life: Life,
+    pub health: Health,
 }
 
 /// The member's attempts in flight, the one count every pick reads (`shm::attempt` keeps it).
@@ -96,6 +104,14 @@ pub struct Load {
     pub word: AtomicU64,
     /// The highest count seen.
     pub peak: AtomicU64,
+    /// Attempts in flight that the member has not answered yet (no first byte), when that
+    /// number last rose from 0, and when the member last answered one (monotonic
+    /// microseconds): how long it has kept requests waiting without answering any, which
+    /// `bylatency` reads as slowness before the answers come (`shm::attempt::unanswered_for`).
+    /// A count a killed process leaves too high is lowered when the parent reaps it.
+    pub waiting: AtomicU64,
+    pub waiting_since_us: AtomicU64,
+    pub answered_us: AtomicU64,
 }
 
 /// `bylatency`'s estimate; the rule that updates it is `methods::bylatency`'s.
@@ -137,6 +153,31 @@ pub struct Life {
     pub handed_over: AtomicU64,
 }
 
+/// Outlier detection's record of a member (`methods::outlier` has the rule).
+#[repr(C, align(64))]
+pub struct Health {
+    /// Failed attempts in a row, across all processes; a success sets it back to 0.
+    pub consecutive: AtomicU32,
+    /// 1 once `consecutive` reached the threshold, until a review decides on it.
+    pub due: AtomicU32,
+    /// Ejected until then (monotonic microseconds; 0: not ejected), and why
+    /// (`methods::outlier::Why` as a number).
+    pub ejected_until_us: AtomicU64,
+    pub reason: AtomicU32,
+    /// Ejections that followed each other without a long enough healthy spell: each one
+    /// doubles the next one's length.
+    pub level: AtomicU32,
+    /// Ejections so far.
+    pub ejections: AtomicU64,
+    /// When it last came back from an ejection, and last succeeded (monotonic microseconds;
+    /// the latter written at most once a millisecond).
+    pub returned_us: AtomicU64,
+    pub succeeded_us: AtomicU64,
+    /// The success-rate window: attempts and failures since it began.
+    pub window_attempts: AtomicU64,
+    pub window_failures: AtomicU64,
+}
+
 /// One httpd child process: the owner of a row of counts.
 #[repr(C, align(64))]
 pub struct ProcessSlot {
@@ -174,10 +215,10 @@ shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell);
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v08");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v09");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
 const _: () = assert!(size_of::<BalancerSlot>() == 3 * 64);
-const _: () = assert!(size_of::<MemberSlot>() == 3 * 64);
+const _: () = assert!(size_of::<MemberSlot>() == 4 * 64);
 const _: () = assert!(size_of::<Cell>() == 32);
 const _: () = assert!(size_of::<ProcessSlot>().is_multiple_of(64));

@@ -101,6 +101,8 @@ pub fn carry_over(old: &Segment, new: &Segment) {
         let (old_events, new_events) = (&old_balancer.events, &new_balancer.events);
         new_events.shed.store(old_events.shed.load(Ordering::Relaxed), Ordering::Relaxed);
         new_events.diverted.store(old_events.diverted.load(Ordering::Relaxed), Ordering::Relaxed);
+        // Ejections carried over are counted again by the first review (due at once).
+        new_events.ejected.store(old_events.ejected.load(Ordering::Relaxed), Ordering::Relaxed);
         let old_members: Vec<usize> = (0..old_balancer.member_slots.load(Ordering::Acquire))
             .filter_map(|i| old.member_index(old_balancer, i as usize))
             .collect();
@@ -152,4 +154,17 @@ fn restore(member: &MemberSlot, old: &Segment, previous: usize) {
     to.bits.store(from.bits.load(Ordering::Relaxed), Ordering::Relaxed);
     to.at_us.store(from.at_us.load(Ordering::Relaxed), Ordering::Relaxed);
     to.samples.store(from.samples.load(Ordering::Relaxed), Ordering::Relaxed);
+    // An ejected member stays ejected, and its ejections keep counting and doubling.
+    let (from, to) = (&before.health, &member.health);
+    for (from, to) in [
+        (&from.ejected_until_us, &to.ejected_until_us),
+        (&from.ejections, &to.ejections),
+        (&from.returned_us, &to.returned_us),
+        (&from.succeeded_us, &to.succeeded_us),
+    ] {
+        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    for (from, to) in [(&from.reason, &to.reason), (&from.level, &to.level)] {
+        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }

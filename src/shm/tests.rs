@@ -294,5 +294,5 @@ fn what_picks_read_is_apart_from_what_ends_write() {
     assert_eq!(offset_of!(MemberSlot, load), 0);
     assert_eq!(offset_of!(MemberSlot, latency), 64);
     assert_eq!(offset_of!(MemberSlot, life), 128);
-    assert_eq!(size_of::<MemberSlot>(), 192);
+    assert_eq!(size_of::<MemberSlot>(), 256);
 }
