@@ -9,23 +9,26 @@
 //!   ([`failover`]);
 //! - **refusal**: every candidate was at its cap: no attempt, a `Retry-After`, and the request
 //!   counts once as shed if it ends without being served ([`refuse`]);
+//! - **answer**: the first byte of the member's answer goes out ([`FirstByte`]): the attempt no
+//!   longer waits (`bylatency`'s stall signal), and its latency is known;
 //! - **end**: when the request's pool goes (the answer sent, the client gone, an error, a
-//!   timeout, an HTTP/2 stream end), the attempt ends, failed if the member is in error now or
-//!   the answer is a gateway error, and its latency (from the pick to the first byte of the
-//!   answer, [`FirstByte`]) goes into the member's estimate;
+//!   timeout, an HTTP/2 stream end), the attempt ends, failed on the shared counters if the
+//!   member is in error now or the answer is a gateway error; its outcome, classified by the
+//!   balancer's `failures=` ([`Answer`]), goes to outlier detection and, with its latency
+//!   (from the pick to the first byte of the answer), to the member's estimate;
 //! - **kill**: a process killed with attempts under way never ends them; the parent does, when
 //!   it reaps the process (`shm::attempt::reap`).
 
 use super::module::{PROVIDERS, runtime};
+use crate::config::BalancerSettings;
 use crate::httpd::filter::{self, FirstOutput};
 use crate::httpd::log::{Level, log_request};
 use crate::httpd::proxy::{AttemptStart, ProxyConf};
 use crate::httpd::request::RequestState;
 use crate::httpd::{Request, Worker};
-use crate::methods::bylatency;
-use crate::shm::{Attempt, Outcome, monotonic_us};
+use crate::methods::{bylatency, outlier};
+use crate::shm::{Attempt, BalancerSlot, Outcome, monotonic_us};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 /// This module's state for one request.
 #[derive(Default)]
@@ -46,8 +49,9 @@ struct Current {
     /// monotonic microseconds.
     picked_us: u64,
     first_byte_us: u64,
-    /// The balancer's `LBLatencyDecay`, for the latency sample.
-    decay: Duration,
+    /// The balancer it was picked on, and its settings.
+    balancer: &'static BalancerSlot,
+    settings: &'static BalancerSettings,
     /// A probe: its answer replaces the member's latency estimate.
     probe: bool,
     /// mod_proxy has sent it (its scheme handler ran for this member).
@@ -59,26 +63,56 @@ pub struct Picked {
     pub attempt: Attempt,
     pub worker: Worker,
     pub picked_us: u64,
-    pub decay: Duration,
+    pub balancer: &'static BalancerSlot,
+    pub settings: &'static BalancerSettings,
     /// A probe (see `methods::Choice::is_probe`).
     pub probe: bool,
 }
 
+impl Picked {
+    fn into_current(self, sent: bool) -> Current {
+        let Picked { mut attempt, worker, picked_us, balancer, settings, probe } = self;
+        attempt.await_answer(picked_us);
+        Current { attempt, worker, picked_us, first_byte_us: 0, balancer, settings, probe, sent }
+    }
+}
+
 /// Makes `picked` the request's attempt.
 pub fn start(r: Request<'_>, picked: Picked) {
-    let Picked { attempt, worker, picked_us, decay, probe } = picked;
-    r.with_state(|state: &mut Requested| {
-        state.begin(r, Current { attempt, worker, picked_us, first_byte_us: 0, decay, probe, sent: false })
-    });
+    r.with_state(|state: &mut Requested| state.begin(r, picked.into_current(false)));
 }
 
 /// The request is picking again: its attempt failed, and ends now.
 pub fn failover(r: Request<'_>) {
     r.with_state(|state: &mut Requested| {
         if let Some(current) = state.current.take() {
-            current.end(Outcome::Failed);
+            current.end(Outcome::Failed, Answer::None);
         }
     });
+}
+
+/// What the member answered an attempt, for `failures=` (`config::Failures`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// Nothing: a gateway failure (no connection, a timeout, an error answered by httpd for
+    /// it, or given up for another member).
+    None,
+    /// Its own answer, with this status.
+    Status(u16),
+    /// Neither: the request ended before the member answered, without an error (the client
+    /// went away first). Says nothing of the member.
+    Unknown,
+}
+
+impl Answer {
+    /// Whether the balancer's `failures=` count it as a failure; `None`: no evidence either way.
+    fn failed(self, settings: &BalancerSettings) -> Option<bool> {
+        match self {
+            Answer::None => Some(settings.failures().counts(None)),
+            Answer::Status(status) => Some(settings.failures().counts(Some(status))),
+            Answer::Unknown => None,
+        }
+    }
 }
 
 /// Every candidate was at its cap: the request is refused (httpd answers 503), with a
@@ -94,7 +128,7 @@ pub fn refuse(r: Request<'_>, shed: &'static AtomicU64) -> u64 {
 impl Requested {
     fn begin(&mut self, r: Request<'_>, current: Current) {
         if let Some(previous) = self.current.replace(current) {
-            previous.end(Outcome::Failed);
+            previous.end(Outcome::Failed, Answer::None);
         }
         if self.shed.take().is_some() {
             // Refused before, served now (the balancer's timeout= let httpd ask again).
@@ -114,9 +148,19 @@ impl RequestState for Requested {
         if let Some(current) = self.current.take() {
             // The outcome is known only now: httpd's own error answers (a backend timeout, a
             // member refusing) never pass through the first-byte filter.
-            let gateway_error = matches!(r.status(), 502..=504);
-            let failed = gateway_error || current.worker.state().in_error();
-            current.end(if failed { Outcome::Failed } else { Outcome::Completed });
+            let status = u16::try_from(r.status()).unwrap_or(500);
+            let in_error = current.worker.state().in_error();
+            let failed = matches!(status, 502..=504) || in_error;
+            // The member's own answer: its first byte went out, or `ProxyErrorOverride` put
+            // httpd's error page in its place (which bypasses the request's filters). No answer
+            // and an error status: httpd answered for it.
+            let answered = current.first_byte_us != 0 || r.note(c"proxy-error-override").is_some();
+            let answer = match (answered, status >= 500 || in_error) {
+                (true, _) => Answer::Status(status),
+                (false, true) => Answer::None,
+                (false, false) => Answer::Unknown,
+            };
+            current.end(if failed { Outcome::Failed } else { Outcome::Completed }, answer);
         }
         if let Some(shed) = self.shed.take() {
             shed.fetch_add(1, Ordering::Relaxed);
@@ -125,18 +169,26 @@ impl RequestState for Requested {
 }
 
 impl Current {
-    /// Ends the attempt, and gives its latency to the member's estimate.
-    fn end(self, outcome: Outcome) {
+    /// Ends the attempt with `outcome` on the shared counters; `answer`, as the balancer's
+    /// `failures=` classifies it, goes to outlier detection and, with the latency, to the
+    /// member's estimate.
+    fn end(self, outcome: Outcome, answer: Answer) {
         let segment = *self.attempt.segment();
         let member = self.attempt.member();
         self.attempt.end(outcome);
+        let Some(slot) = segment.member(member) else { return };
         let now = monotonic_us();
+        let failed = answer.failed(self.settings);
+        if let (Some(outliers), Some(failed)) = (self.settings.outlier_detection(), failed)
+            && outlier::note(&slot.health, failed, outliers, now)
+        {
+            outlier::want_review(&self.balancer.events);
+        }
+        let failed = failed.unwrap_or(false);
         let answered = if self.first_byte_us != 0 { self.first_byte_us } else { now };
         let sample = answered.saturating_sub(self.picked_us) as f64;
-        if let Some(slot) = segment.member(member) {
-            let failed = outcome == Outcome::Failed;
-            bylatency::record(slot, sample, failed, self.probe, now, self.decay.as_micros() as u64);
-        }
+        let decay = self.settings.latency_decay().as_micros() as u64;
+        bylatency::record(slot, sample, failed, self.probe, now, decay);
     }
 }
 
@@ -150,6 +202,7 @@ impl FirstOutput for FirstByte {
                 && current.first_byte_us == 0
             {
                 current.first_byte_us = monotonic_us();
+                current.attempt.answered(current.first_byte_us);
             }
         });
     }
@@ -189,12 +242,10 @@ impl AttemptStart for Started {
             let segment = runtime.generation.segment();
             let Some(member) = segment.member_index(slot.shared, worker.index() as usize) else { return };
             let Some(attempt) = runtime.generation.counts().begin(member, u64::MAX) else { return };
-            let decay = slot.settings.latency_decay();
             let picked_us = monotonic_us();
-            state.begin(
-                r,
-                Current { attempt, worker, picked_us, first_byte_us: 0, decay, probe: false, sent: true },
-            );
+            let (balancer, settings) = (slot.shared, slot.settings);
+            let picked = Picked { attempt, worker, picked_us, balancer, settings, probe: false };
+            state.begin(r, picked.into_current(true));
             log_request!(r, Level::Debug, "sticky session routed to {} (counted)", worker.name());
         });
     }

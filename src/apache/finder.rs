@@ -5,7 +5,9 @@
 //! 1. ends the request's previous attempt, if any: a new pick for the same request is a
 //!    failover, so that attempt failed and must stop counting against its member at once;
 //! 2. collects the **eligible members**: asks httpd which members may take the request now
-//!    (lbset tiers, hot spares and standbys, drain, disabled, error/retry, health checks);
+//!    (lbset tiers, hot spares and standbys, drain, disabled, error/retry, health checks),
+//!    and, with `LBOutlierDetection`, leaves out the ejected ones (reviewing the balancer's
+//!    members first when a review is due: `methods::outlier`);
 //! 3. **weighs** each one into a [`Candidate`]: live loadfactor, ramped down during slow start
 //!    (members coming back are noted first), its exact in-flight count, `LBMaxInflight` cap
 //!    and tier;
@@ -24,11 +26,12 @@
 use super::attempts::{self, Picked};
 use super::generation::{BalancerRef, Local};
 use super::module::{Runtime, runtime};
-use crate::config::BalancerSettings;
+use crate::config::{BalancerSettings, Outliers};
 use crate::httpd::log::{Level, log_request, log_server};
 use crate::httpd::proxy::Finder;
 use crate::httpd::request::Expression;
 use crate::httpd::{Balancer, Request, Server, Worker, process};
+use crate::methods::outlier::{self, Event, Reviewed};
 use crate::methods::{
     Candidate, METHODS, Member, NO_LIMIT, Pick, Registered, SharedCounts, Tier, slow_start,
 };
@@ -74,6 +77,10 @@ fn pick(
         return None;
     }
     let now = monotonic_us();
+    if let Some(outliers) = slot.settings.outlier_detection() {
+        review_outliers(runtime, balancer, slot, outliers, now, r.server());
+        leave_out_ejected(runtime, slot, &mut local.offered, now);
+    }
     if slot.settings.slow_start.is_some() {
         observe_members(runtime, balancer, slot, now);
     }
@@ -99,11 +106,9 @@ fn pick(
             // Candidates are in the order of `offered` (both by worker index).
             let worker = local.offered[choice.position];
             if let Some(attempt) = counts.taken.take() {
-                let decay = slot.settings.latency_decay();
-                attempts::start(
-                    r,
-                    Picked { attempt, worker, picked_us: now, decay, probe: choice.is_probe() },
-                );
+                let (balancer, settings) = (slot.shared, slot.settings);
+                let probe = choice.is_probe();
+                attempts::start(r, Picked { attempt, worker, picked_us: now, balancer, settings, probe });
             }
             log_request!(
                 r,
@@ -246,15 +251,85 @@ fn warn_once_no_key(r: Request<'_>) {
     }
 }
 
-/// Slow start: records, for every member of the balancer, whether it can take requests now;
-/// a member seen out that is back starts its ramp.
+/// Slow start: records, for every member of the balancer, whether it can take requests now
+/// (an ejected member cannot); a member seen out that is back starts its ramp.
 fn observe_members(runtime: &Runtime, balancer: Balancer, slot: &BalancerRef<'_>, now: u64) {
     let segment = runtime.generation.segment();
     for worker in balancer.initialized_workers() {
         let state = worker.state();
         if let Some(member) = segment.member_of(slot.shared, state.index as usize) {
-            slow_start::observe(member, state.selectable(), now);
+            let usable = state.selectable() && !outlier::ejected(&member.health, now);
+            slow_start::observe(member, usable, now);
         }
+    }
+}
+
+/// Outlier detection: reviews the balancer's members if a review is due (one process at a
+/// time), and logs what it did.
+fn review_outliers(
+    runtime: &Runtime,
+    balancer: Balancer,
+    slot: &BalancerRef<'_>,
+    settings: &Outliers,
+    now: u64,
+    server: Option<Server>,
+) {
+    let Some(claim) = outlier::claim_review(&slot.shared.events, now) else { return };
+    let segment = runtime.generation.segment();
+    let (workers, members): (Vec<Worker>, Vec<Reviewed<'_>>) = balancer
+        .initialized_workers()
+        .filter_map(|worker| {
+            let state = worker.state();
+            let member = segment.member_of(slot.shared, state.index as usize)?;
+            let tier = Tier { lbset: state.lbset, standby: state.standby() };
+            Some((worker, Reviewed { slot: member, tier, usable: state.selectable() }))
+        })
+        .unzip();
+    let mut events = Vec::new();
+    outlier::review(claim, &slot.shared.events, &members, settings, now, &mut events);
+    let name = balancer.name();
+    for event in events {
+        match event {
+            Event::Ejected { position, why, length, ejections, detail } => log_server!(
+                server,
+                Level::Notice,
+                "{name}: member {} ejected for {}: {} ({}; ejection {ejections}); it comes back on its own",
+                workers[position].name(),
+                outlier::seconds(length),
+                outlier::describe(why, detail),
+                why.name()
+            ),
+            Event::Returned { position } => log_server!(
+                server,
+                Level::Notice,
+                "{name}: member {} is back from its ejection",
+                workers[position].name()
+            ),
+            Event::Spared { position, why, because, detail } => log_server!(
+                server,
+                Level::Info,
+                "{name}: member {} is not ejected although {}: {}",
+                workers[position].name(),
+                outlier::describe(why, detail),
+                because.reason()
+            ),
+        }
+    }
+}
+
+/// Leaves the ejected members out of the ones httpd offered, unless that leaves none.
+fn leave_out_ejected(runtime: &Runtime, slot: &BalancerRef<'_>, offered: &mut Vec<Worker>, now: u64) {
+    if !outlier::any_ejected(&slot.shared.events) {
+        return;
+    }
+    let segment = runtime.generation.segment();
+    let ejected = |worker: &Worker| {
+        segment
+            .member_of(slot.shared, worker.index() as usize)
+            .is_some_and(|m| outlier::ejected(&m.health, now))
+    };
+    if !offered.iter().all(ejected) {
+        offered.retain(|worker| !ejected(worker));
     }
 }
 

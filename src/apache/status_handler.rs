@@ -8,7 +8,7 @@ use crate::config::BalancerSettings;
 use crate::httpd::hooks::StatusForm;
 use crate::httpd::proxy::{STATE_WORDS, WorkerState};
 use crate::httpd::{Balancer, Request, Server, Worker, status};
-use crate::methods::{self, Scored, bylatency, slow_start};
+use crate::methods::{self, Scored, bylatency, outlier, slow_start};
 use crate::shm::{attempt, monotonic_us};
 use crate::status::{self as page, BalancerStatus, MemberStatus, Query, ServerStatusForm, Snapshot};
 use std::sync::atomic::Ordering;
@@ -101,6 +101,10 @@ fn balancer_status(runtime: &Runtime, server: Server, balancer: Balancer, now: u
         .map(|(((worker, state), member), (scored, score))| {
             let totals = member.map(|m| attempt::totals(segment, m)).unwrap_or_default();
             let slot_of_member = member.and_then(|m| segment.member(m));
+            let outlier_state = slot_of_member
+                .filter(|_| settings.outlier_detection().is_some())
+                .map(|m| outlier::state(&m.health, now))
+                .unwrap_or_default();
             MemberStatus {
                 name: worker.name(),
                 route: worker.route(),
@@ -129,6 +133,11 @@ fn balancer_status(runtime: &Runtime, server: Server, balancer: Balancer, now: u
                 handed_over: totals.handed_over,
                 elected: state.elected,
                 busy: state.busy,
+                ejected: outlier_state.ejected.is_some(),
+                ejection_reason: outlier_state.ejected.map(|(why, _)| why.name()),
+                ejection_seconds_left: outlier_state.ejected.map(|(_, left)| left.as_secs_f64()),
+                ejections: outlier_state.ejections,
+                consecutive_failures: outlier_state.consecutive,
             }
         })
         .collect();
@@ -146,6 +155,7 @@ fn balancer_status(runtime: &Runtime, server: Server, balancer: Balancer, now: u
         hash_table_size: table.as_ref().map(|(size, _)| *size),
         diverted: slot.as_ref().map_or(0, |s| s.shared.events.diverted.load(Ordering::Relaxed)),
         latency_decay_seconds: settings.latency_decay().as_secs_f64(),
+        outlier_detection: settings.outlier_detection().map(|o| o.to_string()),
         members,
     }
 }

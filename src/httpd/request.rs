@@ -61,6 +61,12 @@ impl<'r> Request<'r> {
         unsafe { text((*self.raw()).args) }
     }
 
+    /// The server (virtual host) serving the request.
+    pub fn server(self) -> Option<super::Server> {
+        // SAFETY: the request's server is a server record of the current generation.
+        unsafe { super::Server::from_raw((*self.raw()).server) }
+    }
+
     /// The answer's status so far.
     pub fn status(self) -> i32 {
         // SAFETY: a plain field of the live request.

@@ -14,6 +14,7 @@ pub mod byhash;
 pub mod byinflight;
 pub mod bylatency;
 pub mod byweight;
+pub mod outlier;
 pub mod slow_start;
 pub mod tables;
 
@@ -259,8 +260,8 @@ pub struct LocalState {
     checked: Option<(u64, bool)>,
     /// `byhash`: the walk's scratch.
     seen: Vec<bool>,
-    /// `bylatency`: the candidates' estimates, read once per pick.
-    latencies: Vec<Option<f64>>,
+    /// `bylatency`: this process's view of the members' estimates and stalls.
+    latency: bylatency::View,
 }
 
 /// Where each member of the tables is among the candidates of the pick under way.
