@@ -89,7 +89,10 @@ fn segment(members: usize) -> (Segment, usize) {
     let counts = shm::Counts::new(segment, None);
     for i in 0..members {
         let member = segment.member(i).expect("in range");
-        bylatency::record(member, 2_000.0 + (i * 5 % 39) as f64 * 1_000.0, false, false, 1, 10_000_000);
+        // Two samples: a member ranks on its estimate from its second.
+        for _ in 0..2 {
+            bylatency::record(member, 2_000.0 + (i * 5 % 39) as f64 * 1_000.0, false, false, 1, 10_000_000);
+        }
         for _ in 0..(i as u64 * 7) % 13 {
             // Held for the whole run: in flight (an attempt stays counted until it is ended).
             let _held = counts.begin(i, u64::MAX);
