@@ -45,7 +45,7 @@ const STYLE: &str = concat!(
     "border:1px solid currentColor}",
     ".st-ok{color:var(--ok);background:var(--ok-bg)}",
     ".st-draining{color:var(--warn);background:var(--warn-bg)}",
-    ".st-error,.st-hcheck-failed{color:var(--bad);background:var(--bad-bg)}",
+    ".st-error,.st-hcheck-failed,.st-ejected{color:var(--bad);background:var(--bad-bg)}",
     ".st-disabled,.st-stopped,.st-shutdown{color:var(--off);background:var(--off-bg)}",
     ".st-standby,.st-spare{color:var(--role);background:var(--role-bg)}",
     ".st-initializing{color:var(--init);background:var(--init-bg)}",
@@ -156,6 +156,9 @@ fn balancer_section(out: &mut String, b: &BalancerStatus) {
         None => "none".to_string(),
     };
     let _ = write!(out, "<p class=\"settings\">Slow start: {slow_start}. In-flight cap: {cap}.");
+    if let Some(outliers) = &b.outlier_detection {
+        let _ = write!(out, " Outlier detection: {}.", escape(outliers));
+    }
     match b.method.as_str() {
         "bylatency" => {
             let _ = write!(out, " Latency decay: {} s.", b.latency_decay_seconds);
@@ -199,7 +202,7 @@ impl Shares {
         let selected: u64 = b.members.iter().map(|m| m.selected).sum();
         let picks =
             b.members.iter().map(|m| (selected > 0).then(|| m.selected as f64 / selected as f64)).collect();
-        let taking = |m: &MemberStatus| m.state == "ok";
+        let taking = |m: &MemberStatus| m.state == "ok" && !m.ejected;
         let tier = b.members.iter().filter(|m| taking(m)).map(|m| m.lbset).min();
         let in_rotation = |m: &MemberStatus| taking(m) && Some(m.lbset) == tier;
         let total: f64 = b.members.iter().filter(|m| in_rotation(m)).map(|m| m.effective_weight).sum();
@@ -226,10 +229,17 @@ fn member_row(out: &mut String, m: &MemberStatus, picks: Option<f64>, weight: Op
     }
     out.push_str("</div></td>");
 
-    // State, in colour and in words, with every flag set.
+    // State, in colour and in words, with every flag set; an ejection, why and how long.
     let _ = write!(out, "<td>{}", state_badge(m.state));
+    if let (true, Some(why), Some(left)) = (m.ejected, m.ejection_reason, m.ejection_seconds_left) {
+        let _ =
+            write!(out, " {}<div class=\"small\">{why}, back in {left:.1} s</div>", state_badge("ejected"));
+    }
     if !m.flags.is_empty() {
         let _ = write!(out, "<div class=\"small\">{}</div>", escape(&m.flags.join(", ")));
+    }
+    if m.ejections > 0 {
+        let _ = write!(out, "<div class=\"small\">{} ejection(s) so far</div>", m.ejections);
     }
     out.push_str("</td>");
 
@@ -406,6 +416,11 @@ mod tests {
             "header and 2 members"
         );
         assert!(html.contains("<tr class=\"down\">"), "the member in error");
+        assert!(html.contains("<span class=\"st st-ejected\">ejected</span><div class=\"small\">success-rate, back in 7.5 s</div>"), "{html}");
+        assert!(
+            html.contains("2 ejection(s) so far")
+                && html.contains("Outlier detection: on consecutive=5 eject=10s.")
+        );
         // First member: every selection so far, all the weight taking requests; 2 of a cap of 8.
         assert!(html.contains("100% of picks · 100% of weight"), "{html}");
         assert!(html.contains("<b>2</b> / 8"));

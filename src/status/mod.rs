@@ -52,6 +52,8 @@ pub struct BalancerStatus {
     pub diverted: u64,
     /// `bylatency`: `LBLatencyDecay` in seconds.
     pub latency_decay_seconds: f64,
+    /// `LBOutlierDetection`, as written (`null`: off).
+    pub outlier_detection: Option<String>,
     pub members: Vec<MemberStatus>,
 }
 
@@ -105,6 +107,14 @@ pub struct MemberStatus {
     /// httpd's own counters, as balancer-manager shows them (`Elected`, `Busy`).
     pub elected: u64,
     pub busy: u64,
+    /// Outlier detection: ejected now (the methods are not offered it), why
+    /// (`consecutive-failures` or `success-rate`) and for how many more seconds; ejections
+    /// so far, and failures in a row now.
+    pub ejected: bool,
+    pub ejection_reason: Option<&'static str>,
+    pub ejection_seconds_left: Option<f64>,
+    pub ejections: u64,
+    pub consecutive_failures: u32,
 }
 
 /// The format a status request asks for with `?format=`.
@@ -229,6 +239,7 @@ pub(crate) mod tests {
                 hash_table_size: None,
                 diverted: 0,
                 latency_decay_seconds: 10.0,
+                outlier_detection: Some("on consecutive=5 eject=10s".into()),
                 members: vec![
                     MemberStatus {
                         name: "http://127.0.0.1:8081".into(),
@@ -254,6 +265,11 @@ pub(crate) mod tests {
                         handed_over: 0,
                         elected: 10,
                         busy: 2,
+                        ejected: false,
+                        ejection_reason: None,
+                        ejection_seconds_left: None,
+                        ejections: 2,
+                        consecutive_failures: 1,
                     },
                     MemberStatus {
                         name: "http://127.0.0.1:8082/?a=1&b=\"2\"".into(),
@@ -279,6 +295,11 @@ pub(crate) mod tests {
                         handed_over: 0,
                         elected: 0,
                         busy: 0,
+                        ejected: true,
+                        ejection_reason: Some("success-rate"),
+                        ejection_seconds_left: Some(7.5),
+                        ejections: 1,
+                        consecutive_failures: 0,
                     },
                 ],
             }],

@@ -102,6 +102,30 @@ const MEMBER_FAMILIES: &[MemberFamily] = &[
         |m| m.score.map(Value::Real),
     ),
     (
+        "lbrs_member_ejected",
+        "gauge",
+        "1 while outlier detection (LBOutlierDetection) keeps the member ejected: no method is offered it; else 0.",
+        |m| Some(Value::Count(u64::from(m.ejected))),
+    ),
+    (
+        "lbrs_member_ejection_remaining_seconds",
+        "gauge",
+        "How long the member's ejection lasts still; absent while it is not ejected.",
+        |m| m.ejection_seconds_left.map(Value::Real),
+    ),
+    (
+        "lbrs_member_ejections_total",
+        "counter",
+        "Times outlier detection ejected the member, since Apache started.",
+        |m| Some(Value::Count(m.ejections)),
+    ),
+    (
+        "lbrs_member_consecutive_failures",
+        "gauge",
+        "The member's failures in a row now, as outlier detection counts them (LBOutlierDetection failures=).",
+        |m| Some(Value::Count(u64::from(m.consecutive_failures))),
+    ),
+    (
         "lbrs_member_hash_share_ratio",
         "gauge",
         "byhash: the member's share of the hash table's slots, from 0 to 1; absent with the other methods.",
@@ -322,6 +346,11 @@ mod tests {
             "lbrs_member_inflight{server=\"localhost:80\",balancer=\"balancer://app\",member=\"http://127.0.0.1:8081\"} 2"
         );
         assert_eq!(lines(&text, "lbrs_member_selected_total").len(), 2);
+        let ejected = lines(&text, "lbrs_member_ejected");
+        assert!(ejected[0].ends_with(" 0") && ejected[1].ends_with(" 1"), "{ejected:?}");
+        assert!(lines(&text, "lbrs_member_ejections_total")[0].ends_with(" 2"));
+        let left = lines(&text, "lbrs_member_ejection_remaining_seconds");
+        assert!(left.len() == 1 && left[0].ends_with(" 7.5"), "only the ejected member: {left:?}");
         assert!(
             text.contains(
                 "lbrs_balancer_shed_total{server=\"localhost:80\",balancer=\"balancer://app\"} 4\n"

@@ -46,7 +46,7 @@ fn auto(snapshot: &Snapshot) -> String {
             let _ = writeln!(
                 out,
                 "LBRSMember: server={} balancer={} member={} route={} state={} up={} inflight={} limit={} selected={} \
-                 completed={} failed={} latency_ms={} weight={} loadfactor={} slow_start={}",
+                 completed={} failed={} latency_ms={} weight={} loadfactor={} slow_start={} ejected={} ejections={}",
                 field(&b.server),
                 field(&b.name),
                 field(&m.name),
@@ -62,6 +62,8 @@ fn auto(snapshot: &Snapshot) -> String {
                 m.effective_weight,
                 m.loadfactor,
                 m.slow_start_progress.map_or(String::new(), |p| format!("{p:.3}")),
+                u8::from(m.ejected),
+                m.ejections,
             );
         }
     }
@@ -117,7 +119,7 @@ fn html(snapshot: &Snapshot, tables: bool) -> String {
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     escape(&m.name),
                     escape(&m.route),
-                    escape(m.state),
+                    escape(state(m)),
                     m.inflight,
                     m.max_inflight.map_or(String::new(), |n| n.to_string()),
                     m.selected,
@@ -134,7 +136,7 @@ fn html(snapshot: &Snapshot, tables: bool) -> String {
                     out,
                     "<li>{}: {}, {} in flight, {} selected, {} failed, latency {} ms, weight {}</li>",
                     escape(&m.name),
-                    escape(m.state),
+                    escape(state(m)),
                     m.inflight,
                     m.selected,
                     m.failed,
@@ -146,6 +148,11 @@ fn html(snapshot: &Snapshot, tables: bool) -> String {
         }
     }
     out
+}
+
+/// The member's state, `ejected` while outlier detection keeps it out.
+fn state(m: &MemberStatus) -> &'static str {
+    if m.ejected { "ejected" } else { m.state }
 }
 
 fn latency(m: &MemberStatus) -> String {
@@ -186,6 +193,7 @@ mod tests {
         );
         assert!(lines[2].contains(" route= state=error up=0 "), "{}", lines[2]);
         assert!(lines[2].contains(" latency_ms= "), "{}", lines[2]);
+        assert!(lines[1].ends_with(" ejected=0 ejections=2") && lines[2].ends_with(" ejected=1 ejections=1"));
         // Every line is `Key: value`, and every field one word.
         for line in lines {
             let (_, fields) = line.split_once(": ").unwrap();
