@@ -14,7 +14,8 @@ fn with_balancer(inside: &str, outside: &str) -> String {
 fn good_settings_pass() {
     let body = with_balancer(
         "    LBSlowStart 30s\n    LBMaxInflight 8 per-loadfactor\n    LBHashKey \"%{REMOTE_ADDR}\"\n    \
-         LBHashBalanceFactor 1.5\n    LBLatencyDecay 5s",
+         LBHashBalanceFactor 1.5\n    LBLatencyDecay 5s\n    \
+         LBOutlierDetection on failures=gateway,5xx,429 consecutive=3 eject=30s max-eject=10m max-ejected=25%",
         "",
     );
     let (ok, output) = config_test(&ApacheConfig::new(&body));
@@ -95,6 +96,28 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
         ("    LBLatencyDecay -1s", "", &["LBLatencyDecay", "\"-1s\""]),
         ("    LBLatencyDecay NaN", "", &["LBLatencyDecay", "\"NaN\""]),
         ("    LBLatencyDecay", "", &["LBLatencyDecay", "usage"]),
+        ("    LBOutlierDetection", "", &["LBOutlierDetection", "on or off"]),
+        ("    LBOutlierDetection yes", "", &["LBOutlierDetection", "\"yes\""]),
+        (
+            "    LBOutlierDetection on consecutive=many",
+            "",
+            &["LBOutlierDetection", "\"many\" in \"consecutive=many\""],
+        ),
+        ("    LBOutlierDetection on eject=0", "", &["LBOutlierDetection", "\"0\" in \"eject=0\""]),
+        (
+            "    LBOutlierDetection on max-ejected=60",
+            "",
+            &["LBOutlierDetection", "\"60\" in \"max-ejected=60\""],
+        ),
+        ("    LBOutlierDetection on failures=5xx,299", "", &["LBOutlierDetection", "\"299\""]),
+        ("    LBOutlierDetection on stdev=-2", "", &["LBOutlierDetection", "\"-2\" in \"stdev=-2\""]),
+        ("    LBOutlierDetection on ejectt=10s", "", &["LBOutlierDetection", "unknown parameter \"ejectt\""]),
+        (
+            "    LBOutlierDetection on interval",
+            "",
+            &["LBOutlierDetection", "\"interval\": expected key=value"],
+        ),
+        ("    LBOutlierDetection on eject=1m max-eject=10s", "", &["LBOutlierDetection", "max-eject"]),
         // Misplaced: in other sections, or at the top of a virtual host.
         ("", "<Directory \"/tmp\">\n    LBSlowStart 5s\n</Directory>", &["LBSlowStart", "\"/tmp/\""]),
         (
@@ -173,6 +196,10 @@ fn what_httpd_would_accept_is_accepted() {
         ("    LBHashBalanceFactor 100", "the largest factor"),
         ("    LBLatencyDecay 10ms", "the shortest decay"),
         ("    LBLatencyDecay 1h", "the longest decay"),
+        ("    LBOutlierDetection off", "detection off"),
+        ("    LBOutlierDetection ON success-rate=off consecutive=0", "on in capitals, both grounds off"),
+        ("    LBOutlierDetection on failures=gateway", "gateway failures only"),
+        ("    LBOutlierDetection on stdev=10 min-requests=1000000 min-members=2 interval=1h", "the extremes"),
         ("    LBSlowStart 1ms", "the shortest ramp"),
         ("    LBSlowStart 60m", "the longest ramp, in minutes"),
         ("    LBHashKey \"%{HTTP:X-User}-%{REMOTE_ADDR}\"", "a composed key"),

@@ -232,3 +232,45 @@ fn a_lone_member_in_error_is_tried_again_at_once() {
     let _b = Backend::start_on(addr, BackendSpec::new("only")).unwrap();
     assert_eq!(get(&apache, "/", &[]).status, 503, "still in error for its retry time");
 }
+
+#[test]
+fn outlier_detection_ejects_a_member_that_fails_fast_and_nobody_for_a_shared_failure() {
+    let b = backends(&["a", "b", "c", "d"]);
+    let recipe = Recipe::load(DOC, "outliers")
+        .replace("http://10.0.0.11:8080", &b[0].url())
+        .replace("http://10.0.0.12:8080", &b[1].url())
+        .replace("http://10.0.0.13:8080", &b[2].url())
+        .replace("http://10.0.0.14:8080", &b[3].url());
+    let apache = start(recipe.text(), &[]);
+    // One URL every member answers with 500, alone and then among good requests: nobody out.
+    for i in 0..180 {
+        let path = if i < 60 || i % 3 == 0 { "/__error" } else { "/" };
+        let _ = apache.get(path);
+    }
+    for member in &b {
+        assert_eq!(status_of(&apache, "balancer://app", member)["ejections"], 0, "nobody ejected");
+    }
+    // b answers every request with an instant 500: out after 5 in a row, for 10 s.
+    b[1].set_failing(true);
+    let mut errors = 0;
+    for _ in 0..200 {
+        if apache.get("/").map(|r| r.status != 200).unwrap_or(true) {
+            errors += 1;
+        }
+    }
+    let status = status_of(&apache, "balancer://app", &b[1]);
+    assert_eq!(status["ejected"], true, "{status}");
+    assert_eq!(status["ejection_reason"], "consecutive-failures");
+    assert!(status["ejection_seconds_left"].as_f64().is_some_and(|s| s > 5.0 && s <= 10.0), "{status}");
+    assert!(errors <= 6, "clients saw {errors} errors: the failures before the ejection");
+    let log = apache.error_log();
+    let ejected = format!("balancer://app: member {} ejected for 10 s: ", b[1].url());
+    assert!(
+        log.contains(&ejected)
+            && log.contains("(consecutive-failures; ejection 1); it comes back on its own")
+    );
+    assert!(
+        log.contains("is not ejected although") && log.contains("no other member is succeeding"),
+        "{log}"
+    );
+}

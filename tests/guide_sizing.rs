@@ -65,9 +65,9 @@ fn caps_below_the_workers_shed_the_excess_at_once() {
     assert!(segment.contains("1 balancer, 2 member and 24 process slot(s)"), "{segment}");
     let bytes: f64 =
         segment.rsplit(", ").next().and_then(|s| s.strip_suffix(" bytes")).unwrap().parse().unwrap();
-    // The page's formula: 64 + 192 x balancers + 192 x member slots + 64 x rows + (rows + 1) x
+    // The page's formula: 64 + 192 x balancers + 256 x member slots + 64 x rows + (rows + 1) x
     // 32 x member slots rounded up to an even number.
-    let formula = 64.0 + 192.0 + 192.0 * 2.0 + 64.0 * 24.0 + 25.0 * 32.0 * 2.0;
+    let formula = 64.0 + 192.0 + 256.0 * 2.0 + 64.0 * 24.0 + 25.0 * 32.0 * 2.0;
     assert_eq!(bytes, formula, "the page's formula");
 }
 

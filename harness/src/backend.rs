@@ -6,7 +6,10 @@
 //! Every response carries `X-Backend: <name>` and the name as its body. A request whose path
 //! contains `/__reset` gets its connection reset without an answer (a crashing backend); one
 //! whose path contains `/health` gets 503 while the backend is marked unhealthy, and every request
-//! does while it is in maintenance. A request whose path contains `/__headers` gets, after the
+//! does while it is in maintenance. A request whose path contains `/__error` gets a `500` at once
+//! (an application bug every backend shares), and every request does while the backend is
+//! failing ([`Backend::set_failing`]: up, but answering errors fast). A request whose path
+//! contains `/__headers` gets, after the
 //! name, its request line and headers as the backend received them (to see what a proxy
 //! added); one whose path contains `/__redirect` gets a `302` to `http://<its Host>/landing`
 //! and a cookie for that host, as an application that builds its own URLs does.
@@ -48,9 +51,12 @@ impl BackendSpec {
 /// What a backend has seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendStats {
+    /// Requests received (the errors answered included).
     pub requests: u64,
     pub inflight: u64,
     pub max_inflight: u64,
+    /// Requests answered `500` (failing, or `/__error`).
+    pub errors: u64,
 }
 
 struct Shared {
@@ -63,6 +69,8 @@ struct Shared {
     stopping: AtomicBool,
     unhealthy: AtomicBool,
     maintenance: AtomicBool,
+    failing: AtomicBool,
+    errors: AtomicU64,
     connections: Mutex<Connections>,
 }
 
@@ -94,6 +102,8 @@ impl Backend {
             stopping: AtomicBool::new(false),
             unhealthy: AtomicBool::new(false),
             maintenance: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
             connections: Mutex::new(Connections::default()),
         });
         let accept_shared = Arc::clone(&shared);
@@ -120,6 +130,7 @@ impl Backend {
             requests: self.shared.requests.load(Ordering::SeqCst),
             inflight: self.shared.inflight.load(Ordering::SeqCst),
             max_inflight: self.shared.max_inflight.load(Ordering::SeqCst),
+            errors: self.shared.errors.load(Ordering::SeqCst),
         }
     }
 
@@ -134,6 +145,13 @@ impl Backend {
         self.shared.maintenance.store(on, Ordering::SeqCst);
     }
 
+    /// Makes every request answer `500 Internal Server Error` at once (true), as an application
+    /// whose database went away does while its server stays up, or serve again (false). Health
+    /// checks of `/health` still pass: the process is up.
+    pub fn set_failing(&self, failing: bool) {
+        self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
     /// Makes `/health` answer 503 (false) or 200 (true), for health checks.
     pub fn set_healthy(&self, healthy: bool) {
         self.shared.unhealthy.store(!healthy, Ordering::SeqCst);
@@ -142,6 +160,7 @@ impl Backend {
     /// Forgets the counts so far (the most-in-flight mark restarts from the current count).
     pub fn reset_stats(&self) {
         self.shared.requests.store(0, Ordering::SeqCst);
+        self.shared.errors.store(0, Ordering::SeqCst);
         let now = self.shared.inflight.load(Ordering::SeqCst);
         self.shared.max_inflight.store(now, Ordering::SeqCst);
     }
@@ -232,6 +251,23 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
         if maintenance || (request.path.contains("/health") && shared.unhealthy.load(Ordering::SeqCst)) {
             let response = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
             writer.write_all(response.as_bytes())?;
+            continue;
+        }
+        let failing = shared.failing.load(Ordering::SeqCst) && !request.path.contains("/health");
+        if failing || request.path.contains("/__error") {
+            shared.requests.fetch_add(1, Ordering::SeqCst);
+            shared.errors.fetch_add(1, Ordering::SeqCst);
+            let body = format!("{}\n", shared.name);
+            let response = format!(
+                "HTTP/1.1 500 Internal Server Error\r\nX-Backend: {}\r\nContent-Length: {}\r\n\r\n{}",
+                shared.name,
+                body.len(),
+                if request.head { "" } else { &body }
+            );
+            writer.write_all(response.as_bytes())?;
+            if request.close {
+                return Ok(());
+            }
             continue;
         }
         let now = shared.inflight.fetch_add(1, Ordering::SeqCst) + 1;

@@ -128,6 +128,8 @@ pub struct NginxConfig {
     /// Parameters appended to every `server` line, e.g. `max_fails=1 fail_timeout=2s`; empty
     /// for none.
     pub server_params: String,
+    /// More directives for the proxied `location`, e.g. `proxy_next_upstream error http_500`.
+    pub location_lines: Vec<String>,
 }
 
 impl NginxConfig {
@@ -138,7 +140,14 @@ impl NginxConfig {
             zone: true,
             servers: servers.iter().map(|&s| (s, 1)).collect(),
             server_params: String::new(),
+            location_lines: Vec::new(),
         }
+    }
+
+    /// Adds a directive to the proxied `location` (without its `;`).
+    pub fn location_line(mut self, line: &str) -> NginxConfig {
+        self.location_lines.push(line.to_string());
+        self
     }
 
     pub fn worker_processes(mut self, workers: u32) -> NginxConfig {
@@ -178,6 +187,7 @@ impl NginxConfig {
             upstream.push_str(&format!("        server {addr} weight={weight}{params};\n"));
         }
         upstream.push_str("        keepalive 64;\n        keepalive_requests 1000000;\n    }\n");
+        let location: String = self.location_lines.iter().map(|l| format!("            {l};\n")).collect();
         format!(
             "daemon off;\nmaster_process on;\nworker_processes {workers};\npid {dir}/nginx.pid;\n\
              error_log {dir}/error.log warn;\n\
@@ -186,7 +196,7 @@ impl NginxConfig {
              keepalive_requests 1000000;\n    keepalive_timeout 60s;\n{upstream}    \
              server {{\n        listen 127.0.0.1:{port};\n        location / {{\n            \
              proxy_pass http://app;\n            proxy_http_version 1.1;\n            \
-             proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n",
+             proxy_set_header Connection \"\";\n{location}        }}\n    }}\n}}\n",
             workers = self.worker_processes.max(1),
             dir = dir.display(),
         )

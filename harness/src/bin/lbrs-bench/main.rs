@@ -14,7 +14,11 @@
 //! - `steady` (steady.rs): ten equal members, nothing happening: how evenly each method splits
 //!   the load, and at what latency;
 //! - `hash-load` (hash_load.rs): `byhash` against HAProxy (with and without its load bound) and
-//!   nginx under concurrency: how many keys keep one member, and what a hot key does.
+//!   nginx under concurrency: how many keys keep one member, and what a hot key does;
+//! - `failing`, `bad-url`, `pinned` (failing.rs): a member that answers every request with an
+//!   instant 500, a URL every member fails, a member that hangs: outlier detection and
+//!   `bylatency` against `failonstatus`, HAProxy's `observe layer7` and nginx's
+//!   `proxy_next_upstream`.
 //!
 //! What they share (options, Ctrl-C, loads, the servers and backends) is in common.rs; slicing a
 //! run by time (per-second shares, windows) is in windows.rs. In every scenario each run starts
@@ -34,6 +38,7 @@
 
 mod common;
 mod down;
+mod failing;
 mod hash;
 mod hash_load;
 mod recover;
@@ -64,6 +69,13 @@ End-to-end comparisons through the real apache2 (build the module first: cargo b
                     steady: 10 equal members: requests per member max/min, p50/p99;
                     hash-load: byhash against HAProxy and nginx hashing under concurrency,
                     with and without a hot key: keys kept on one member, diverted requests;
+                    failing: one member of four answering 500 at once from 5 s to 15 s of
+                    25 s: success, its share, time out and time back, every method with and
+                    without LBOutlierDetection, failonstatus, HAProxy observe, nginx resend;
+                    bad-url: 1% of requests to a URL every member fails: success of the
+                    others, req/s, p99, ejections;
+                    pinned: one member of eight answering in 2 s from 5 s to 15 s, clients
+                    giving up after 1 s: success, p99 before, requests sent to it;
                     all: every scenario (default); several: a comma-separated list
   --requests N      requests per measured run (default 30000 for shares, 20000 for slow,
                     hash and hash-load, 60000 for steady); a run also stops after 30 s;
@@ -86,10 +98,13 @@ pub enum Scenario {
     Down,
     Steady,
     HashLoad,
+    Failing,
+    BadUrl,
+    Pinned,
 }
 
 /// `--scenario all`, in the order they run.
-const ALL: [Scenario; 7] = [
+const ALL: [Scenario; 10] = [
     Scenario::Shares,
     Scenario::Slow,
     Scenario::Hash,
@@ -97,6 +112,9 @@ const ALL: [Scenario; 7] = [
     Scenario::Down,
     Scenario::Steady,
     Scenario::HashLoad,
+    Scenario::Failing,
+    Scenario::BadUrl,
+    Scenario::Pinned,
 ];
 
 /// The options, or `None` when help was asked for.
@@ -139,6 +157,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                         "down" => vec![Scenario::Down],
                         "steady" => vec![Scenario::Steady],
                         "hash-load" => vec![Scenario::HashLoad],
+                        "failing" => vec![Scenario::Failing],
+                        "bad-url" => vec![Scenario::BadUrl],
+                        "pinned" => vec![Scenario::Pinned],
                         "all" => ALL.to_vec(),
                         _ => return Err(invalid()),
                     });
@@ -172,6 +193,9 @@ fn run(options: &Options) -> Result<(), String> {
             Scenario::Down => down::run(options)?,
             Scenario::Steady => steady::run(options)?,
             Scenario::HashLoad => hash_load::run(options)?,
+            Scenario::Failing => failing::run_failing(options)?,
+            Scenario::BadUrl => failing::run_bad_url(options)?,
+            Scenario::Pinned => failing::run_pinned(options)?,
         }
     }
     Ok(())
