@@ -300,8 +300,12 @@ impl Ejecting<'_, '_> {
         }
         let health = &member.slot.health;
         let length = ejection_length(health, self.settings, self.now_us);
-        // It comes back with a clean slate: `consecutive` new failures eject it again.
+        // It comes back with a clean slate: `consecutive` new failures eject it again, and its
+        // success rate is judged on what it does after its return, not on the failures that
+        // ejected it.
         health.consecutive.store(0, Relaxed);
+        health.window_attempts.store(0, Relaxed);
+        health.window_failures.store(0, Relaxed);
         health.reason.store(why.code(), Relaxed);
         health.ejected_until_us.store(self.now_us + length.as_micros() as u64, Release);
         let ejections = health.ejections.fetch_add(1, Relaxed) + 1;

@@ -101,6 +101,13 @@ fn failure_contenders() -> Vec<Setup> {
         setups.push(Setup::Apache { label: plain, method, proxyset: "", section: extra });
         setups.push(Setup::Apache { label: detected, method, proxyset: "", section: both });
     }
+    // The default ejection (10 s) is as long as the failure: this one shows a return.
+    setups.push(Setup::Apache {
+        label: "byinflight +detection 2s",
+        method: "byinflight",
+        proxyset: "",
+        section: "LBOutlierDetection on eject=2s",
+    });
     setups.push(Setup::Apache { label: "byrequests", method: "byrequests", proxyset: "", section: "" });
     setups.push(Setup::Apache {
         label: "byrequests failonstatus",
