@@ -7,6 +7,7 @@ pub mod apache;
 pub mod backend;
 pub mod chromium;
 pub mod client;
+pub mod debian_box;
 pub mod ha;
 pub mod netns;
 pub mod peers;

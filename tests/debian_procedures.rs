@@ -1,0 +1,133 @@
+//! The guide's procedures on the real Debian layout: this machine's /etc/apache2 tree as the
+//! apache2 package installed it (Debian's ports.conf, default modules and site), copied into a
+//! private mount namespace inside a network namespace of the test's own
+//! (harness/src/debian_box.rs), changed with the commands the pages name (`a2enmod`,
+//! `a2ensite`, `apachectl -t`, then `apache2ctl graceful`, which is what `systemctl reload
+//! apache2` runs on Debian) and checked with `curl` as a sysadmin would. Apache must stay up
+//! through every step: the same parent process serves before and after each reload.
+
+use lbrs_harness::BackendSpec;
+use lbrs_harness::debian_box::{self, DebianBox};
+use lbrs_harness::netns::NsBackends;
+use lbrs_harness::recipe::Recipe;
+use std::net::SocketAddr;
+
+/// A box with the module installed (as scripts/install.sh does), or None after saying why
+/// this machine cannot have one.
+fn debian(tag: &str) -> Option<DebianBox> {
+    if let Some(why) = debian_box::unavailable() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let debian = DebianBox::create(tag).unwrap();
+    debian.install_module().unwrap();
+    Some(debian)
+}
+
+/// Three backends inside the box, on the quick start's loadfactors.
+fn backends(debian: &DebianBox) -> (NsBackends, [String; 3]) {
+    let addrs: [SocketAddr; 3] =
+        ["127.0.0.11:8080", "127.0.0.12:8080", "127.0.0.13:8080"].map(|a| a.parse().unwrap());
+    let running = NsBackends::start(
+        debian.netns(),
+        addrs.iter().zip(["a", "b", "c"]).map(|(addr, name)| (*addr, BackendSpec::new(name))).collect(),
+    )
+    .unwrap();
+    (running, addrs.map(|a| a.to_string()))
+}
+
+/// The quick start, literally: a2enmod, the site, a2dissite/a2ensite, -t, reload (here the
+/// first start). Returns the parent's pid.
+fn quick_start(debian: &DebianBox, members: &[String; 3]) -> u32 {
+    debian.ok("a2enmod proxy_http lbmethod_rs").unwrap();
+    let site = Recipe::load("docs/quick-start.md", "quick-start").fill(&[
+        ("10.0.0.11:8080", &members[0]),
+        ("10.0.0.12:8080", &members[1]),
+        ("10.0.0.13:8080", &members[2]),
+    ]);
+    debian.write("/etc/apache2/sites-available/app.conf", site.text()).unwrap();
+    debian.ok("a2dissite 000-default && a2ensite app && apachectl -t && apache2ctl start").unwrap();
+    let pid = wait_pid(debian);
+    let shares = tally(debian, 12);
+    assert_eq!(shares, [2, 4, 6], "the quick start's 1:2:3\n{}", debian.error_log());
+    pid
+}
+
+fn wait_pid(debian: &DebianBox) -> u32 {
+    for _ in 0..100 {
+        if let Some(pid) = debian.apache_pid() {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("Apache did not start:\n{}", debian.error_log());
+}
+
+/// Sends `n` requests to port 80 and returns what each member was sent, by the status page.
+fn tally(debian: &DebianBox, n: usize) -> [u64; 3] {
+    let before = selected(debian);
+    for _ in 0..n {
+        let (code, body) = debian.curl("http://127.0.0.1/").unwrap();
+        assert_eq!(code, 200, "{body}\n{}", debian.error_log());
+    }
+    let after = selected(debian);
+    [0, 1, 2].map(|i| after[i] - before[i])
+}
+
+fn selected(debian: &DebianBox) -> [u64; 3] {
+    let (code, body) = debian.curl("'http://127.0.0.1/lb-status?format=json'").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let members = status["balancers"][0]["members"].as_array().unwrap();
+    [0, 1, 2].map(|i| members[i]["selected"].as_u64().unwrap())
+}
+
+/// `apachectl -t`, then the reload Debian's unit runs; Apache must still be the same parent.
+fn reload(debian: &DebianBox, pid: u32) {
+    debian.ok("apachectl -t && apache2ctl graceful").unwrap();
+    wait_same(debian, pid);
+}
+
+/// After a reload: the same parent still runs (a failed reload ends it within a moment).
+fn wait_same(debian: &DebianBox, pid: u32) {
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert_eq!(debian.apache_pid(), Some(pid), "Apache went down on the reload:\n{}", debian.error_log());
+}
+
+/// install.md's way back to httpd's own methods, on a box set up by the quick start, where no
+/// stock lbmethod module is enabled: enable the built-in method's module first, then change
+/// or delete `lbmethod=`, then disable this module. Apache serves throughout.
+#[test]
+fn rolling_back_to_a_built_in_method_keeps_apache_up() {
+    let Some(debian) = debian("rollback") else { return };
+    let (_backends, members) = backends(&debian);
+    let pid = quick_start(&debian, &members);
+    // What a box set up by the quick start has: no stock method enabled.
+    let enabled = debian.ok("ls /etc/apache2/mods-enabled").unwrap();
+    assert!(!enabled.contains("lbmethod_by"), "{enabled}");
+
+    // The page's steps, in its order, with the reload Debian's unit runs.
+    let steps = Recipe::load("docs/install.md", "rollback-to-built-in")
+        .replace("systemctl reload apache2", "apache2ctl graceful");
+    let commands: Vec<&str> = steps.text().lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    assert_eq!(commands.len(), 3, "{}", steps.text());
+    debian.ok(commands[0]).unwrap();
+    debian.ok(commands[1]).unwrap();
+    wait_same(&debian, pid);
+    // Delete the line: httpd's default method, byrequests, needs the module just enabled.
+    debian.ok("sed -i '/ProxySet lbmethod=byweight/d' /etc/apache2/sites-available/app.conf").unwrap();
+    debian.ok(commands[2]).unwrap();
+    wait_same(&debian, pid);
+    let (code, _) = debian.curl("http://127.0.0.1/").unwrap();
+    assert_eq!(code, 200);
+    // And the module goes.
+    debian.ok("a2dismod lbmethod_rs").unwrap();
+    // The status page went with it: its ProxyPass exclusion stays harmless.
+    reload(&debian, pid);
+    for _ in 0..6 {
+        let (code, body) = debian.curl("http://127.0.0.1/").unwrap();
+        assert_eq!(code, 200, "{body}\n{}", debian.error_log());
+    }
+    let errors = debian.error_log();
+    assert!(!errors.contains("AH02432"), "{errors}");
+}
