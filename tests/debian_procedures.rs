@@ -131,3 +131,104 @@ fn rolling_back_to_a_built_in_method_keeps_apache_up() {
     let errors = debian.error_log();
     assert!(!errors.contains("AH02432"), "{errors}");
 }
+
+/// The address keepalived would move, in the box only.
+const VIP: &str = "198.18.0.100";
+
+/// tls.md's HTTPS front with its local admin virtual host, the HA page's health page and its
+/// ports.conf change, on Debian's own ports.conf with mod_ssl: Apache stays up through the
+/// reload, listens on the virtual address (before it holds it) and 127.0.0.1 on 80 and 443,
+/// the admin URLs answer on 127.0.0.1 (no redirect), keepalived's own check fails once the
+/// health file is gone, and clients on the virtual address get the redirect and HTTPS.
+#[test]
+fn https_front_and_ha_listen_on_debians_ports_conf_keep_the_admin_urls_local() {
+    let Some(debian) = debian("tlsha") else { return };
+    let (_backends, members) = backends(&debian);
+    debian.ok("a2enmod -q proxy_http lbmethod_rs ssl headers http2 alias").unwrap();
+    debian
+        .ok("mkdir -p /etc/apache2/tls && openssl req -x509 -newkey rsa:2048 -nodes -days 2 \
+             -subj /CN=app.example.com -addext subjectAltName=DNS:app.example.com \
+             -keyout /etc/apache2/tls/key.pem -out /etc/apache2/tls/cert.pem 2>&1")
+        .unwrap();
+    let site = Recipe::load("docs/tls.md", "tls-front")
+        .replace("/etc/letsencrypt/live/app.example.com/fullchain.pem", "/etc/apache2/tls/cert.pem")
+        .replace("/etc/letsencrypt/live/app.example.com/privkey.pem", "/etc/apache2/tls/key.pem")
+        .replace("http://10.0.0.11:8080", &format!("http://{}", members[0]))
+        .replace("http://10.0.0.12:8080", &format!("http://{}", members[1]));
+    debian.write("/etc/apache2/sites-available/app.conf", site.text()).unwrap();
+    // The health page, as high-availability.md's ready files set it up.
+    let health = lbrs_harness::ha::shipped("health.conf")
+        .and_then(|t| {
+            lbrs_harness::ha::fill(
+                &t,
+                &[("HEALTH_DIR", "/var/www/lbrs-health"), ("CHECKER_IPS", "198.18.0.12")],
+            )
+        })
+        .unwrap();
+    debian.write("/etc/apache2/conf-available/lbrs-health.conf", &health).unwrap();
+    debian
+        .ok("mkdir -p /var/www/lbrs-health && echo ok > /var/www/lbrs-health/ok && a2enconf -q lbrs-health && \
+             a2dissite -q 000-default && a2ensite -q app && apachectl -t && apache2ctl start")
+        .unwrap();
+    let pid = wait_pid(&debian);
+
+    // The ports.conf change, literally, with the virtual address not yet on the box.
+    debian.netns().sysctl("net.ipv4.ip_nonlocal_bind", "1").unwrap();
+    let listen = Recipe::load("docs/high-availability.md", "ha-listen")
+        .replace("192.0.2.100", VIP)
+        .replace("systemctl restart apache2", "apache2ctl graceful-stop");
+    let script: String = listen
+        .text()
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or(l).trim_end())
+        .filter(|l| !l.starts_with("ss ")) // run below, once Apache has started again
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = debian.ok(&format!("set -e\n{script}")).unwrap();
+    // What systemd's restart does next, once the old Apache has ended: start.
+    assert!(
+        lbrs_harness::system::wait_gone(pid, std::time::Duration::from_secs(15)),
+        "{}",
+        debian.error_log()
+    );
+    debian.ok("apache2ctl start").unwrap();
+    let pid = wait_pid(&debian);
+    let ports = debian.read("/etc/apache2/ports.conf").unwrap();
+    assert!(!ports.lines().any(|l| matches!(l.trim(), "Listen 80" | "Listen 443")), "{ports}");
+    let listening = debian.ok("ss -ltnH").unwrap();
+    for addr in [format!("{VIP}:80"), format!("{VIP}:443"), "127.0.0.1:80".into(), "127.0.0.1:443".into()] {
+        assert!(listening.contains(&addr), "not listening on {addr}:\n{listening}\n{out}");
+    }
+
+    // The admin URLs on 127.0.0.1: answered, not redirected.
+    let (code, body) = debian.curl("'http://127.0.0.1/lb-status?format=json'").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"balancer://app\""), "{body}");
+    let maintenance = lbrs_harness::recipe::workspace_root().join("scripts/lbrs-maintenance.sh");
+    let status = debian
+        .ok(&format!("'{}' status app 'http://{}' --wait 0", maintenance.display(), members[0]))
+        .unwrap();
+    assert!(status.contains("ok") || status.contains("Ok"), "{status}");
+    // keepalived's own check, taken from the shipped file: passes, then fails without the file.
+    let check = lbrs_harness::ha::shipped("keepalived-a.conf").unwrap();
+    let check = check
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("script \"").and_then(|c| c.strip_suffix('"')))
+        .expect("a vrrp_script in keepalived-a.conf")
+        .to_string();
+    debian.ok(&check).unwrap();
+    debian.ok("rm /var/www/lbrs-health/ok").unwrap();
+    assert!(debian.sh(&check).unwrap().status.code() != Some(0), "the check must fail without the file");
+    debian.ok("echo ok > /var/www/lbrs-health/ok").unwrap();
+
+    // keepalived adds the address: clients get the redirect on 80 and the site on 443.
+    debian.netns().ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]).unwrap();
+    let (code, _) = debian.curl(&format!("-o /dev/null -D - 'http://{VIP}/cart?id=7'")).unwrap();
+    assert_eq!(code, 301);
+    let head = debian.ok(&format!("curl -s -o /dev/null -D - 'http://{VIP}/cart?id=7'")).unwrap();
+    assert!(head.contains("Location: https://app.example.com/cart?id=7"), "{head}");
+    let (code, body) =
+        debian.curl(&format!("--resolve app.example.com:443:{VIP} https://app.example.com/")).unwrap();
+    assert_eq!(code, 200, "{body}\n{}", debian.error_log());
+    assert_eq!(debian.apache_pid(), Some(pid));
+}

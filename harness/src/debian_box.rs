@@ -8,7 +8,7 @@
 //! One process (`sleep`) holds both namespaces; every command joins them with `nsenter`. The
 //! guard stops Apache there, kills what runs in the network namespace (which ends the mount
 //! namespace with it) and removes the copies, also when a test fails. The host's /etc/apache2,
-//! /var/lib/apache2, /var/log/apache2, /run and module directory are never written.
+//! /var/lib/apache2, /var/log/apache2, /var/www, /run and module directory are never written.
 
 use crate::netns::{self, Netns, ScratchDir};
 use std::fs;
