@@ -199,7 +199,11 @@ fn what_httpd_would_accept_is_accepted() {
         ("    LBOutlierDetection off", "detection off"),
         ("    LBOutlierDetection ON success-rate=off consecutive=0", "on in capitals, both grounds off"),
         ("    LBOutlierDetection on failures=gateway", "gateway failures only"),
-        ("    LBOutlierDetection on stdev=10 min-requests=1000000 min-members=2 interval=1h", "the extremes"),
+        (
+            "    LBOutlierDetection on stdev=0.5 min-requests=1000000 min-members=2 interval=1h",
+            "the extremes",
+        ),
+        ("    LBOutlierDetection on stdev=10 min-members=102", "the largest stdev"),
         ("    LBSlowStart 1ms", "the shortest ramp"),
         ("    LBSlowStart 60m", "the longest ramp, in minutes"),
         ("    LBHashKey \"%{HTTP:X-User}-%{REMOTE_ADDR}\"", "a composed key"),

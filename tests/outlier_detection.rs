@@ -200,6 +200,27 @@ fn a_shared_failure_ejects_nobody_under(mpm: Mpm) {
     );
 }
 
+/// The same shared failure where success-rate ejection is at work: eight members (above
+/// min-members), evaluated every second for 8 s on a few hundred requests each. Chance makes
+/// one member's share of the bad URL stand out now and then; nobody is ejected for it.
+#[test]
+fn a_shared_failure_ejects_nobody_by_success_rate() {
+    let b: Vec<Backend> = (0..8).map(|i| app_server(&format!("m{i}"), 8, 5)).collect();
+    let body =
+        block("app", "/", &b, "lbmethod=byinflight", "LBOutlierDetection on interval=1s min-requests=50");
+    let apache = Apache::start(config(&body, Mpm::Event)).unwrap();
+    let load = Load::new("/", 16, 1_000_000).deadline(Duration::from_secs(8)).every_nth_to(100, "/__error");
+    let report = load.run(apache.addr());
+    let errors = report.count_status(500);
+    eprintln!("{} requests, {errors} to the bad URL, {:?}", report.outcomes.len(), report.per_backend());
+    assert!(errors > 50, "the bad URL was requested");
+    assert_eq!(report.count_status(200), report.outcomes.len() as u64 - errors, "every other request served");
+    for member in &b {
+        let status = apache.member_status("balancer://app", &member.url()).unwrap();
+        assert_eq!(status["ejections"], 0, "{status}\n{}", apache.error_log());
+    }
+}
+
 #[test]
 fn a_failure_every_member_shares_ejects_nobody_event() {
     a_shared_failure_ejects_nobody_under(Mpm::Event);

@@ -70,16 +70,21 @@ pub struct Picked {
 }
 
 impl Picked {
-    fn into_current(self, sent: bool) -> Current {
+    fn into_current(self, r: Request<'_>, sent: bool) -> Current {
         let Picked { mut attempt, worker, picked_us, balancer, settings, probe } = self;
-        attempt.await_answer(picked_us);
+        // An upgrade (WebSocket) is answered with a 101 that mod_proxy_http sends past the
+        // request's filters, and then lasts as long as the client stays: it would look like a
+        // request the member never answers.
+        if r.header_in(c"Upgrade").is_none() {
+            attempt.await_answer(picked_us);
+        }
         Current { attempt, worker, picked_us, first_byte_us: 0, balancer, settings, probe, sent }
     }
 }
 
 /// Makes `picked` the request's attempt.
 pub fn start(r: Request<'_>, picked: Picked) {
-    r.with_state(|state: &mut Requested| state.begin(r, picked.into_current(false)));
+    r.with_state(|state: &mut Requested| state.begin(r, picked.into_current(r, false)));
 }
 
 /// The request is picking again: its attempt failed, and ends now.
@@ -184,7 +189,9 @@ impl Current {
         {
             outlier::want_review(&self.balancer.events);
         }
-        let failed = failed.unwrap_or(false);
+        // Neither an answer nor a failure (the client's body failed, an upgrade ended): its
+        // length says nothing of the member's speed.
+        let Some(failed) = failed else { return };
         let answered = if self.first_byte_us != 0 { self.first_byte_us } else { now };
         let sample = answered.saturating_sub(self.picked_us) as f64;
         let decay = self.settings.latency_decay().as_micros() as u64;
@@ -245,7 +252,7 @@ impl AttemptStart for Started {
             let picked_us = monotonic_us();
             let (balancer, settings) = (slot.shared, slot.settings);
             let picked = Picked { attempt, worker, picked_us, balancer, settings, probe: false };
-            state.begin(r, picked.into_current(true));
+            state.begin(r, picked.into_current(r, true));
             log_request!(r, Level::Debug, "sticky session routed to {} (counted)", worker.name());
         });
     }

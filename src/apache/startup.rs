@@ -85,6 +85,15 @@ pub fn build_runtime(main: Server) -> Result<Runtime, String> {
 
     let plan: Vec<BalancerPlan> = balancers.iter().map(|&(s, b)| balancer_plan(s, b)).collect();
     let (segment, slots) = segment_for(main, &plan)?;
+    // Outlier detection's schedule was made under the previous configuration (another
+    // interval, success rate off): every balancer reviews at its first pick, and no hold of a
+    // review cut short by the restart is left.
+    for &slot in &slots {
+        if let Some(balancer) = segment.balancer(slot) {
+            balancer.events.review_at_us.store(0, Ordering::Release);
+            balancer.events.review_held_until_us.store(0, Ordering::Release);
+        }
+    }
     let configured = balancers
         .iter()
         .zip(slots)

@@ -126,15 +126,18 @@ pub fn parse(args: &[&str]) -> Result<Outliers, String> {
         }
     };
     let mut outliers = Outliers { enabled, ..Outliers::default() };
+    let mut max_eject_given = false;
     for parameter in parameters {
         let Some((key, value)) = parameter.split_once('=') else {
             return Err(format!("invalid parameter \"{parameter}\": expected key=value"));
         };
         let invalid = |why: &str| format!("invalid value \"{value}\" in \"{parameter}\": {why}");
         let duration = |least: Duration, most: Duration| {
-            parse_duration(value)
-                .map_err(|why| invalid(&why))
-                .and_then(|d| (least..=most).contains(&d).then_some(d).ok_or_else(|| invalid("out of range")))
+            parse_duration(value).map_err(|why| invalid(&why)).and_then(|d| {
+                (least..=most).contains(&d).then_some(d).ok_or_else(|| {
+                    invalid(&format!("expected a time from {} to {}", show(least), show(most)))
+                })
+            })
         };
         match key.to_ascii_lowercase().as_str() {
             "failures" => outliers.failures = parse_failures(value).map_err(|why| invalid(&why))?,
@@ -147,7 +150,8 @@ pub fn parse(args: &[&str]) -> Result<Outliers, String> {
             }
             "eject" => outliers.eject = duration(Duration::from_millis(100), Duration::from_secs(3600))?,
             "max-eject" => {
-                outliers.max_eject = duration(Duration::from_millis(100), Duration::from_secs(86_400))?
+                outliers.max_eject = duration(Duration::from_millis(100), Duration::from_secs(86_400))?;
+                max_eject_given = true;
             }
             "max-ejected" => {
                 outliers.max_ejected_percent = value
@@ -193,10 +197,26 @@ pub fn parse(args: &[&str]) -> Result<Outliers, String> {
             }
         }
     }
+    if !max_eject_given {
+        // The default cap never undercuts a longer first ejection.
+        outliers.max_eject = outliers.max_eject.max(outliers.eject);
+    }
     if outliers.max_eject < outliers.eject {
         return Err(format!(
             "max-eject ({:?}) is shorter than eject ({:?})",
             outliers.max_eject, outliers.eject
+        ));
+    }
+    // Among n members, none can be more than sqrt(n - 1) standard deviations below the
+    // mean: with a larger stdev= and that few members, success-rate ejection could never act.
+    let members = f64::from(outliers.min_members.max(1) - 1).sqrt();
+    if outliers.success_rate && outliers.stdev >= members {
+        return Err(format!(
+            "stdev={} can never be reached among min-members={} members (at most {members:.2} standard \
+             deviations below the mean): lower stdev, or raise min-members above {}",
+            outliers.stdev,
+            outliers.min_members,
+            (outliers.stdev * outliers.stdev).floor() as u64 + 1
         ));
     }
     Ok(outliers)
@@ -243,7 +263,7 @@ mod tests {
             "success-rate=off",
             "stdev=2.5",
             "min-requests=50",
-            "min-members=3",
+            "min-members=8",
             "interval=5s",
         ])
         .unwrap();
@@ -252,7 +272,7 @@ mod tests {
         assert_eq!((outliers.consecutive, outliers.max_ejected_percent), (3, 25));
         assert_eq!((outliers.eject, outliers.max_eject), (Duration::from_secs(30), Duration::from_secs(600)));
         assert!(!outliers.success_rate);
-        assert_eq!((outliers.stdev, outliers.min_requests, outliers.min_members), (2.5, 50, 3));
+        assert_eq!((outliers.stdev, outliers.min_requests, outliers.min_members), (2.5, 50, 8));
         assert_eq!(outliers.interval, Duration::from_secs(5));
         assert!(!parse(&["off", "failures=gateway"]).unwrap().enabled);
     }
@@ -287,6 +307,7 @@ mod tests {
             (&["on", "min-members=1"], "\"1\" in \"min-members=1\""),
             (&["on", "colour=blue"], "unknown parameter \"colour\""),
             (&["on", "eject=1m", "max-eject=30s"], "max-eject"),
+            (&["on", "min-members=3"], "stdev=1.9 can never be reached among min-members=3"),
         ] {
             let error = parse(args).unwrap_err();
             assert!(error.contains(expected), "{args:?}: {error}");

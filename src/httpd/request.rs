@@ -79,6 +79,12 @@ impl<'r> Request<'r> {
         unsafe { table_get((*self.raw()).notes, name) }
     }
 
+    /// A header of the client's request (`r->headers_in`).
+    pub fn header_in(self, name: &CStr) -> Option<&'r CStr> {
+        // SAFETY: as above.
+        unsafe { table_get((*self.raw()).headers_in, name) }
+    }
+
     /// A variable of the request's environment (`r->subprocess_env`).
     pub fn env(self, name: &CStr) -> Option<&'r CStr> {
         // SAFETY: as above.

@@ -76,11 +76,15 @@ pub struct BalancerEvents {
     /// the load bound (or its cap).
     pub diverted: AtomicU64,
     /// Outlier detection (`methods::outlier`): when the balancer's members are next reviewed
-    /// (monotonic microseconds; 0: at the next pick), when the success-rate window began, and
-    /// how many members have an ejection set (0: no pick needs to look at any member's).
+    /// (monotonic microseconds), until when a review in progress holds the balancer (0: none;
+    /// a later time than now: another process may not review), when the success-rate window
+    /// began, how many members have an ejection set (0: no pick needs to look at any
+    /// member's), and whether a member asked for a review at the next pick (1).
     pub review_at_us: AtomicU64,
+    pub review_held_until_us: AtomicU64,
     pub window_start_us: AtomicU64,
     pub ejected: AtomicU32,
+    pub review_wanted: AtomicU32,
 }
 
 /// One balancer member (a `BalancerMember`), indexed by httpd's own worker slot index. Four
@@ -153,12 +157,18 @@ pub struct Life {
     pub handed_over: AtomicU64,
 }
 
+/// [`Health::due`]'s bits.
+pub const DUE_STREAK: u32 = 1;
+pub const DUE_RATE: u32 = 2;
+
 /// Outlier detection's record of a member (`methods::outlier` has the rule).
 #[repr(C, align(64))]
 pub struct Health {
     /// Failed attempts in a row, across all processes; a success sets it back to 0.
     pub consecutive: AtomicU32,
-    /// 1 once `consecutive` reached the threshold, until a review decides on it.
+    /// Bit 0 ([`DUE_STREAK`]): `consecutive` reached the threshold, until a review decides
+    /// on it. Bit 1 ([`DUE_RATE`]): the last success-rate evaluation found the member an
+    /// outlier (a second one in a row ejects it).
     pub due: AtomicU32,
     /// Ejected until then (monotonic microseconds; 0: not ejected), and why
     /// (`methods::outlier::Why` as a number).
@@ -215,7 +225,7 @@ shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell);
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v09");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v10");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
 const _: () = assert!(size_of::<BalancerSlot>() == 3 * 64);

@@ -12,7 +12,7 @@ mod restart;
 mod segment;
 
 pub use attempt::{Attempt, Counts, Outcome};
-pub use layout::{BalancerEvents, BalancerSlot, Health, MemberSlot};
+pub use layout::{BalancerEvents, BalancerSlot, DUE_RATE, DUE_STREAK, Health, MemberSlot};
 pub use restart::{BalancerPlan, carry_over, place, reuse};
 pub use segment::{Capacity, Segment, fnv1a, name_key};
 

@@ -113,6 +113,9 @@ pub fn render_html(snapshot: &Snapshot, refresh: Option<u32>) -> String {
     for state in snapshot.member_states {
         let _ = write!(out, "{} ", state_badge(state));
     }
+    if snapshot.balancers.iter().any(|b| b.outlier_detection.is_some()) {
+        out.push_str("<span class=\"st st-ejected\">ejected</span> ");
+    }
     out.push_str("</p>\n");
     if snapshot.balancers.is_empty() {
         out.push_str("<section><p>No balancers are configured.</p></section>\n");
