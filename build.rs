@@ -133,6 +133,7 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "ap_hook_child_status",
     "ap_hook_monitor",
     "ap_hook_handler",
+    "ap_hook_log_transaction",
     "ap_register_output_filter",
     "ap_add_output_filter_handle",
     "ap_remove_output_filter",

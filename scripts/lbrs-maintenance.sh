@@ -15,6 +15,10 @@
 #   --status PATH    the status page's path (default lb-status)
 #   --wait SECONDS   how long drain waits for the requests in flight to end, and enable
 #                    watches the ramp (default 300; 0: do not wait)
+#   --cacert FILE    over HTTPS: the CA certificate that signed Apache's certificate
+#   --resolve HOST:PORT:ADDRESS
+#                    send HOST:PORT to ADDRESS (one node of a pair by its own address,
+#                    with the name its certificate carries), as curl's --resolve
 #
 # Exit status: 0 done; 1 drain timed out with requests still in flight (the member stays
 # draining), or a change was not applied; 2 usage or lookup error.
@@ -37,12 +41,15 @@ usage() {
 action=$1 balancer=${2#balancer://} member=$3
 shift 3
 url=http://127.0.0.1/ manager=balancer-manager status_path=lb-status wait=300
+curl_options=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --url) url=${2:?--url needs a value}; shift 2 ;;
         --manager) manager=${2:?--manager needs a value}; shift 2 ;;
         --status) status_path=${2:?--status needs a value}; shift 2 ;;
         --wait) wait=${2:?--wait needs a value}; shift 2 ;;
+        --cacert) curl_options+=(--cacert "${2:?--cacert needs a file}"); shift 2 ;;
+        --resolve) curl_options+=(--resolve "${2:?--resolve needs HOST:PORT:ADDRESS}"); shift 2 ;;
         *) usage ;;
     esac
 done
@@ -57,7 +64,7 @@ status_path=${status_path#/}
 # The member's entry on the status page, as compact JSON, with the balancer's slow start.
 member_json() {
     local page
-    page=$(curl -fsS --max-time 10 "${url}${status_path}?format=json") ||
+    page=$(curl -fsS --max-time 10 "${curl_options[@]}" "${url}${status_path}?format=json") ||
         die "cannot read the status page ${url}${status_path}"
     jq -ce --arg b "balancer://$balancer" --arg m "$member" '
         [.balancers[] | select(.name == $b) as $bal | $bal.members[] | select(.name == $m)
@@ -79,7 +86,7 @@ describe() {
 # nonce and a Referer naming this host (without both, httpd ignores the change).
 manage() {
     local page nonce
-    page=$(curl -fsS --max-time 10 "${url}${manager}") ||
+    page=$(curl -fsS --max-time 10 "${curl_options[@]}" "${url}${manager}") ||
         die "cannot read balancer-manager at ${url}${manager} (is it enabled, and does Require admit you?)"
     nonce=$(sed -n "s/.*?b=${balancer}&amp;nonce=\([0-9a-fA-F-]*\).*/\1/p" <<<"$page" | head -n 1)
     [ -n "$nonce" ] || die "balancer://$balancer is not on ${url}${manager}"
@@ -88,7 +95,7 @@ manage() {
     for field in "$@"; do
         form+=(--data-urlencode "$field")
     done
-    curl -fsS --max-time 10 -o /dev/null -H "Referer: ${url}${manager}" "${form[@]}" "${url}${manager}" ||
+    curl -fsS --max-time 10 "${curl_options[@]}" -o /dev/null -H "Referer: ${url}${manager}" "${form[@]}" "${url}${manager}" ||
         die "balancer-manager refused the change" 1
 }
 

@@ -208,7 +208,17 @@ fn https_front_and_ha_listen_on_debians_ports_conf_keep_the_admin_urls_local() {
     let status = debian
         .ok(&format!("'{}' status app 'http://{}' --wait 0", maintenance.display(), members[0]))
         .unwrap();
-    assert!(status.contains("ok") || status.contains("Ok"), "{status}");
+    assert!(status.contains("status=ok"), "{status}");
+    // The same over HTTPS, by the certificate's name, checked against its CA.
+    let status = debian
+        .ok(&format!(
+            "'{}' status app 'http://{}' --wait 0 --url https://app.example.com/ \
+             --cacert /etc/apache2/tls/cert.pem --resolve app.example.com:443:127.0.0.1",
+            maintenance.display(),
+            members[0]
+        ))
+        .unwrap();
+    assert!(status.contains("status=ok"), "{status}");
     // keepalived's own check, taken from the shipped file: passes, then fails without the file.
     let check = lbrs_harness::ha::shipped("keepalived-a.conf").unwrap();
     let check = check
@@ -230,5 +240,113 @@ fn https_front_and_ha_listen_on_debians_ports_conf_keep_the_admin_urls_local() {
     let (code, body) =
         debian.curl(&format!("--resolve app.example.com:443:{VIP} https://app.example.com/")).unwrap();
     assert_eq!(code, 200, "{body}\n{}", debian.error_log());
+    assert_eq!(debian.apache_pid(), Some(pid));
+}
+
+/// A member that leaks what it is: `Server` and `X-Powered-By`, a session cookie without
+/// flags, a stack trace on its `500`. Started inside the box on `addr`; its pid is written to
+/// `pidfile` (the box's namespace ends it at the latest).
+const LEAKY_APP: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class App(BaseHTTPRequestHandler):
+    server_version = "Werkzeug/2.2.2"
+    sys_version = "Python/3.11"
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path.startswith("/boom"):
+            body = b"Traceback (most recent call last):\n  File \"app.py\", line 3\nKeyError: 'db_password'\n"
+            self.send_response(500)
+        else:
+            body = b"hello\n"
+            self.send_response(200)
+            self.send_header("Set-Cookie", "session=abc123; Path=/")
+        self.send_header("X-Powered-By", "PHP/8.2.7")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), App).serve_forever()
+"#;
+
+/// security.md's hardened edge, with its commands, on the real tree: members' identity, error
+/// pages and cookies are hidden or fixed, HSTS is sent, the log has no query strings and says
+/// which member answered and how each request ended.
+#[test]
+fn the_hardened_edge_hides_the_members_and_flags_the_cookies() {
+    let Some(debian) = debian("edge") else { return };
+    let app = debian.scratch().join("leaky_app.py");
+    std::fs::write(&app, LEAKY_APP).unwrap();
+    for (n, host) in ["127.0.0.21", "127.0.0.22"].iter().enumerate() {
+        debian
+            .ok(&format!(
+                "python3 '{}' {host} 8080 >/dev/null 2>&1 </dev/null & echo $! > '{}'",
+                app.display(),
+                debian.scratch().join(format!("app{n}.pid")).display()
+            ))
+            .unwrap();
+    }
+    debian.ok("a2enmod -q ssl headers http2 proxy_http lbmethod_rs").unwrap();
+    debian
+        .ok("mkdir -p /etc/apache2/tls && openssl req -x509 -newkey rsa:2048 -nodes -days 2 \
+             -subj /CN=app.example.com -addext subjectAltName=DNS:app.example.com \
+             -keyout /etc/apache2/tls/key.pem -out /etc/apache2/tls/cert.pem 2>&1")
+        .unwrap();
+    let server = Recipe::load("docs/security.md", "hardened-edge-server");
+    debian.write("/etc/apache2/conf-available/lbrs-edge.conf", server.text()).unwrap();
+    let site = Recipe::load("docs/security.md", "hardened-edge-site")
+        .replace("/etc/letsencrypt/live/app.example.com/fullchain.pem", "/etc/apache2/tls/cert.pem")
+        .replace("/etc/letsencrypt/live/app.example.com/privkey.pem", "/etc/apache2/tls/key.pem")
+        .replace("http://10.0.0.11:8080", "http://127.0.0.21:8080")
+        .replace("http://10.0.0.12:8080", "http://127.0.0.22:8080");
+    debian.write("/etc/apache2/sites-available/app.conf", site.text()).unwrap();
+    debian
+        .ok("a2enconf -q lbrs-edge && a2dissite -q 000-default && a2ensite -q app && apachectl -t && apache2ctl start")
+        .unwrap();
+    let pid = wait_pid(&debian);
+    let https = "--http2 --resolve app.example.com:443:127.0.0.1 --cacert /etc/apache2/tls/cert.pem";
+    // The members (Python) may take a moment to listen: until then Apache answers 503.
+    let mut served = String::new();
+    for _ in 0..50 {
+        served = debian
+            .ok(&format!("curl -sS --max-time 10 {https} -D - -o /dev/null https://app.example.com/"))
+            .unwrap_or_else(|e| panic!("{e}\n{}", debian.error_log()));
+        if served.starts_with("HTTP/2 200") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(served.starts_with("HTTP/2 200"), "{served}\n{}", debian.error_log());
+    let lower = served.to_ascii_lowercase();
+    assert!(!lower.contains("werkzeug") && !lower.contains("x-powered-by"), "{served}");
+    assert!(lower.contains("strict-transport-security: max-age=63072000"), "{served}");
+    let cookies: Vec<&str> = lower.lines().filter(|l| l.starts_with("set-cookie:")).collect();
+    assert!(cookies.iter().any(|c| c.contains("session=abc123")), "{served}");
+    assert!(cookies.iter().any(|c| c.contains("routeid=.app")), "{served}");
+    for cookie in &cookies {
+        for flag in ["; secure", "; httponly", "; samesite=lax"] {
+            assert!(cookie.matches(flag).count() == 1, "{flag} once in {cookie}");
+        }
+    }
+    // The member's error page stays inside.
+    let (code, body) = debian.curl(&format!("{https} https://app.example.com/boom")).unwrap();
+    assert_eq!(code, 500);
+    assert!(!body.contains("Traceback") && !body.contains("db_password"), "{body}");
+    // The log: no query string; the member and the outcome.
+    let (code, _) = debian.curl(&format!("{https} 'https://app.example.com/account?token=s3cr3t'")).unwrap();
+    assert_eq!(code, 200);
+    // The members stop: Apache answers for them, and the log says so.
+    debian.ok(&format!("kill $(cat '{}'/app*.pid)", debian.scratch().display())).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (code, _) = debian.curl(&format!("{https} https://app.example.com/after")).unwrap();
+    assert_eq!(code, 503);
+    let log = debian.read("/var/log/apache2/edge.log").unwrap();
+    assert!(!log.contains("s3cr3t"), "{log}");
+    let account = log.lines().find(|l| l.contains("/account")).expect("the request is logged");
+    assert!(account.contains("\"GET /account HTTP/2.0\" 200"), "{account}");
+    assert!(account.contains("\"http://127.0.0.2") && account.contains(" answered "), "{account}");
+    let after = log.lines().find(|l| l.contains("/after")).expect("the request is logged");
+    assert!(after.contains(" 503 ") && after.contains(" no-answer "), "{after}");
     assert_eq!(debian.apache_pid(), Some(pid));
 }

@@ -123,7 +123,7 @@ fn the_access_log_names_the_member_of_every_request() {
 
     let mut expected = BTreeMap::new();
     for i in 0..30 {
-        let response = apache.get(&format!("/req-{i}")).unwrap();
+        let response = apache.get(&format!("/req-{i}?token=secret{i}")).unwrap();
         let name = response.header("x-backend").unwrap().to_string();
         expected.insert(format!("/req-{i}"), url_of[&name].clone());
     }
@@ -138,9 +138,14 @@ fn the_access_log_names_the_member_of_every_request() {
         let path = line.split_whitespace().find(|w| w.starts_with("/req-")).unwrap();
         let member = &expected[path];
         assert!(line.contains(&format!("\"{member}\"")), "{line} should name {member}");
-        assert!(line.ends_with(" -"), "no sticky route changed: {line}");
-        let micros: u64 = line.split_whitespace().rev().nth(2).unwrap().parse().expect("%D");
+        assert!(!line.contains("secret"), "no query string in the log: {line}");
+        let fields: Vec<&str> = line.split_whitespace().rev().collect();
+        assert_eq!(fields[0], "-", "no sticky route changed: {line}");
+        let member_ms: f64 = fields[1].parse().expect("LBRS_MEMBER_MS");
+        assert_eq!(fields[2], "answered", "LBRS_OUTCOME: {line}");
+        let micros: u64 = fields[4].parse().expect("%D");
         assert!(micros > 0 && micros < 10_000_000, "{line}");
+        assert!(member_ms > 0.0 && member_ms * 1000.0 <= micros as f64, "{line}");
     }
     eprintln!("{}", lines.iter().find(|l| l.contains("/req-0 ")).unwrap());
 }

@@ -12,11 +12,12 @@ use std::collections::BTreeMap;
 
 const DOC: &str = "docs/sessions.md";
 
-/// The route a response's `Set-Cookie: ROUTEID=.<route>; path=/` gives, if it has one.
+/// The route a response's `Set-Cookie: ROUTEID=.<route>; path=/; HttpOnly; SameSite=Lax` gives,
+/// if it has one.
 fn new_route(response: &lbrs_harness::Response) -> Option<String> {
     let cookie = response.header("set-cookie")?;
     let value = cookie.strip_prefix("ROUTEID=.")?.split(';').next()?;
-    assert!(cookie.ends_with("; path=/"), "{cookie}");
+    assert!(cookie.ends_with("; path=/; HttpOnly; SameSite=Lax"), "{cookie}");
     Some(value.to_string())
 }
 

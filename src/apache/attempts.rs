@@ -146,6 +146,39 @@ impl Requested {
     }
 }
 
+/// Sets the access log's view of the request (`%{LBRS_OUTCOME}e`, `%{LBRS_MEMBER_MS}e`), just
+/// before httpd logs it, for a request one of this module's balancers handled:
+///
+/// - `LBRS_OUTCOME`: `answered` (the member answered, whatever its status), `no-answer` (httpd
+///   answered for it: the connection failed or timed out, or it closed without answering),
+///   `client-gone` (the client went away before the member answered), `shed` (every member
+///   was at its `LBMaxInflight` cap: 503 from Apache);
+/// - `LBRS_MEMBER_MS`: milliseconds from the pick to the member's first byte, when it answered.
+pub fn describe_for_log(r: Request<'_>) {
+    let described = r.with_existing_state(|state: &mut Requested| {
+        if let Some(current) = &state.current {
+            let answered = current.first_byte_us != 0 || r.note(c"proxy-error-override").is_some();
+            let outcome = if answered {
+                "answered"
+            } else if r.client_aborted() {
+                "client-gone"
+            } else {
+                "no-answer"
+            };
+            if current.first_byte_us != 0 {
+                let ms = current.first_byte_us.saturating_sub(current.picked_us) as f64 / 1000.0;
+                r.set_env("LBRS_MEMBER_MS", &format!("{ms:.3}"));
+            }
+            Some(outcome)
+        } else {
+            state.shed.map(|_| "shed")
+        }
+    });
+    if let Some(Some(outcome)) = described {
+        r.set_env("LBRS_OUTCOME", outcome);
+    }
+}
+
 impl RequestState for Requested {
     /// The request has ended: its attempt ends with the answer's outcome, a refusal that was
     /// never served counts as shed.

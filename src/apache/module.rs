@@ -76,6 +76,10 @@ impl Module for LbMethodRs {
 
     /// A new child process: take a row in the segment's process table, so that the parent can
     /// take back this process's attempts if it is killed.
+    fn log_transaction(r: Request<'_>) {
+        attempts::describe_for_log(r);
+    }
+
     fn child_init(s: Server) {
         let Some(runtime) = runtime() else { return };
         runtime.generation.start_table_builder();

@@ -44,6 +44,9 @@ pub trait Module: 'static {
     fn child_exited(_s: Server, _pid: u32) {}
     /// In the parent, every few seconds (httpd's `monitor` hook).
     fn monitor(_s: Server) {}
+    /// The request is about to be logged (before any module logs it): environment variables
+    /// set here reach the access log.
+    fn log_transaction(_r: Request<'_>) {}
     /// A content handler: `None` declines the request, `Some(status)` answers it.
     fn handler(_r: Request<'_>) -> Option<i32> {
         None
@@ -124,6 +127,7 @@ pub fn register<M: Module>(index: c_int, pool: *mut ffi::apr_pool_t) {
             ffi::ap_hook_child_status(Some(child_status::<M>), none, none, middle);
             ffi::ap_hook_monitor(Some(monitor::<M>), none, none, middle);
             ffi::ap_hook_handler(Some(handler::<M>), none, none, middle);
+            ffi::ap_hook_log_transaction(Some(log_transaction::<M>), none, none, ffi::APR_HOOK_REALLY_FIRST);
         }
         register_status_hook::<M>();
     })
@@ -213,6 +217,16 @@ unsafe extern "C" fn monitor<M: Module>(_p: *mut ffi::apr_pool_t, s: *mut ffi::s
         // SAFETY: httpd passes the live main server.
         if let Some(s) = unsafe { Server::from_raw(s) } {
             M::monitor(s);
+        }
+        ffi::DECLINED
+    })
+}
+
+unsafe extern "C" fn log_transaction<M: Module>(r: *mut ffi::request_rec) -> c_int {
+    catch("log_transaction", ffi::DECLINED, || {
+        // SAFETY: httpd passes the live request it is about to log.
+        if let Some(r) = unsafe { Request::from_raw(r) } {
+            M::log_transaction(r);
         }
         ffi::DECLINED
     })

@@ -156,6 +156,30 @@ impl<'r> Request<'r> {
         Ok(if value.is_null() { b"" } else { unsafe { CStr::from_ptr(value) }.to_bytes() })
     }
 
+    /// Runs `body` on the module's state for this request if it has one already (nothing is
+    /// made for a request the module never touched); `None` otherwise.
+    pub fn with_existing_state<S: RequestState, R>(self, body: impl FnOnce(&mut S) -> R) -> Option<R> {
+        // SAFETY: as in state_cell: this module's slot of the live request's configuration.
+        let exists = unsafe {
+            module_slot((*self.raw()).request_config)
+                .is_some_and(|slot| Tagged::<StateCell<S>>::value(*slot).is_some())
+        };
+        exists.then(|| self.with_state(body))
+    }
+
+    /// Sets a variable of the request's environment (`r->subprocess_env`), which the access
+    /// log prints with `%{NAME}e`.
+    pub fn set_env(self, name: &str, value: &str) {
+        // SAFETY: a live table of the live request.
+        unsafe { table_set((*self.raw()).subprocess_env, name, Some(value)) }
+    }
+
+    /// The client's connection was aborted (it went away, or a write to it failed).
+    pub fn client_aborted(self) -> bool {
+        // SAFETY: the live request's connection (null-checked), a plain field.
+        unsafe { (*self.raw()).connection.as_ref().is_some_and(|c| c.aborted != 0) }
+    }
+
     /// Runs `body` on the module's state for this request ([`RequestState`]), made on first
     /// use; [`RequestState::at_end`] runs when the request's pool goes. The state is not
     /// reentrant: `body` must not ask for it again.
