@@ -226,10 +226,29 @@ fn https_front_and_ha_listen_on_debians_ports_conf_keep_the_admin_urls_local() {
         .find_map(|l| l.trim().strip_prefix("script \"").and_then(|c| c.strip_suffix('"')))
         .expect("a vrrp_script in keepalived-a.conf")
         .to_string();
+    // And the check of both ports the page gives for HTTPS.
+    let both = Recipe::load("docs/high-availability.md", "ha-check-https");
+    let both = both
+        .text()
+        .trim()
+        .strip_prefix("script \"")
+        .and_then(|c| c.strip_suffix('"'))
+        .expect("a script line")
+        .to_string();
+    for check in [&check, &both] {
+        debian.ok(check).unwrap();
+        debian.ok("rm /var/www/lbrs-health/ok").unwrap();
+        assert!(debian.sh(check).unwrap().status.code() != Some(0), "{check} must fail without the file");
+        debian.ok("echo ok > /var/www/lbrs-health/ok").unwrap();
+    }
+    // With port 443 gone (a broken ssl.conf, say), the HTTPS check fails too.
+    debian.ok("sed -i 's/^\\(\\s*\\)Listen 127.0.0.1:443$/\\1# off/' /etc/apache2/ports.conf").unwrap();
+    debian.ok("apache2ctl graceful-stop").unwrap();
+    assert!(lbrs_harness::system::wait_gone(pid, std::time::Duration::from_secs(15)));
+    debian.ok("apache2ctl start").unwrap();
+    let pid = wait_pid(&debian);
     debian.ok(&check).unwrap();
-    debian.ok("rm /var/www/lbrs-health/ok").unwrap();
-    assert!(debian.sh(&check).unwrap().status.code() != Some(0), "the check must fail without the file");
-    debian.ok("echo ok > /var/www/lbrs-health/ok").unwrap();
+    assert!(debian.sh(&both).unwrap().status.code() != Some(0), "no 443 on 127.0.0.1: {both}");
 
     // keepalived adds the address: clients get the redirect on 80 and the site on 443.
     debian.netns().ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]).unwrap();

@@ -525,3 +525,161 @@ fn an_active_active_pair_behind_dns_spreads_requests_and_survives_a_node() {
     assert!(drained - drained_at < FAILOVER_BOUND, "draining took {:?}", drained - drained_at);
     assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("b"));
 }
+
+/// The apache2 processes (parent and children) running in `ns`.
+fn apache_pids(ns: &Netns) -> Vec<i32> {
+    netns::ip(&["netns", "pids", ns.name()])
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "apache2"))
+        .collect()
+}
+
+fn signal_all(pids: &[i32], signal: i32) {
+    for &pid in pids {
+        // SAFETY: signalling processes this test started.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// The MAC address of `ns`'s eth0, and the one `client`'s neighbour table has for `address`.
+fn mac_of(ns: &Netns) -> String {
+    let link = ns.ip(&["-o", "link", "show", "eth0"]).or_fail("ip link");
+    link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap_or("").to_string()
+}
+
+fn neighbour_mac(client: &Netns, address: Ipv4Addr) -> String {
+    let neigh = client.ip(&["neigh", "show", &address.to_string()]).unwrap_or_default();
+    neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).unwrap_or("").to_string()
+}
+
+/// Drops VRRP adverts arriving at `ns` (`cut`), or stops dropping them.
+fn partition(ns: &Netns, cut: bool) {
+    let nft = |args: &[&str]| netns::checked(ns.command("nft").args(args)).or_fail("nft");
+    if cut {
+        nft(&["add", "table", "inet", "lbrs_split"]);
+        nft(&["add", "chain", "inet", "lbrs_split", "input", "{ type filter hook input priority 0; }"]);
+        nft(&["add", "rule", "inet", "lbrs_split", "input", "ip", "protocol", "vrrp", "drop"]);
+    } else {
+        nft(&["delete", "table", "inet", "lbrs_split"]);
+    }
+}
+
+/// The faults operators meet, on the shipped active/passive files: a hung Apache (SIGSTOP)
+/// fails over about as fast as a stopped one; a VRRP partition that heals leaves one holder and
+/// the client's ARP entry on it within 3 s, every time of several; keepalived killed with -9
+/// on the master leaves the address on both nodes until supervision restarts it, and then on
+/// one.
+#[test]
+fn an_active_passive_pair_survives_a_hung_apache_split_brains_and_a_killed_keepalived() {
+    if !can_run() || ha::installed("nft").is_none() {
+        eprintln!("skipped: needs root and nft");
+        return;
+    }
+    let lan = Lan::build("hf", &[("a", NODE_A), ("b", NODE_B), ("apps", APPS), ("client", CLIENT)])
+        .or_fail("building the test network");
+    let (a, b, client) = (lan.host("a"), lan.host("b"), lan.host("client"));
+    let ports = [8081, 8082];
+    let _backends = start_backends(lan.host("apps"), &ports);
+    let listen = [format!("{VIP_1}:80"), "127.0.0.1:80".to_string()];
+    let body = balancer(&ports, "ProxySet lbmethod=byinflight");
+    let (health_a, health_b) = (health_dir(), health_dir());
+    for node in [a, b] {
+        node.sysctl("net.ipv4.ip_nonlocal_bind", "1").or_fail("ip_nonlocal_bind");
+    }
+    let _apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
+    let _apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
+    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B);
+    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A);
+    let mut keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("keepalived on node a");
+    assert!(wait_until(Duration::from_secs(20), || holds(a, VIP_1)).is_some(), "node a never took {VIP_1}");
+    let keepalived_b = Keepalived::start(b, "node b", &conf_b).or_fail("keepalived on node b");
+    assert!(
+        wait_until(Duration::from_secs(20), || keepalived_b.count("Entering BACKUP STATE") > 0).is_some()
+    );
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"));
+    let (mac_a, mac_b) = (mac_of(a), mac_of(b));
+
+    // 1. Node a's Apache hangs: every process stopped, connections accepted by the kernel and
+    // never answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_loop = Arc::clone(&stop);
+    let looping = client
+        .spawn(move || client_loop(VIP_1, &stop_loop, 3000, Duration::from_secs(40)))
+        .or_fail("client loop");
+    thread::sleep(Duration::from_secs(1));
+    let pids = apache_pids(a);
+    assert!(!pids.is_empty(), "no apache2 in node a");
+    let hung_at = Instant::now();
+    signal_all(&pids, libc::SIGSTOP);
+    let moved = wait_until(Duration::from_secs(20), || holds(b, VIP_1) && !holds(a, VIP_1));
+    thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let samples =
+        looping.join().map_err(|_| "the client loop panicked".to_string()).and_then(|r| r).or_fail("loop");
+    signal_all(&pids, libc::SIGCONT);
+    let moved = moved.unwrap_or_else(|| panic!("{VIP_1} did not leave the hung node within 20 s")) - hung_at;
+    let last_failure = samples
+        .iter()
+        .filter(|s| s.outcome.is_err())
+        .map(|s| s.end.saturating_duration_since(hung_at))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "hung Apache: {VIP_1} on node b {:.0} ms after node a's Apache hung; the last failed request ended {:.0} ms after",
+        ms(moved),
+        ms(last_failure)
+    );
+    assert!(moved < Duration::from_millis(3500), "a hung Apache took {moved:?} to fail over");
+    assert!(last_failure < Duration::from_millis(4500), "clients failed for {last_failure:?}");
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("b"));
+    let backups = keepalived_a.count("Entering BACKUP STATE");
+    assert!(
+        wait_until(Duration::from_secs(15), || keepalived_a.count("Entering BACKUP STATE") > backups)
+            .is_some()
+    );
+
+    // 2. Split brains that heal, several times (the missing ARP was intermittent).
+    for round in 1..=4 {
+        partition(a, true);
+        partition(b, true);
+        let both = wait_until(Duration::from_secs(15), || holds(a, VIP_1) && holds(b, VIP_1));
+        assert!(both.is_some(), "round {round}: the partition did not make both nodes master");
+        // Clients follow whichever node announced itself last.
+        thread::sleep(Duration::from_millis(1500));
+        let _ = node_behind(client, VIP_1);
+        let healed_at = Instant::now();
+        partition(a, false);
+        partition(b, false);
+        let settled = wait_until(Duration::from_secs(15), || {
+            let (on_a, on_b) = (holds(a, VIP_1), holds(b, VIP_1));
+            let holder_mac = if on_a { &mac_a } else { &mac_b };
+            on_a != on_b && neighbour_mac(client, VIP_1) == *holder_mac
+        });
+        let settled = settled.map(|t| t - healed_at);
+        let holder = if holds(a, VIP_1) { "a" } else { "b" };
+        eprintln!(
+            "split brain round {round}: healed, one holder ({holder}) and the client on it after {settled:?}"
+        );
+        let settled = settled.unwrap_or_else(|| panic!("round {round}: not settled within 15 s"));
+        assert!(settled <= Duration::from_secs(3), "round {round}: {settled:?}");
+        assert_eq!(node_behind(client, VIP_1).as_deref(), Ok(holder), "round {round}");
+    }
+
+    // 3. keepalived killed with -9 on the master: it gives nothing up.
+    let (master, other) = if holds(a, VIP_1) { (a, b) } else { (b, a) };
+    assert!(std::ptr::eq(master, a), "node a (priority 150) holds the address after the heals");
+    keepalived_a.kill();
+    let both = wait_until(Duration::from_secs(10), || holds(other, VIP_1) && holds(master, VIP_1));
+    eprintln!("keepalived killed on node a: both hold {VIP_1}: {}", both.is_some());
+    // Supervision (systemd's Restart=on-failure, shipped as keepalived-restart.conf) starts it
+    // again: the address is on one node only.
+    let restarted_at = Instant::now();
+    let _keepalived_a = Keepalived::start(a, "node a again", &conf_a).or_fail("keepalived on node a again");
+    let single = wait_until(Duration::from_secs(15), || holds(a, VIP_1) != holds(b, VIP_1))
+        .unwrap_or_else(|| panic!("{VIP_1} still on both nodes 15 s after keepalived came back"));
+    eprintln!("keepalived back on node a: one holder after {:?}", single - restarted_at);
+    let holder = if holds(a, VIP_1) { "a" } else { "b" };
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok(holder));
+}

@@ -212,6 +212,11 @@ impl Keepalived {
         self.log().lines().filter(|line| line.contains(text)).count()
     }
 
+    /// Kills keepalived with SIGKILL: it gives nothing up (its addresses stay).
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     /// Stops keepalived (SIGTERM: it gives up its addresses first) and reaps it.
     pub fn stop(&mut self) {
         self.process.stop();

@@ -368,6 +368,16 @@ impl NsProcess {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL to the whole group at once, as `kill -9` or the OOM killer would: it cleans
+    /// nothing up. Reaped.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: the group is the one our child leads.
+            unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then SIGKILL to the whole group after 10 s; reaped.
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
