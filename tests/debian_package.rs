@@ -459,7 +459,9 @@ fn the_image_scripts_run_apache_as_the_entrypoint_process_and_sigwinch_lets_requ
     assert!(stderr.contains("SIGWINCH"), "the error log is not on stderr:\n{stderr}");
     drop(entrypoint);
 
-    // The package's purge, then the guard puts back the image's configuration changes.
+    // The package's purge (after the site that uses its methods, which it would refuse to
+    // leave without them), then the guard puts back the image's configuration changes.
+    system::run("a2dissite", &["-q", "lbmethod-rs-example"], &[]).unwrap();
     let purged = system::apt_get(&["purge", PACKAGE]).unwrap();
     eprintln!("{purged}");
     assert!(system::package_absent(PACKAGE), "{}", system::package_status(PACKAGE));

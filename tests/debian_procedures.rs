@@ -96,7 +96,8 @@ fn wait_same(debian: &DebianBox, pid: u32) {
 
 /// install.md's way back to httpd's own methods, on a box set up by the quick start, where no
 /// stock lbmethod module is enabled: enable the built-in method's module first, then change
-/// or delete `lbmethod=`, then disable this module. Apache serves throughout.
+/// or delete `lbmethod=`, then disable this module; then its uninstalling steps. Apache serves
+/// throughout, the same process.
 #[test]
 fn rolling_back_to_a_built_in_method_keeps_apache_up() {
     let Some(debian) = debian("rollback") else { return };
@@ -130,6 +131,23 @@ fn rolling_back_to_a_built_in_method_keeps_apache_up() {
     }
     let errors = debian.error_log();
     assert!(!errors.contains("AH02432"), "{errors}");
+    // Uninstalling, as the page goes on: its grep finds only the module's own files, the
+    // files go, and the grep finds nothing; Apache still serves after a reload.
+    let grep = Recipe::load("docs/install.md", "uninstall-grep");
+    let found = debian.sh(grep.text()).unwrap();
+    let found = String::from_utf8_lossy(&found.stdout).to_string();
+    assert!(
+        found.lines().all(|l| l.starts_with("/etc/apache2/mods-available/lbmethod_rs.")),
+        "left after the rollback:\n{found}"
+    );
+    debian
+        .ok("rm -f /usr/lib/apache2/modules/mod_lbmethod_rs.so && \
+             rm -f /etc/apache2/mods-available/lbmethod_rs.load /etc/apache2/mods-available/lbmethod_rs.conf")
+        .unwrap();
+    assert_eq!(debian.sh(grep.text()).unwrap().stdout, b"", "the grep lists nothing");
+    reload(&debian, pid);
+    let (code, _) = debian.curl("http://127.0.0.1/").unwrap();
+    assert_eq!(code, 200);
 }
 
 /// The address keepalived would move, in the box only.

@@ -324,7 +324,13 @@ impl MachineGuard {
         if !package_absent(&self.package) {
             let status = package_status(&self.package);
             let _held = ServiceStartsHeld::new();
-            match apt_get(&["purge", &self.package]) {
+            // Whatever the test left enabled: the package refuses removal while the
+            // configuration uses it, and the guard restores the configuration after.
+            match run(
+                "apt-get",
+                &["-o", "DPkg::Lock::Timeout=300", "-y", "-q", "purge", &self.package],
+                &[("DEBIAN_FRONTEND", "noninteractive"), ("LBRS_FORCE_REMOVE", "1")],
+            ) {
                 Ok(_) => done.push(format!("purged {} ({status})", self.package)),
                 Err(e) => done.push(format!("could not purge {}: {e}", self.package)),
             }
