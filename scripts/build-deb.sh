@@ -11,7 +11,7 @@
 # cargo's target directory kept in target/debian/cargo/ so that rebuilds are incremental.
 #
 # Installs the Debian packages it needs when missing (as scripts/setup.sh does). Needs cargo
-# (Rust 1.85 or later, from rustup) on PATH or in ~/.cargo/bin. Crates come from cargo's
+# (Rust 1.88 or later, from rustup) on PATH or in ~/.cargo/bin. Crates come from cargo's
 # cache, or from crates.io when they are not there yet: that needs network access, unless
 # CARGO_NET_OFFLINE=true, which forbids it.
 # Environment: LBRS_LINTIAN=0 skips lintian.

@@ -42,6 +42,9 @@ action=$1 balancer=${2#balancer://} member=$3
 shift 3
 url=http://127.0.0.1/ manager=balancer-manager status_path=lb-status wait=300
 curl_options=()
+# Every option as given, for the next step the script prints (quoted for a shell).
+options_given=""
+for option in "$@"; do options_given+=" $(printf '%q' "$option")"; done
 while [ $# -gt 0 ]; do
     case "$1" in
         --url) url=${2:?--url needs a value}; shift 2 ;;
@@ -119,7 +122,7 @@ drain)
         m=$(member_json)
         inflight=$(field .inflight "$m")
         if [ "$inflight" -eq 0 ]; then
-            say "drained: nothing in flight; deploy now, then: $0 enable $balancer $member --url $url"
+            say "drained: nothing in flight; deploy now, then: $0 enable $balancer $member${options_given}"
             break
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then

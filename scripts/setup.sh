@@ -5,7 +5,7 @@
 #   libclang-dev   libclang, which bindgen loads (the clang program itself is not needed)
 #   build-essential  cc, which links the module
 #   curl, ca-certificates  to install Rust with rustup, and to try the demo
-# and that cargo (Rust 1.85 or later, for edition 2024) is there.
+# and that cargo (Rust 1.88 or later, for edition 2024) is there.
 #
 # Quiet and quick when everything is present. Installs missing packages as root, through sudo
 # when not root, or else prints the exact apt-get command and fails.
@@ -38,7 +38,7 @@ LBRS_TEST_PACKAGES=(
     prometheus # tests/prometheus.rs: promtool checks the metrics and monitoring/'s rules, and a real server scrapes Apache (its service is not started: policy-rc.d below)
     chromium # tests/status_page_browser.rs loads the status page in headless Chromium (DevTools over a pipe)
 )
-LBRS_MIN_RUST_MINOR=85
+LBRS_MIN_RUST_MINOR=88
 
 lbrs_say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -142,7 +142,7 @@ lbrs_setup_rust() {
     local minor
     minor=$(rustc --version 2>/dev/null | sed -n 's/^rustc 1\.\([0-9][0-9]*\)\..*/\1/p')
     if [ -n "$minor" ] && [ "$minor" -lt "$LBRS_MIN_RUST_MINOR" ]; then
-        lbrs_say "$(rustc --version) is too old (edition 2024 needs Rust 1.$LBRS_MIN_RUST_MINOR or later):"
+        lbrs_say "$(rustc --version) is too old (edition 2024 and let-chains need Rust 1.$LBRS_MIN_RUST_MINOR or later):"
         printf '    rustup update stable\n' >&2
         return 1
     fi

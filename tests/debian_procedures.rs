@@ -21,6 +21,14 @@ fn debian(tag: &str) -> Option<DebianBox> {
     }
     let debian = DebianBox::create(tag).unwrap();
     debian.install_module().unwrap();
+    // What the procedures start from: the package's defaults, whatever this machine's own
+    // Apache has enabled (only Debian's default site, no stock lbmethod module).
+    debian
+        .ok("for site in /etc/apache2/sites-enabled/*.conf; do a2dissite -q \"$(basename \"$site\" .conf)\"; done; \
+             a2ensite -q 000-default; \
+             for m in lbmethod_byrequests lbmethod_bybusyness lbmethod_bytraffic lbmethod_heartbeat; do \
+                 a2dismod -q -f $m >/dev/null 2>&1 || true; done")
+        .unwrap();
     Some(debian)
 }
 
@@ -106,6 +114,12 @@ fn rolling_back_to_a_built_in_method_keeps_apache_up() {
     // What a box set up by the quick start has: no stock method enabled.
     let enabled = debian.ok("ls /etc/apache2/mods-enabled").unwrap();
     assert!(!enabled.contains("lbmethod_by"), "{enabled}");
+    // The package would refuse to go now (its prerm, run as dpkg runs it), naming the line.
+    let prerm = lbrs_harness::recipe::workspace_root().join("debian/libapache2-mod-lbmethod-rs.prerm");
+    let refused = debian.sh(&format!("sh '{}' remove", prerm.display())).unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(said.contains("/etc/apache2/sites-enabled/app.conf") && said.contains("byweight"), "{said}");
 
     // The page's steps, in its order, with the reload Debian's unit runs.
     let steps = Recipe::load("docs/install.md", "rollback-to-built-in")
@@ -119,6 +133,8 @@ fn rolling_back_to_a_built_in_method_keeps_apache_up() {
     debian.ok("sed -i '/ProxySet lbmethod=byweight/d' /etc/apache2/sites-available/app.conf").unwrap();
     debian.ok(commands[2]).unwrap();
     wait_same(&debian, pid);
+    // Rolled back: the package may go.
+    debian.ok(&format!("sh '{}' remove", prerm.display())).unwrap();
     let (code, _) = debian.curl("http://127.0.0.1/").unwrap();
     assert_eq!(code, 200);
     // And the module goes.
@@ -324,7 +340,7 @@ fn the_hardened_edge_hides_the_members_and_flags_the_cookies() {
             ))
             .unwrap();
     }
-    debian.ok("a2enmod -q ssl headers http2 proxy_http lbmethod_rs").unwrap();
+    debian.ok(Recipe::load("docs/security.md", "hardened-edge-commands").text()).unwrap();
     debian
         .ok("mkdir -p /etc/apache2/tls && openssl req -x509 -newkey rsa:2048 -nodes -days 2 \
              -subj /CN=app.example.com -addext subjectAltName=DNS:app.example.com \
@@ -357,6 +373,10 @@ fn the_hardened_edge_hides_the_members_and_flags_the_cookies() {
     assert!(served.starts_with("HTTP/2 200"), "{served}\n{}", debian.error_log());
     let lower = served.to_ascii_lowercase();
     assert!(!lower.contains("werkzeug") && !lower.contains("x-powered-by"), "{served}");
+    assert!(
+        lower.contains("server: apache\r\n") || lower.contains("server: apache\n"),
+        "no version: {served}"
+    );
     assert!(lower.contains("strict-transport-security: max-age=63072000"), "{served}");
     let cookies: Vec<&str> = lower.lines().filter(|l| l.starts_with("set-cookie:")).collect();
     assert!(cookies.iter().any(|c| c.contains("session=abc123")), "{served}");
@@ -370,6 +390,10 @@ fn the_hardened_edge_hides_the_members_and_flags_the_cookies() {
     let (code, body) = debian.curl(&format!("{https} https://app.example.com/boom")).unwrap();
     assert_eq!(code, 500);
     assert!(!body.contains("Traceback") && !body.contains("db_password"), "{body}");
+    assert!(!body.contains("Apache/2"), "Apache's page names no version: {body}");
+    // Port 80's redirect keeps secrets out of the log too.
+    let (code, _) = debian.curl("'http://127.0.0.5/login?token=s3cr3t80'").unwrap();
+    assert_eq!(code, 301);
     // The log: no query string; the member and the outcome.
     let (code, _) = debian.curl(&format!("{https} 'https://app.example.com/account?token=s3cr3t'")).unwrap();
     assert_eq!(code, 200);
@@ -379,7 +403,9 @@ fn the_hardened_edge_hides_the_members_and_flags_the_cookies() {
     let (code, _) = debian.curl(&format!("{https} https://app.example.com/after")).unwrap();
     assert_eq!(code, 503);
     let log = debian.read("/var/log/apache2/edge.log").unwrap();
-    assert!(!log.contains("s3cr3t"), "{log}");
+    let every_log = debian.ok("cat /var/log/apache2/*.log").unwrap();
+    assert!(!every_log.contains("s3cr3t"), "{every_log}");
+    assert!(log.contains("GET /login HTTP/1.1\" 301"), "{log}");
     let account = log.lines().find(|l| l.contains("/account")).expect("the request is logged");
     assert!(account.contains("\"GET /account HTTP/2.0\" 200"), "{account}");
     assert!(account.contains("\"http://127.0.0.2") && account.contains(" answered "), "{account}");

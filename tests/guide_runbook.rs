@@ -143,7 +143,8 @@ fn the_access_log_names_the_member_of_every_request() {
         assert_eq!(fields[0], "-", "no sticky route changed: {line}");
         let member_ms: f64 = fields[1].parse().expect("LBRS_MEMBER_MS");
         assert_eq!(fields[2], "answered", "LBRS_OUTCOME: {line}");
-        let micros: u64 = fields[4].parse().expect("%D");
+        assert!(fields[4] == "+" || fields[4] == "-", "%X: the client stayed: {line}");
+        let micros: u64 = fields[5].parse().expect("%D");
         assert!(micros > 0 && micros < 10_000_000, "{line}");
         assert!(member_ms > 0.0 && member_ms * 1000.0 <= micros as f64, "{line}");
     }

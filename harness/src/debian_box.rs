@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 
 /// The directories copied and mounted over their originals: what the package and a sysadmin
 /// change.
-const PRIVATE_COPIES: [&str; 4] =
-    ["/etc/apache2", "/var/lib/apache2", "/var/log/apache2", "/usr/lib/apache2/modules"];
+const PRIVATE_COPIES: [&str; 5] =
+    ["/etc/apache2", "/var/lib/apache2", "/usr/lib/apache2/modules", "/var/www", "/var/cache/apache2"];
+/// Mounted empty (same owner and mode as the original): the box's logs are its own, and the
+/// host's may be large.
+const PRIVATE_EMPTY: [&str; 1] = ["/var/log/apache2"];
 
 /// Why this machine cannot give a test a Debian box, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -33,6 +36,7 @@ pub fn unavailable() -> Option<String> {
     }
     PRIVATE_COPIES
         .iter()
+        .chain(&PRIVATE_EMPTY)
         .find(|d| !Path::new(d).is_dir())
         .map(|d| format!("{d} is missing: the apache2 package is not installed"))
 }
@@ -68,6 +72,22 @@ impl DebianBox {
                 return Err(format!("cannot copy {dir}"));
             }
             script.push_str(&format!("mount --bind '{}' '{dir}'\n", copy.display()));
+        }
+        for (n, dir) in PRIVATE_EMPTY.iter().enumerate() {
+            let empty = scratch.path().join(format!("empty{n}"));
+            // An empty directory with the original's owner and mode.
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "mkdir '{e}' && chown --reference='{dir}' '{e}' && chmod --reference='{dir}' '{e}'",
+                    e = empty.display()
+                ))
+                .status()
+                .map_err(|e| format!("mkdir {}: {e}", empty.display()))?;
+            if !status.success() {
+                return Err(format!("cannot make an empty {dir}"));
+            }
+            script.push_str(&format!("mount --bind '{}' '{dir}'\n", empty.display()));
         }
         // /run (and /var/run, /var/lock through their symlinks) of its own: apache2ctl creates
         // /run/apache2 and /run/lock/apache2 there.
@@ -110,10 +130,13 @@ impl DebianBox {
         self.scratch.path()
     }
 
-    /// A command that runs `program` inside the box.
+    /// A command that runs `program` inside the box. `APACHE_STARTED_BY_SYSTEMD` as Debian's
+    /// apache2.service sets it: the box shares the host's process numbers, and on a host whose
+    /// process 1 is systemd, apache2ctl would otherwise hand `start` to the host's systemctl.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new("nsenter");
         command.args(["-t", &self.holder.id().to_string(), "-m", "-n", "--", program]);
+        command.env("APACHE_STARTED_BY_SYSTEMD", "true");
         command
     }
 
@@ -183,7 +206,9 @@ impl DebianBox {
 
     /// Where the box's copy of `dir` (one of the private copies) is, seen from outside.
     pub fn outside(&self, dir: &str) -> Option<PathBuf> {
-        PRIVATE_COPIES.iter().position(|d| *d == dir).map(|n| self.scratch.path().join(format!("copy{n}")))
+        let copy = PRIVATE_COPIES.iter().position(|d| *d == dir).map(|n| format!("copy{n}"));
+        let empty = PRIVATE_EMPTY.iter().position(|d| *d == dir).map(|n| format!("empty{n}"));
+        copy.or(empty).map(|name| self.scratch.path().join(name))
     }
 }
 

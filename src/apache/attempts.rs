@@ -39,6 +39,13 @@ pub struct Requested {
     /// Refused because every candidate was at its cap, and not served since: the balancer's
     /// shed counter, moved once when the request ends so.
     shed: Option<&'static AtomicU64>,
+    /// The balancer had no usable member for it (and none since).
+    no_member: bool,
+}
+
+/// The balancer had no usable member for the request: httpd answers 503 (for the log).
+pub fn no_member(r: Request<'_>) {
+    r.with_state(|state: &mut Requested| state.no_member = true);
 }
 
 /// The attempt under way.
@@ -150,28 +157,33 @@ impl Requested {
 /// before httpd logs it, for a request one of this module's balancers handled:
 ///
 /// - `LBRS_OUTCOME`: `answered` (the member answered, whatever its status), `no-answer` (httpd
-///   answered for it: the connection failed or timed out, or it closed without answering),
-///   `client-gone` (the client went away before the member answered), `shed` (every member
-///   was at its `LBMaxInflight` cap: 503 from Apache);
-/// - `LBRS_MEMBER_MS`: milliseconds from the pick to the member's first byte, when it answered.
+///   answered for it with an error: the connection failed or timed out, or it closed without
+///   answering), `client-failed` (no answer, and httpd's status is not an error of its own:
+///   the client's request body failed, say), `shed` (every member was at its `LBMaxInflight`
+///   cap: 503 from Apache), `no-member` (the balancer had no usable member: 503 from Apache). Whether the client went away is `%X`'s to say: under HTTP/2 a
+///   stream's connection reads as aborted once the stream is done.
+/// - `LBRS_MEMBER_MS`: milliseconds from the pick to the first byte of the member's answer, when
+///   it went out (not when `ProxyErrorOverride` put Apache's page in its place).
 pub fn describe_for_log(r: Request<'_>) {
     let described = r.with_existing_state(|state: &mut Requested| {
         if let Some(current) = &state.current {
             let answered = current.first_byte_us != 0 || r.note(c"proxy-error-override").is_some();
             let outcome = if answered {
                 "answered"
-            } else if r.client_aborted() {
-                "client-gone"
-            } else {
+            } else if r.status() >= 500 {
                 "no-answer"
+            } else {
+                "client-failed"
             };
             if current.first_byte_us != 0 {
                 let ms = current.first_byte_us.saturating_sub(current.picked_us) as f64 / 1000.0;
                 r.set_env("LBRS_MEMBER_MS", &format!("{ms:.3}"));
             }
             Some(outcome)
+        } else if state.shed.is_some() {
+            Some("shed")
         } else {
-            state.shed.map(|_| "shed")
+            state.no_member.then_some("no-member")
         }
     });
     if let Some(Some(outcome)) = described {

@@ -74,6 +74,7 @@ fn pick(
     local.offered.sort_unstable_by_key(|worker| worker.index());
     if local.offered.is_empty() {
         log_request!(r, Level::Debug, "{}: {}: no usable member", method.name(), balancer.name());
+        attempts::no_member(r);
         return None;
     }
     let now = monotonic_us();

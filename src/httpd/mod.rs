@@ -57,12 +57,17 @@ fn module_index() -> c_int {
     MODULE_INDEX.load(Ordering::Relaxed)
 }
 
-/// This module's slot in a configuration vector (`ap_get_module_config`), if the index is set.
+/// This module's slot in a configuration vector (`ap_get_module_config`), if the index is set
+/// and the vector exists.
 ///
 /// # Safety
 /// `vector` must be a live configuration vector (a server's `module_config`, a request's
 /// `request_config`).
 unsafe fn module_slot(vector: *mut ffi::ap_conf_vector_t) -> Option<*mut *mut c_void> {
+    if vector.is_null() {
+        // A request another module made up without a configuration vector.
+        return None;
+    }
     let index = usize::try_from(module_index()).ok()?;
     // SAFETY: a configuration vector is an array of pointers indexed by module index, with
     // room for every module httpd loaded (this one included).

@@ -167,17 +167,20 @@ impl<'r> Request<'r> {
         exists.then(|| self.with_state(body))
     }
 
-    /// Sets a variable of the request's environment (`r->subprocess_env`), which the access
-    /// log prints with `%{NAME}e`.
+    /// Sets a variable of the request's environment (`r->subprocess_env`), and of the requests
+    /// it was internally redirected to (an `ErrorDocument`, say): the access log prints the
+    /// last one's with `%{NAME}e`.
     pub fn set_env(self, name: &str, value: &str) {
-        // SAFETY: a live table of the live request.
-        unsafe { table_set((*self.raw()).subprocess_env, name, Some(value)) }
-    }
-
-    /// The client's connection was aborted (it went away, or a write to it failed).
-    pub fn client_aborted(self) -> bool {
-        // SAFETY: the live request's connection (null-checked), a plain field.
-        unsafe { (*self.raw()).connection.as_ref().is_some_and(|c| c.aborted != 0) }
+        let mut request = self.raw();
+        // SAFETY: the live request and its `next` chain, which httpd keeps until the request
+        // ends; bounded in case of a malformed chain.
+        unsafe {
+            for _ in 0..16 {
+                let Some(live) = request.as_ref() else { break };
+                table_set(live.subprocess_env, name, Some(value));
+                request = live.next;
+            }
+        }
     }
 
     /// Runs `body` on the module's state for this request ([`RequestState`]), made on first
