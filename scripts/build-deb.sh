@@ -52,8 +52,11 @@ if [ "${LBRS_LINTIAN:-1}" != 0 ]; then
     check=(--check-command=lintian "--check-option=--fail-on=error,warning" --check-option=--display-info)
 fi
 
-say "building in $build/src (cargo target directory: $out/cargo)"
-(cd "$build/src" && CARGO_TARGET_DIR="$out/cargo" dpkg-buildpackage --build=binary --no-sign "${check[@]}")
+# LBRS_DEB_CARGO_TARGET: another tree's cargo directory to build in (tests/debian_package.rs
+# builds a second version of the package without compiling every crate again).
+cargo_target=${LBRS_DEB_CARGO_TARGET:-$out/cargo}
+say "building in $build/src (cargo target directory: $cargo_target)"
+(cd "$build/src" && CARGO_TARGET_DIR="$cargo_target" dpkg-buildpackage --build=binary --no-sign "${check[@]}")
 
 package=libapache2-mod-lbmethod-rs
 rm -f "$out/${package}"_*.deb "$out/${package}"-dbgsym_*.deb "$out/${package}"_*.buildinfo \

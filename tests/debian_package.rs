@@ -471,3 +471,121 @@ fn the_image_scripts_run_apache_as_the_entrypoint_process_and_sigwinch_lets_requ
     eprintln!("guard: {restored:?}");
     assert!(!restored.iter().any(|l| l.starts_with("could not") || l.starts_with("still")), "{restored:?}");
 }
+
+/// The package at another version: this tree copied, its crate and package versions set to
+/// `version`, built by its own scripts/build-deb.sh in this tree's cargo directory (only the
+/// module itself compiles again). Returns the .deb, copied to `into`.
+fn package_at(version: &str, into: &Path) -> PathBuf {
+    let tree = into.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let copied = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C '{}' --exclude=./target --exclude=./.git -cf - . | tar -C '{}' -xf -",
+            workspace().display(),
+            tree.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let set_version = |file: &str, from: &str, to: &str| {
+        let path = tree.join(file);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file}: no {from:?}");
+        fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    };
+    let current = format!("version = \"{}\"", env!("CARGO_PKG_VERSION"));
+    set_version("Cargo.toml", &current, &format!("version = \"{version}\""));
+    set_version(
+        "Cargo.lock",
+        &format!("name = \"mod_lbmethod_rs\"\n{current}"),
+        &format!("name = \"mod_lbmethod_rs\"\nversion = \"{version}\""),
+    );
+    let changelog = tree.join("debian/changelog");
+    let old = fs::read_to_string(&changelog).unwrap();
+    fs::write(
+        &changelog,
+        format!(
+            "libapache2-mod-lbmethod-rs ({version}) unstable; urgency=medium\n\n  * A version for the upgrade and \
+             rollback test.\n\n -- mod_lbmethod_rs maintainers <maintainers@users.noreply.b-seed-aacf847c.example>  \
+             Tue, 01 Dec 2026 00:00:00 +0000\n\n{old}"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(tree.join("scripts/build-deb.sh"))
+        .current_dir(&tree)
+        .env("LBRS_DEB_CARGO_TARGET", workspace().join("target/debian/cargo"))
+        .env("LBRS_LINTIAN", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/build-deb.sh");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let built = PathBuf::from(String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or("").trim());
+    let deb = into.join(built.file_name().unwrap());
+    fs::copy(&built, &deb).unwrap();
+    fs::remove_dir_all(&tree).unwrap();
+    deb
+}
+
+/// install.md's upgrade and rollback, on this machine's apache2: a newer package installed
+/// over a running Apache, then the previous one with --allow-downgrades, each applied with
+/// `apachectl -t` and a graceful reload. The same parent serves throughout, in 1:2.
+#[test]
+fn upgrading_and_rolling_back_the_package_keep_apache_serving() {
+    let Some(_machine) = machine() else { return };
+    let scratch = Scratch::new();
+    let logs = &scratch.0;
+    let previous = logs.join(package().file_name().unwrap());
+    fs::copy(package(), &previous).unwrap();
+    let newer = package_at("0.1.1", logs);
+
+    let mut guard = MachineGuard::new(PACKAGE, &RUN_DIRS).unwrap();
+    let _held = ServiceStartsHeld::new().unwrap();
+    system::apt_get(&["install", &previous.to_string_lossy()]).unwrap();
+    system::run("a2enmod", &["-q", "proxy_http", "lbmethod_rs"], &[]).unwrap();
+    let b = backends(&["a", "b"]);
+    let port = free_port().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let ports_conf = format!("{APACHE_CONF}/ports.conf");
+    let original_ports = fs::read(&ports_conf).unwrap();
+    fs::write(&ports_conf, format!("Listen 127.0.0.1:{port}\n")).unwrap();
+    let site = format!("{APACHE_CONF}/sites-available/lbrs-deb-test.conf");
+    fs::write(&site, test_site(port, &b, logs)).unwrap();
+    system::run("a2ensite", &["-q", "lbrs-deb-test"], &[]).unwrap();
+    system::run("apache2ctl", &["start"], &[]).unwrap();
+    let pid = system::retry(Duration::from_secs(30), || {
+        system::system_apache_pid().ok_or_else(|| format!("no live apache2 in {SYSTEM_PID_FILE}"))
+    })
+    .unwrap();
+    system::retry(Duration::from_secs(30), || client::get(addr, "/lb-status").map_err(|e| e.to_string()))
+        .unwrap();
+    let expected = BTreeMap::from([("a".to_string(), 20), ("b".to_string(), 40)]);
+    assert_eq!(tally(addr, "/", 60), expected);
+
+    // Upgrade, then roll back, then upgrade again: apt, -t, reload, and the same Apache serves.
+    for (deb, version, extra) in
+        [(&newer, "0.1.1", None), (&previous, "0.1.0", Some("--allow-downgrades")), (&newer, "0.1.1", None)]
+    {
+        let mut args = vec!["install"];
+        args.extend(extra);
+        let path = deb.to_string_lossy();
+        args.push(&path);
+        system::apt_get(&args).unwrap_or_else(|e| panic!("apt-get {args:?}: {e}"));
+        assert_eq!(system::run("dpkg-query", &["-W", "-f=${Version}", PACKAGE], &[]).unwrap(), version);
+        let configtest = system::run("apache2ctl", &["configtest"], &[]).unwrap();
+        assert!(configtest.contains("Syntax OK"), "{configtest}");
+        system::run("apache2ctl", &["graceful"], &[]).unwrap();
+        thread::sleep(Duration::from_secs(1));
+        assert_eq!(system::system_apache_pid(), Some(pid), "Apache went down after installing {version}");
+        assert_eq!(tally(addr, "/", 60), expected, "after installing {version}");
+    }
+
+    let stopped = system::run("apache2ctl", &["stop"], &[]).unwrap();
+    assert!(system::wait_gone(pid, Duration::from_secs(30)), "apache2 (pid {pid}) still runs: {stopped}");
+    system::run("a2dissite", &["-q", "-p", "lbrs-deb-test"], &[]).unwrap();
+    fs::remove_file(&site).unwrap();
+    fs::write(&ports_conf, original_ports).unwrap();
+    system::apt_get(&["purge", PACKAGE]).unwrap();
+    let restored = guard.restore();
+    assert!(!restored.iter().any(|l| l.starts_with("could not") || l.starts_with("still")), "{restored:?}");
+}

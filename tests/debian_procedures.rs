@@ -253,6 +253,35 @@ fn https_front_and_ha_listen_on_debians_ports_conf_keep_the_admin_urls_local() {
         ))
         .unwrap();
     assert!(status.contains("status=ok"), "{status}");
+    // Drain and enable over HTTPS, with balancer-manager served as the runbook shows; the
+    // enable command is the one the drain prints, run as printed.
+    let manager = Recipe::load("docs/runbook.md", "runbook-balancer-manager");
+    debian.write("/etc/apache2/conf-available/lbrs-manager.conf", manager.text()).unwrap();
+    debian.ok("a2enconf -q lbrs-manager && apachectl -t && apache2ctl graceful").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let script = maintenance.display().to_string();
+    let drained = debian
+        .ok(&format!(
+            "'{script}' drain app 'http://{}' --wait 10 --url https://app.example.com/ \
+             --cacert /etc/apache2/tls/cert.pem --resolve app.example.com:443:127.0.0.1",
+            members[0]
+        ))
+        .unwrap();
+    let next = drained
+        .lines()
+        .find_map(|l| l.split_once("deploy now, then: ").map(|(_, command)| command.to_string()))
+        .unwrap_or_else(|| panic!("no next step printed:\n{drained}"));
+    assert!(next.contains("--cacert") && next.contains("--resolve"), "{next}");
+    let enabled = debian.ok(&next).unwrap();
+    assert!(enabled.contains("enabled"), "{enabled}");
+    let status = debian
+        .ok(&format!(
+            "'{script}' status app 'http://{}' --wait 0 --url https://app.example.com/ \
+             --cacert /etc/apache2/tls/cert.pem --resolve app.example.com:443:127.0.0.1",
+            members[0]
+        ))
+        .unwrap();
+    assert!(status.contains("status=ok"), "{status}");
     // keepalived's own check, taken from the shipped file: passes, then fails without the file.
     let check = lbrs_harness::ha::shipped("keepalived-a.conf").unwrap();
     let check = check
