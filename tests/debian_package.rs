@@ -51,6 +51,9 @@ fn package() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
         let started = Instant::now();
+        // The module as built last may be another version's (package_at shares the cargo
+        // directory).
+        forget_built_module();
         let output = Command::new(workspace().join("scripts/build-deb.sh"))
             .current_dir(workspace())
             .stdin(Stdio::null())
@@ -512,9 +515,11 @@ fn package_at(version: &str, into: &Path) -> PathBuf {
         ),
     )
     .unwrap();
+    let cargo = workspace().join("target/debian/cargo");
+    forget_built_module();
     let output = Command::new(tree.join("scripts/build-deb.sh"))
         .current_dir(&tree)
-        .env("LBRS_DEB_CARGO_TARGET", workspace().join("target/debian/cargo"))
+        .env("LBRS_DEB_CARGO_TARGET", &cargo)
         .env("LBRS_LINTIAN", "0")
         .stdin(Stdio::null())
         .output()
@@ -524,7 +529,18 @@ fn package_at(version: &str, into: &Path) -> PathBuf {
     let deb = into.join(built.file_name().unwrap());
     fs::copy(&built, &deb).unwrap();
     fs::remove_dir_all(&tree).unwrap();
+    forget_built_module();
     deb
+}
+
+/// Both versions of the package build a module of the same file name in the shared cargo
+/// directory (a cdylib's has no hash), and cargo, which finds either version's build fresh,
+/// would package whichever was built last: without the file, it builds its own again.
+fn forget_built_module() {
+    let release = workspace().join("target/debian/cargo/release");
+    for file in ["libmod_lbmethod_rs.so", "deps/libmod_lbmethod_rs.so"] {
+        let _ = fs::remove_file(release.join(file));
+    }
 }
 
 /// install.md's upgrade and rollback, on this machine's apache2: a newer package installed
@@ -578,6 +594,7 @@ fn upgrading_and_rolling_back_the_package_keep_apache_serving() {
         thread::sleep(Duration::from_secs(1));
         assert_eq!(system::system_apache_pid(), Some(pid), "Apache went down after installing {version}");
         assert_eq!(tally(addr, "/", 60), expected, "after installing {version}");
+        assert_eq!(status_json(addr)["module_version"], version, "the reload loaded the installed module");
     }
 
     let stopped = system::run("apache2ctl", &["stop"], &[]).unwrap();

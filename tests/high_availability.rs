@@ -467,6 +467,14 @@ fn an_active_active_pair_behind_dns_spreads_requests_and_survives_a_node() {
     // Node b's Apache stops. Until its keepalived notices, its address refuses connections: a
     // client that tries the next address of the name still gets through, to node a. The move
     // of the address is watched meanwhile.
+    // Meanwhile a client that resolved the name once and keeps node b's address (a JVM's DNS
+    // cache, a connection pool) asks it every 20 ms.
+    let stop_loop = Arc::new(AtomicBool::new(false));
+    let stop_this = Arc::clone(&stop_loop);
+    let kept = client
+        .spawn(move || client_loop(VIP_2, &stop_this, 3000, Duration::from_secs(40)))
+        .or_fail("the client that resolved once");
+    thread::sleep(Duration::from_millis(500));
     let stopped_at = Instant::now();
     apache_b.stop();
     let (moved_at, curls) = thread::scope(|scope| {
@@ -484,6 +492,28 @@ fn an_active_active_pair_behind_dns_spreads_requests_and_survives_a_node() {
         }
     }
     let moved_at = moved_at.unwrap_or_else(|| panic!("{VIP_2} did not move to node a within 20 s"));
+    thread::sleep(Duration::from_secs(2));
+    stop_loop.store(true, Ordering::SeqCst);
+    let kept =
+        kept.join().map_err(|_| "the client loop panicked".to_string()).and_then(|r| r).or_fail("loop");
+    let last_failure = kept.iter().filter(|s| s.outcome.is_err()).map(|s| s.end).max();
+    eprintln!(
+        "active/active, a client that resolved once: {} of {} requests to {VIP_2} failed, the last ending {:?} after the stop",
+        kept.iter().filter(|s| s.outcome.is_err()).count(),
+        kept.len(),
+        last_failure.map(|end| end - stopped_at)
+    );
+    // It fails only until the address moved (a second for the gratuitous ARP), then node a
+    // answers it on node b's address.
+    assert!(
+        last_failure.is_none_or(|end| end <= moved_at + Duration::from_secs(1)),
+        "failures after the move"
+    );
+    let after: Vec<&Sample> = kept.iter().filter(|s| s.start > moved_at + Duration::from_secs(1)).collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|s| s.outcome.as_deref() == Ok("a")),
+        "node a answers {VIP_2}"
+    );
     let failover = moved_at - stopped_at;
     eprintln!(
         "active/active failover: {VIP_2} moved to node a {:.0} ms after Apache stopped on node b; before \
