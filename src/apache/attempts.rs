@@ -117,11 +117,17 @@ enum Answer {
 }
 
 impl Answer {
-    /// Whether the balancer's `failures=` count it as a failure; `None`: no evidence either way.
+    /// Whether the balancer's `failures=` count it as a failure; `None`: no evidence either way,
+    /// also for a failure `failures=` leaves out (a gateway failure under `failures=5xx`, a
+    /// `500` under `failures=gateway`): not counted, but no success either, which would reset
+    /// the member's failures in a row and vouch for it to the shared-failure rule.
     fn failed(self, settings: &BalancerSettings) -> Option<bool> {
+        let failures = settings.failures();
         match self {
-            Answer::None => Some(settings.failures().counts(None)),
-            Answer::Status(status) => Some(settings.failures().counts(Some(status))),
+            Answer::None => failures.counts(None).then_some(true),
+            Answer::Status(status) if failures.counts(Some(status)) => Some(true),
+            Answer::Status(status) if status >= 500 => None,
+            Answer::Status(_) => Some(false),
             Answer::Unknown => None,
         }
     }
