@@ -243,9 +243,18 @@ impl ScratchDir {
     pub fn new() -> Result<ScratchDir, String> {
         use std::os::unix::fs::PermissionsExt;
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("{PREFIX}{}-{n}", std::process::id()));
-        fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        // A directory this process makes, never one that exists already: the name is
+        // predictable, and a test running as root must not write through what another user
+        // put there (a symlink, say).
+        let path = loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("{PREFIX}{}-{n}", std::process::id()));
+            match fs::create_dir(&path) {
+                Ok(()) => break path,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => continue,
+                Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+            }
+        };
         let dir = ScratchDir { path };
         fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
         Ok(dir)
