@@ -1,6 +1,7 @@
 //! `byinflight` and the in-flight accounting every method relies on, through real apache2 and
 //! capacity-limited backends (worker slots and a service time, like real app servers).
 
+use lbrs_harness::os;
 use lbrs_harness::{
     Apache, ApacheConfig, Backend, BackendSpec, Load, LoadReport, Mpm, app_server, backends, balancer_block,
     client, ms, one_slow_of_four, wait_for,
@@ -146,7 +147,7 @@ fn a_killed_child_gives_its_attempts_back() {
         assert!(wait_for(Duration::from_secs(10), || total() == 6), "requests in flight: {}", total());
         // Kill every child: those serving the requests die without running any cleanup.
         for pid in apache.children() {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            os::signal(pid as i32, libc::SIGKILL);
         }
         running.join().unwrap();
     });

@@ -10,6 +10,7 @@
 //! the package or the module's files already there, the system apache2 running.
 
 use lbrs_harness::apache::free_port;
+use lbrs_harness::os;
 use lbrs_harness::system::{
     self, A2_STATE, APACHE_CONF, MODULES_DIR, MachineGuard, SYSTEM_PID_FILE, ServiceStartsHeld,
 };
@@ -345,14 +346,12 @@ impl Drop for Entrypoint {
                 return;
             }
             let pid = child.id() as i32;
-            // SAFETY: signalling our own child, then the process group it leads.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            os::signal(pid, libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 thread::sleep(Duration::from_millis(50));
             }
-            // SAFETY: as above.
-            unsafe { libc::killpg(pid, libc::SIGKILL) };
+            os::signal_group(pid, libc::SIGKILL);
             let _ = child.wait();
         }
     }
@@ -439,8 +438,7 @@ fn the_image_scripts_run_apache_as_the_entrypoint_process_and_sigwinch_lets_requ
         "the slow request never arrived"
     );
     let signalled = Instant::now();
-    // SAFETY: signalling our own child (apache2, exec'd by the entrypoint).
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGWINCH) }, 0);
+    assert!(os::signal(pid as i32, libc::SIGWINCH));
     let refused = wait_for(Duration::from_secs(5), || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err()
     });

@@ -17,6 +17,7 @@
 use lbrs_harness::client::Connection;
 use lbrs_harness::ha::{self, Dnsmasq, Keepalived, NsApache};
 use lbrs_harness::netns::{self, Lan, Netns, NsBackends, NsResolver, ScratchDir};
+use lbrs_harness::os;
 use lbrs_harness::{ApacheConfig, BackendSpec, ms};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -568,8 +569,7 @@ fn apache_pids(ns: &Netns) -> Vec<i32> {
 
 fn signal_all(pids: &[i32], signal: i32) {
     for &pid in pids {
-        // SAFETY: signalling processes this test started.
-        unsafe { libc::kill(pid, signal) };
+        os::signal(pid, signal);
     }
 }
 

@@ -3,6 +3,7 @@
 //! Afterwards every in-flight count is back to 0, every attempt is accounted for, no shared
 //! memory is left behind and the parent's memory is flat.
 
+use lbrs_harness::os;
 use lbrs_harness::{Apache, ApacheConfig, Backend, Load, Mpm, app_server, balancer_block, wait_for};
 use std::fs;
 use std::thread;
@@ -60,8 +61,7 @@ fn kills_under(mpm: Mpm) {
                 continue;
             }
             let victim = children[(draw(round) % children.len() as u64) as usize];
-            // SAFETY: signalling a child of the apache2 this test started.
-            unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+            os::signal(victim as i32, libc::SIGKILL);
             killed.push(victim);
         }
         let report = running.join().unwrap();
@@ -94,8 +94,7 @@ fn kills_with_a_cap(mpm: Mpm, cap: u64) {
             thread::sleep(Duration::from_millis(600));
             let children = apache.children();
             if let Some(&victim) = children.get((draw(round) % children.len().max(1) as u64) as usize) {
-                // SAFETY: signalling a child of the apache2 this test started.
-                unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+                os::signal(victim as i32, libc::SIGKILL);
             }
         }
         let report = running.join().unwrap();

@@ -4,6 +4,7 @@
 //! log is printed first.
 
 use crate::client::{self, Response};
+use crate::os;
 use std::fs;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -212,8 +213,7 @@ impl ApacheConfig {
         for address in &self.listen {
             conf.push_str(&format!("Listen {address}\n"));
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if os::is_root() {
             conf.push_str("User www-data\nGroup www-data\n");
         }
         conf.push_str(&load(&format!("mpm_{}", self.mpm.name())));
@@ -389,8 +389,7 @@ impl Apache {
 
     fn signal(&self, signal: i32) -> Result<(), String> {
         let pid = self.pid().ok_or("apache is not running")?;
-        // SAFETY: signalling our own child process.
-        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+        if !os::signal(pid as i32, signal) {
             return Err(format!("kill({pid}, {signal}): {}", io::Error::last_os_error()));
         }
         Ok(())
@@ -539,23 +538,20 @@ fn url_encode(text: &str) -> String {
 /// would keep ports and shared memory.
 pub(crate) fn stop_group(mut child: Child) {
     let pid = child.id() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    os::signal(pid, libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
             Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
             _ => {
-                // SAFETY: the group is the one the child leads.
-                unsafe { libc::killpg(pid, libc::SIGKILL) };
+                os::signal_group(pid, libc::SIGKILL);
                 let _ = child.wait();
                 break;
             }
         }
     }
-    // SAFETY: as above.
-    unsafe { libc::killpg(pid, libc::SIGKILL) };
+    os::signal_group(pid, libc::SIGKILL);
 }
 
 pub(crate) fn scratch_dir() -> io::Result<PathBuf> {

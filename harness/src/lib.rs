@@ -10,6 +10,7 @@ pub mod client;
 pub mod debian_box;
 pub mod ha;
 pub mod netns;
+pub mod os;
 pub mod peers;
 pub mod prometheus;
 pub mod recipe;

@@ -23,6 +23,7 @@
 
 use crate::apache::stop_group;
 use crate::backend::{Backend, BackendSpec};
+use crate::os;
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -41,11 +42,7 @@ pub const PREFIX: &str = "lbrs-ns-";
 const NETNS_RUN_DIR: &str = "/run/netns";
 const NETNS_ETC_DIR: &str = "/etc/netns";
 
-/// True when running as root, which namespaces need.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use crate::os::is_root;
 
 /// Runs `command` to its end, for at most `within`; after that it is killed and this fails.
 pub fn run(command: &mut Command, within: Duration) -> Result<Output, String> {
@@ -66,9 +63,7 @@ pub fn run(command: &mut Command, within: Duration) -> Result<Output, String> {
         Ok(Ok(output)) => Ok(output),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Err(_) => {
-            // SAFETY: signalling our own child, which the waiting thread has not reaped yet
-            // (it would have sent its output).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            os::signal(pid, libc::SIGKILL);
             Err(format!("{what} did not finish within {within:?}"))
         }
     }
@@ -177,8 +172,7 @@ impl Drop for Netns {
 fn remove(name: &str) {
     if let Ok(pids) = ip(&["netns", "pids", name]) {
         for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-            // SAFETY: sending a signal has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            os::signal(pid, libc::SIGKILL);
         }
     }
     if let Err(err) = ip(&["netns", "del", name]) {
@@ -381,8 +375,7 @@ impl NsProcess {
     /// nothing up. Reaped.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: the group is the one our child leads.
-            unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
+            os::signal_group(child.id() as i32, libc::SIGKILL);
             let _ = child.wait();
         }
     }

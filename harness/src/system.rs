@@ -25,10 +25,7 @@ pub const SYSTEM_PID_FILE: &str = "/var/run/apache2/apache2.pid";
 /// Debian's hook that tells maintainer scripts whether they may start services.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use crate::os::is_root;
 
 /// Runs a program; its stdout and stderr together if it succeeds, else an error that shows them.
 pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {

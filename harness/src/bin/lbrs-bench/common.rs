@@ -2,6 +2,7 @@
 //! measured loads, and the servers under test (apache2 with one of its methods, HAProxy, nginx)
 //! with the backends behind them.
 
+use lbrs_harness::os;
 use lbrs_harness::peers::{haproxy_binary, nginx_binary, version_line};
 use lbrs_harness::{
     Apache, ApacheConfig, Backend, BackendSpec, HaproxyConfig, Load, LoadReport, Mpm, NginxConfig, PeerProxy,
@@ -59,8 +60,7 @@ extern "C" fn on_interrupt(_signal: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
     let group = RUNNING_SERVER.load(Ordering::SeqCst);
     if group > 0 {
-        // SAFETY: killpg is async-signal-safe; the group is a server this process started.
-        unsafe { libc::killpg(group, libc::SIGTERM) };
+        os::signal_group(group, libc::SIGTERM);
     }
 }
 
