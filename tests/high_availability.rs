@@ -18,6 +18,7 @@ use lbrs_harness::client::Connection;
 use lbrs_harness::ha::{self, Dnsmasq, Keepalived, NsApache};
 use lbrs_harness::netns::{self, Lan, Netns, NsBackends, NsResolver, ScratchDir};
 use lbrs_harness::os;
+use lbrs_harness::recipe::Recipe;
 use lbrs_harness::{ApacheConfig, BackendSpec, ms};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -60,6 +61,8 @@ fn can_run() -> bool {
         eprintln!("skipped: this test builds network namespaces, which needs root (CI runs as root)");
         return false;
     }
+    // The nodes load handoff.nft; `scripts/setup.sh --tests` installs nftables.
+    assert!(ha::installed("nft").is_some(), "nft is missing: apt-get install nftables");
     true
 }
 
@@ -77,8 +80,47 @@ fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> Option<I
     }
 }
 
+/// Whether `ns` holds the virtual `address`: has it on eth0 (every node keeps a copy on lo, for
+/// the hand-off, which does not answer ARP).
 fn holds(ns: &Netns, address: Ipv4Addr) -> bool {
-    ns.has_address(address).unwrap_or(false)
+    ns.has_address("eth0", address).unwrap_or(false)
+}
+
+/// lbrs-ha-check, which the shipped keepalived files run as /etc/keepalived/lbrs-ha-check, in a
+/// scratch directory instead (root's, mode 755, as keepalived's script security requires): the
+/// test changes nothing on the machine.
+fn check_script() -> ScratchDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = ScratchDir::new().or_fail("a directory for lbrs-ha-check");
+    let path = dir.path().join("lbrs-ha-check");
+    fs::write(&path, ha::shipped("lbrs-ha-check").or_fail("lbrs-ha-check"))
+        .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o755)))
+        .map_err(|e| e.to_string())
+        .or_fail("installing lbrs-ha-check");
+    dir
+}
+
+/// What docs/high-availability.md sets up on each node besides Apache and keepalived: the
+/// sysctls (binding the virtual addresses, and no ARP answers from their copies on lo) and the
+/// hand-off table (handoff.nft) for `vips`.
+fn prepare_node(ns: &Netns, peer: Ipv4Addr, vips: &[Ipv4Addr]) {
+    for (key, value) in [
+        ("net.ipv4.ip_nonlocal_bind", "1"),
+        ("net.ipv4.conf.all.arp_ignore", "1"),
+        ("net.ipv4.conf.all.arp_announce", "2"),
+    ] {
+        ns.sysctl(key, value).or_fail(key);
+    }
+    let vips = vips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(", ");
+    let table = ha::fill(
+        &ha::shipped("handoff.nft").or_fail("handoff.nft"),
+        &[("INTERFACE", "eth0"), ("PEER_IP", &peer.to_string()), ("VIRTUAL_IPS", &vips)],
+    )
+    .or_fail("filling handoff.nft");
+    let dir = ScratchDir::new().or_fail("a directory for handoff.nft");
+    let path = dir.path().join("handoff.nft");
+    fs::write(&path, table).map_err(|e| e.to_string()).or_fail("writing handoff.nft");
+    netns::checked(ns.command("nft").arg("-f").arg(&path)).or_fail("nft -f handoff.nft");
 }
 
 /// The directory the health page is served from, with its `ok` file.
@@ -138,7 +180,16 @@ fn request(address: Ipv4Addr, headers: &[(&str, &str)]) -> Result<(String, Strin
         .map_err(|e| e.to_string())?;
     let mut headers = headers.to_vec();
     headers.push(("Connection", "close"));
-    let response = connection.request("GET", "/", &headers, b"").map_err(|e| e.to_string())?;
+    answer(&mut connection, "/", &headers)
+}
+
+/// A GET of `path` on `connection`: the node and the backend that answered it with 200.
+fn answer(
+    connection: &mut Connection,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(String, String), String> {
+    let response = connection.request("GET", path, headers, b"").map_err(|e| e.to_string())?;
     if response.status != 200 {
         return Err(format!("status {}", response.status));
     }
@@ -178,10 +229,15 @@ fn assert_nothing_in_flight(apache: &NsApache, ns: &Netns, node: &str) -> Vec<(S
     members
 }
 
-fn keepalived_conf(file: &str, own: Ipv4Addr, peer: Ipv4Addr) -> String {
+/// The shipped `file` for a node at `own`, running the `check` script's copy of lbrs-ha-check.
+fn keepalived_conf(file: &str, own: Ipv4Addr, peer: Ipv4Addr, check: &ScratchDir) -> String {
     let (own, peer, vip_1, vip_2) = (own.to_string(), peer.to_string(), VIP_1.to_string(), VIP_2.to_string());
+    let shipped = ha::shipped(file).or_fail(file);
+    const INSTALLED: &str = "/etc/keepalived/lbrs-ha-check";
+    assert!(shipped.contains(INSTALLED), "{file} does not run {INSTALLED}");
+    let shipped = shipped.replace(INSTALLED, &check.path().join("lbrs-ha-check").display().to_string());
     ha::fill(
-        &ha::shipped(file).or_fail(file),
+        &shipped,
         &[
             ("INTERFACE", "eth0"),
             ("SELF_IP", &own),
@@ -232,14 +288,14 @@ fn an_active_passive_pair_fails_over_within_seconds_and_the_first_node_does_not_
     let listen = [format!("{VIP_1}:80"), "127.0.0.1:80".to_string()];
     let body = balancer(&ports, "ProxySet lbmethod=byinflight");
     let (health_a, health_b) = (health_dir(), health_dir());
-    for node in [a, b] {
-        node.sysctl("net.ipv4.ip_nonlocal_bind", "1").or_fail("ip_nonlocal_bind");
-    }
+    prepare_node(a, NODE_B, &[VIP_1]);
+    prepare_node(b, NODE_A, &[VIP_1]);
+    let check = check_script();
     let mut apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
     let apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
 
-    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B);
-    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A);
+    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B, &check);
+    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A, &check);
     Keepalived::check(a, &conf_a).or_fail("keepalived-a.conf");
     Keepalived::check(b, &conf_b).or_fail("keepalived-b.conf");
     let keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("starting keepalived on node a");
@@ -333,6 +389,207 @@ fn an_active_passive_pair_fails_over_within_seconds_and_the_first_node_does_not_
     assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"));
 }
 
+/// Slow requests (`/slow/`, 1.5 s each) to `address`, one after another, until `stop`, at most
+/// `count` of them and for at most `time`.
+fn slow_loop(address: Ipv4Addr, stop: &AtomicBool, count: usize, time: Duration) -> Vec<Sample> {
+    let begun = Instant::now();
+    let mut samples = Vec::new();
+    while samples.len() < count && begun.elapsed() < time && !stop.load(Ordering::SeqCst) {
+        let start = Instant::now();
+        let outcome = Connection::open(SocketAddr::from((address, 80)), Duration::from_secs(6))
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| answer(&mut c, "/slow/", &[("Connection", "close")]))
+            .map(|(node, _)| node);
+        samples.push(Sample { start, end: Instant::now(), outcome });
+    }
+    samples
+}
+
+/// The ports `ns`'s hand-off table holds open for its peer (the peer's heartbeats).
+fn handoff_open_ports(ns: &Netns) -> String {
+    let set = netns::checked(ns.command("nft").args(["list", "set", "ip", "lbrs_handoff", "peer_alive"]))
+        .unwrap_or_default();
+    set.split_once("elements = {")
+        .map_or(String::new(), |(_, e)| e.split('}').next().unwrap_or("").to_string())
+}
+
+/// How many packets `ns`'s hand-off table has passed to its peer.
+fn handed_packets(ns: &Netns) -> u64 {
+    let chain = netns::checked(ns.command("nft").args(["list", "chain", "ip", "lbrs_handoff", "prerouting"]))
+        .unwrap_or_default();
+    chain
+        .split_once("counter packets ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A planned switch-over (the health file removed on the master) and the fail-back, with the
+/// shipped hand-off (lbrs-ha-check's heartbeats, handoff.nft, the addresses kept on lo): requests
+/// in flight on the node that gives the address up finish there, a kept-alive connection to it
+/// goes on being answered by it, and no client request fails, in either direction. When a
+/// node's Apache stops, its peer stops passing it packets within seconds.
+#[test]
+fn a_planned_switch_over_and_the_fail_back_lose_no_request_in_flight() {
+    if !can_run() {
+        return;
+    }
+    let lan = Lan::build("ho", &[("a", NODE_A), ("b", NODE_B), ("apps", APPS), ("client", CLIENT)])
+        .or_fail("building the test network");
+    let (a, b, client) = (lan.host("a"), lan.host("b"), lan.host("client"));
+    let (fast, slow) = ([8081, 8082], [8091, 8092]);
+    let _fast = start_backends(lan.host("apps"), &fast);
+    let specs = slow
+        .iter()
+        .map(|port| {
+            let spec = BackendSpec::new(&format!("slow{port}")).delay(Duration::from_millis(1500));
+            (SocketAddr::from((APPS, *port)), spec)
+        })
+        .collect();
+    let _slow = NsBackends::start(lan.host("apps"), specs).or_fail("starting the slow backends");
+    let listen = [format!("{VIP_1}:80"), "127.0.0.1:80".to_string()];
+    let mut body = String::from("KeepAliveTimeout 15\n<Proxy \"balancer://slow\">\n");
+    for port in slow {
+        body.push_str(&format!("    BalancerMember \"http://{APPS}:{port}\"\n"));
+    }
+    body.push_str("    ProxySet lbmethod=byinflight\n</Proxy>\nProxyPass \"/slow/\" \"balancer://slow/\"\n");
+    body.push_str(&balancer(&fast, "ProxySet lbmethod=byinflight"));
+    let (health_a, health_b) = (health_dir(), health_dir());
+    prepare_node(a, NODE_B, &[VIP_1]);
+    prepare_node(b, NODE_A, &[VIP_1]);
+    let check = check_script();
+    let _apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
+    let mut apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
+    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B, &check);
+    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A, &check);
+    let keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("keepalived on node a");
+    assert!(wait_until(Duration::from_secs(20), || holds(a, VIP_1)).is_some(), "node a never took {VIP_1}");
+    let keepalived_b = Keepalived::start(b, "node b", &conf_b).or_fail("keepalived on node b");
+    assert!(
+        wait_until(Duration::from_secs(20), || keepalived_b.count("Entering BACKUP STATE") > 0).is_some()
+    );
+    // Each node's heartbeats open both ports on the other.
+    let open = wait_until(Duration::from_secs(10), || {
+        [a, b].iter().all(|n| handoff_open_ports(n).contains("80") && handoff_open_ports(n).contains("443"))
+    });
+    assert!(open.is_some(), "heartbeats: a {:?}, b {:?}", handoff_open_ports(a), handoff_open_ports(b));
+    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"));
+
+    // Clients: one asking every 20 ms, four asking for 1.5 s answers back to back, and one
+    // kept-alive connection, answered once before the switch-over and once after.
+    let stop = Arc::new(AtomicBool::new(false));
+    let moved = Arc::new(AtomicBool::new(false));
+    let mut loops = Vec::new();
+    let stop_fast = Arc::clone(&stop);
+    loops.push(
+        client
+            .spawn(move || client_loop(VIP_1, &stop_fast, 3000, Duration::from_secs(60)))
+            .or_fail("fast client loop"),
+    );
+    for _ in 0..4 {
+        let stop_slow = Arc::clone(&stop);
+        loops.push(
+            client
+                .spawn(move || slow_loop(VIP_1, &stop_slow, 100, Duration::from_secs(60)))
+                .or_fail("slow loop"),
+        );
+    }
+    let moved_for_kept = Arc::clone(&moved);
+    let kept_alive = client
+        .spawn(move || -> Result<(String, String), String> {
+            let mut connection = Connection::open(SocketAddr::from((VIP_1, 80)), Duration::from_secs(6))
+                .map_err(|e| e.to_string())?;
+            let (before, _) = answer(&mut connection, "/", &[])?;
+            let deadline = Instant::now() + Duration::from_secs(12);
+            while !moved_for_kept.load(Ordering::SeqCst) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            thread::sleep(Duration::from_millis(500));
+            let (after, _) = answer(&mut connection, "/", &[])?;
+            Ok((before, after))
+        })
+        .or_fail("kept-alive client");
+    thread::sleep(Duration::from_secs(2));
+
+    // The switch-over, as docs/high-availability.md gives it, on node a: its health file goes.
+    let recipe = Recipe::load("docs/high-availability.md", "ha-switch-over")
+        .replace("/var/www/lbrs-health", &health_a.path().display().to_string());
+    let steps: Vec<&str> =
+        recipe.text().lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+    assert!(
+        steps.len() == 4 && steps[0].starts_with("rm ") && steps[3].starts_with("echo ok"),
+        "ha-switch-over: remove the file, see where the address is, count what is in flight, put it back: {steps:?}"
+    );
+    let on_a = |step: &str| netns::checked(a.command("sh").args(["-c", step])).or_fail(step);
+    let drained_at = Instant::now();
+    on_a(steps[0]);
+    let moved_to_b = wait_until(Duration::from_secs(20), || holds(b, VIP_1) && !holds(a, VIP_1))
+        .unwrap_or_else(|| panic!("{VIP_1} did not move to node b"));
+    moved.store(true, Ordering::SeqCst);
+    eprintln!(
+        "switch-over: {VIP_1} on node b {:.0} ms after a's health file went",
+        ms(moved_to_b - drained_at)
+    );
+    on_a(steps[1]);
+    thread::sleep(Duration::from_secs(4));
+    let passed_by_b = handed_packets(b);
+    // What was in flight on node a has finished there.
+    assert_eq!(on_a(steps[2]).trim(), "0", "{}", steps[2]);
+
+    // The fail-back: a's file is back (a leaves FAULT for BACKUP), then b's goes.
+    let backups = keepalived_a.count("Entering BACKUP STATE");
+    on_a(steps[3]);
+    let ready = wait_until(Duration::from_secs(15), || keepalived_a.count("Entering BACKUP STATE") > backups);
+    assert!(ready.is_some(), "node a did not become a backup again");
+    let drained_at = Instant::now();
+    fs::remove_file(health_b.path().join("ok")).map_err(|e| e.to_string()).or_fail("health file b");
+    let moved_to_a = wait_until(Duration::from_secs(20), || holds(a, VIP_1) && !holds(b, VIP_1))
+        .unwrap_or_else(|| panic!("{VIP_1} did not move back to node a"));
+    eprintln!(
+        "fail-back: {VIP_1} on node a {:.0} ms after b's health file went",
+        ms(moved_to_a - drained_at)
+    );
+    thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::SeqCst);
+
+    let mut samples = Vec::new();
+    for looping in loops {
+        samples.extend(
+            looping.join().map_err(|_| "a client loop panicked".to_string()).and_then(|r| r).or_fail("loop"),
+        );
+    }
+    let kept = kept_alive.join().map_err(|_| "panicked".to_string()).and_then(|r| r).or_fail("kept-alive");
+    let failed: Vec<_> = samples.iter().filter_map(|s| s.outcome.as_ref().err()).collect();
+    // Slow requests that started on the node giving the address up and ended after the move.
+    let handed_over = |node: &str, at: Instant| {
+        samples.iter().filter(|s| s.start < at && s.end > at && s.outcome.as_deref() == Ok(node)).count()
+    };
+    let (over_to_b, over_to_a) = (handed_over("a", moved_to_b), handed_over("b", moved_to_a));
+    eprintln!(
+        "hand-off: {} requests, {} failed {:?}; in flight across the switch-over and finished on a: {over_to_b}, \
+         across the fail-back on b: {over_to_a}; kept-alive connection answered by {kept:?}; packets passed \
+         by b {passed_by_b}, by a {}",
+        samples.len(),
+        failed.len(),
+        failed.iter().take(3).collect::<Vec<_>>(),
+        handed_packets(a)
+    );
+    assert!(failed.is_empty(), "requests failed across a planned switch-over");
+    assert!(passed_by_b > 0 && handed_packets(a) > 0, "no packet was handed over");
+    assert!(over_to_b >= 2 && over_to_a >= 2, "too few requests were in flight across the moves");
+    assert_eq!(kept, Ok(("a".to_string(), "a".to_string())), "the kept-alive connection stays with node a");
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.start > moved_to_b + Duration::from_secs(1) && s.outcome.as_deref() == Ok("b"))
+    );
+
+    // A node whose Apache stops is no longer passed packets: its heartbeats stop.
+    fs::write(health_b.path().join("ok"), "ok\n").map_err(|e| e.to_string()).or_fail("health file b");
+    apache_b.stop();
+    let closed = wait_until(Duration::from_secs(8), || handoff_open_ports(a).is_empty());
+    assert!(closed.is_some(), "node a still passes packets to node b: {:?}", handoff_open_ports(a));
+}
+
 /// `curl` for `NAME` in the client's namespace, through its resolver: (node, address it
 /// connected to, curl's verbose account).
 fn curl_by_name(client: &Netns) -> Result<(String, String, String), String> {
@@ -390,11 +647,14 @@ fn an_active_active_pair_behind_dns_spreads_requests_and_survives_a_node() {
     let listen = ["80".to_string()];
     let body = balancer(&ports, "LBHashKey \"%{HTTP:X-User}\"\n    ProxySet lbmethod=byhash");
     let (health_a, health_b) = (health_dir(), health_dir());
+    prepare_node(a, NODE_B, &[VIP_1, VIP_2]);
+    prepare_node(b, NODE_A, &[VIP_1, VIP_2]);
+    let check = check_script();
     let apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
     let mut apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
 
-    let conf_a = keepalived_conf("keepalived-active-active-a.conf", NODE_A, NODE_B);
-    let conf_b = keepalived_conf("keepalived-active-active-b.conf", NODE_B, NODE_A);
+    let conf_a = keepalived_conf("keepalived-active-active-a.conf", NODE_A, NODE_B, &check);
+    let conf_b = keepalived_conf("keepalived-active-active-b.conf", NODE_B, NODE_A, &check);
     Keepalived::check(a, &conf_a).or_fail("keepalived-active-active-a.conf");
     Keepalived::check(b, &conf_b).or_fail("keepalived-active-active-b.conf");
     let _keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("starting keepalived on node a");
@@ -603,8 +863,7 @@ fn partition(ns: &Netns, cut: bool) {
 /// address on both nodes until supervision restarts it, and then on one.
 #[test]
 fn an_active_passive_pair_survives_a_hung_apache_split_brains_and_a_killed_keepalived() {
-    if !can_run() || ha::installed("nft").is_none() {
-        eprintln!("skipped: needs root and nft");
+    if !can_run() {
         return;
     }
     let lan = Lan::build("hf", &[("a", NODE_A), ("b", NODE_B), ("apps", APPS), ("client", CLIENT)])
@@ -615,13 +874,13 @@ fn an_active_passive_pair_survives_a_hung_apache_split_brains_and_a_killed_keepa
     let listen = [format!("{VIP_1}:80"), "127.0.0.1:80".to_string()];
     let body = balancer(&ports, "ProxySet lbmethod=byinflight");
     let (health_a, health_b) = (health_dir(), health_dir());
-    for node in [a, b] {
-        node.sysctl("net.ipv4.ip_nonlocal_bind", "1").or_fail("ip_nonlocal_bind");
-    }
+    prepare_node(a, NODE_B, &[VIP_1]);
+    prepare_node(b, NODE_A, &[VIP_1]);
+    let check = check_script();
     let _apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
     let _apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
-    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B);
-    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A);
+    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B, &check);
+    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A, &check);
     let mut keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("keepalived on node a");
     assert!(wait_until(Duration::from_secs(20), || holds(a, VIP_1)).is_some(), "node a never took {VIP_1}");
     let keepalived_b = Keepalived::start(b, "node b", &conf_b).or_fail("keepalived on node b");

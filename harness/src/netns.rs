@@ -127,9 +127,9 @@ impl Netns {
         checked(self.command("sysctl").args(["-q", "-w", &format!("{key}={value}")])).map(drop)
     }
 
-    /// Whether an interface of this namespace has `address`.
-    pub fn has_address(&self, address: Ipv4Addr) -> Result<bool, String> {
-        let listing = self.ip(&["-o", "-4", "addr", "show"])?;
+    /// Whether `device` of this namespace has `address`.
+    pub fn has_address(&self, device: &str, address: Ipv4Addr) -> Result<bool, String> {
+        let listing = self.ip(&["-o", "-4", "addr", "show", "dev", device])?;
         let needle = format!("inet {address}/");
         Ok(listing.contains(&needle))
     }
