@@ -405,6 +405,29 @@ fn slow_loop(address: Ipv4Addr, stop: &AtomicBool, count: usize, time: Duration)
     samples
 }
 
+/// A kept-alive connection to `VIP_1` from `client`: a request, then, once `moved` is set,
+/// another on the same connection; the nodes that answered them.
+fn kept_alive_across(
+    client: &Netns,
+    moved: &Arc<AtomicBool>,
+) -> thread::JoinHandle<Result<Result<(String, String), String>, String>> {
+    let moved = Arc::clone(moved);
+    client
+        .spawn(move || -> Result<(String, String), String> {
+            let mut connection = Connection::open(SocketAddr::from((VIP_1, 80)), Duration::from_secs(6))
+                .map_err(|e| e.to_string())?;
+            let (before, _) = answer(&mut connection, "/", &[])?;
+            let deadline = Instant::now() + Duration::from_secs(12);
+            while !moved.load(Ordering::SeqCst) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            thread::sleep(Duration::from_millis(500));
+            let (after, _) = answer(&mut connection, "/", &[])?;
+            Ok((before, after))
+        })
+        .or_fail("kept-alive client")
+}
+
 /// The ports `ns`'s hand-off table holds open for its peer (the peer's heartbeats).
 fn handoff_open_ports(ns: &Netns) -> String {
     let set = netns::checked(ns.command("nft").args(["list", "set", "ip", "lbrs_handoff", "peer_alive"]))
@@ -478,6 +501,7 @@ fn a_planned_switch_over_and_the_fail_back_lose_no_request_in_flight() {
     // kept-alive connection, answered once before the switch-over and once after.
     let stop = Arc::new(AtomicBool::new(false));
     let moved = Arc::new(AtomicBool::new(false));
+    let moved_back = Arc::new(AtomicBool::new(false));
     let mut loops = Vec::new();
     let stop_fast = Arc::clone(&stop);
     loops.push(
@@ -493,26 +517,13 @@ fn a_planned_switch_over_and_the_fail_back_lose_no_request_in_flight() {
                 .or_fail("slow loop"),
         );
     }
-    let moved_for_kept = Arc::clone(&moved);
-    let kept_alive = client
-        .spawn(move || -> Result<(String, String), String> {
-            let mut connection = Connection::open(SocketAddr::from((VIP_1, 80)), Duration::from_secs(6))
-                .map_err(|e| e.to_string())?;
-            let (before, _) = answer(&mut connection, "/", &[])?;
-            let deadline = Instant::now() + Duration::from_secs(12);
-            while !moved_for_kept.load(Ordering::SeqCst) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
-            thread::sleep(Duration::from_millis(500));
-            let (after, _) = answer(&mut connection, "/", &[])?;
-            Ok((before, after))
-        })
-        .or_fail("kept-alive client");
+    let kept_to_b = kept_alive_across(client, &moved);
     thread::sleep(Duration::from_secs(2));
 
     // The switch-over, as docs/high-availability.md gives it, on node a: its health file goes.
     let recipe = Recipe::load("docs/high-availability.md", "ha-switch-over")
-        .replace("/var/www/lbrs-health", &health_a.path().display().to_string());
+        .replace("/var/www/lbrs-health", &health_a.path().display().to_string())
+        .replace("192.0.2.100", &VIP_1.to_string());
     let steps: Vec<&str> =
         recipe.text().lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
     assert!(
@@ -530,20 +541,25 @@ fn a_planned_switch_over_and_the_fail_back_lose_no_request_in_flight() {
         ms(moved_to_b - drained_at)
     );
     on_a(steps[1]);
-    thread::sleep(Duration::from_secs(4));
+    // What was open on node a finishes there: the slow requests, the kept-alive connection.
+    let kept_to_b =
+        kept_to_b.join().map_err(|_| "panicked".to_string()).and_then(|r| r).or_fail("kept-alive");
+    let drained = wait_until(Duration::from_secs(10), || on_a(steps[2]).trim() == "0");
+    assert!(drained.is_some(), "connections left on node a: {}", on_a(steps[2]));
     let passed_by_b = handed_packets(b);
-    // What was in flight on node a has finished there.
-    assert_eq!(on_a(steps[2]).trim(), "0", "{}", steps[2]);
 
     // The fail-back: a's file is back (a leaves FAULT for BACKUP), then b's goes.
     let backups = keepalived_a.count("Entering BACKUP STATE");
     on_a(steps[3]);
     let ready = wait_until(Duration::from_secs(15), || keepalived_a.count("Entering BACKUP STATE") > backups);
     assert!(ready.is_some(), "node a did not become a backup again");
+    let kept_to_a = kept_alive_across(client, &moved_back);
+    thread::sleep(Duration::from_millis(300));
     let drained_at = Instant::now();
     fs::remove_file(health_b.path().join("ok")).map_err(|e| e.to_string()).or_fail("health file b");
     let moved_to_a = wait_until(Duration::from_secs(20), || holds(a, VIP_1) && !holds(b, VIP_1))
         .unwrap_or_else(|| panic!("{VIP_1} did not move back to node a"));
+    moved_back.store(true, Ordering::SeqCst);
     eprintln!(
         "fail-back: {VIP_1} on node a {:.0} ms after b's health file went",
         ms(moved_to_a - drained_at)
@@ -557,7 +573,8 @@ fn a_planned_switch_over_and_the_fail_back_lose_no_request_in_flight() {
             looping.join().map_err(|_| "a client loop panicked".to_string()).and_then(|r| r).or_fail("loop"),
         );
     }
-    let kept = kept_alive.join().map_err(|_| "panicked".to_string()).and_then(|r| r).or_fail("kept-alive");
+    let kept_to_a =
+        kept_to_a.join().map_err(|_| "panicked".to_string()).and_then(|r| r).or_fail("kept-alive");
     let failed: Vec<_> = samples.iter().filter_map(|s| s.outcome.as_ref().err()).collect();
     // Slow requests that started on the node giving the address up and ended after the move.
     let handed_over = |node: &str, at: Instant| {
@@ -566,8 +583,8 @@ fn a_planned_switch_over_and_the_fail_back_lose_no_request_in_flight() {
     let (over_to_b, over_to_a) = (handed_over("a", moved_to_b), handed_over("b", moved_to_a));
     eprintln!(
         "hand-off: {} requests, {} failed {:?}; in flight across the switch-over and finished on a: {over_to_b}, \
-         across the fail-back on b: {over_to_a}; kept-alive connection answered by {kept:?}; packets passed \
-         by b {passed_by_b}, by a {}",
+         across the fail-back on b: {over_to_a}; kept-alive connections answered by {kept_to_b:?} and \
+         {kept_to_a:?}; packets passed by b {passed_by_b}, by a {}",
         samples.len(),
         failed.len(),
         failed.iter().take(3).collect::<Vec<_>>(),
@@ -576,15 +593,44 @@ fn a_planned_switch_over_and_the_fail_back_lose_no_request_in_flight() {
     assert!(failed.is_empty(), "requests failed across a planned switch-over");
     assert!(passed_by_b > 0 && handed_packets(a) > 0, "no packet was handed over");
     assert!(over_to_b >= 2 && over_to_a >= 2, "too few requests were in flight across the moves");
-    assert_eq!(kept, Ok(("a".to_string(), "a".to_string())), "the kept-alive connection stays with node a");
+    // A kept-alive connection's next request, sent after the move, reaches the node it was open
+    // to, through the new holder: the one thing nothing but the hand-off makes work.
+    assert_eq!(
+        kept_to_b,
+        Ok(("a".to_string(), "a".to_string())),
+        "the kept-alive connection stays with node a"
+    );
+    assert_eq!(
+        kept_to_a,
+        Ok(("b".to_string(), "b".to_string())),
+        "the kept-alive connection stays with node b"
+    );
     assert!(
         samples
             .iter()
             .any(|s| s.start > moved_to_b + Duration::from_secs(1) && s.outcome.as_deref() == Ok("b"))
     );
 
-    // A node whose Apache stops is no longer passed packets: its heartbeats stop.
+    // Without the table on the new holder, the same switch-over resets the kept-alive
+    // connection: the control that shows the table is what carries it.
+    netns::checked(b.command("nft").args(["delete", "table", "ip", "lbrs_handoff"])).or_fail("nft delete");
+    let backups = keepalived_b.count("Entering BACKUP STATE");
     fs::write(health_b.path().join("ok"), "ok\n").map_err(|e| e.to_string()).or_fail("health file b");
+    let ready = wait_until(Duration::from_secs(15), || keepalived_b.count("Entering BACKUP STATE") > backups);
+    assert!(ready.is_some(), "node b did not become a backup again");
+    let moved_again = Arc::new(AtomicBool::new(false));
+    let unguarded = kept_alive_across(client, &moved_again);
+    thread::sleep(Duration::from_millis(300));
+    on_a(steps[0]);
+    assert!(wait_until(Duration::from_secs(20), || holds(b, VIP_1) && !holds(a, VIP_1)).is_some());
+    moved_again.store(true, Ordering::SeqCst);
+    let unguarded =
+        unguarded.join().map_err(|_| "panicked".to_string()).and_then(|r| r).or_fail("kept-alive");
+    eprintln!("without handoff.nft on the new holder: the kept-alive connection got {unguarded:?}");
+    assert!(unguarded.is_err(), "without the table the connection was expected to be reset: {unguarded:?}");
+
+    // A node whose Apache stops is no longer passed packets: its heartbeats stop.
+    on_a(steps[3]);
     apache_b.stop();
     let closed = wait_until(Duration::from_secs(8), || handoff_open_ports(a).is_empty());
     assert!(closed.is_some(), "node a still passes packets to node b: {:?}", handoff_open_ports(a));
