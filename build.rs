@@ -169,6 +169,8 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "apr_time_now",
     "apr_thread_mutex_lock",
     "apr_thread_mutex_unlock",
+    "ap_get_conn_socket",
+    "apr_os_sock_get",
 ];
 
 /// Integer macros bindgen can evaluate.

@@ -12,6 +12,7 @@
 #include "ap_slotmem.h"
 #include "mod_proxy.h"
 #include "apr_optional.h"
+#include "apr_portable.h"
 #include "apr_optional_hooks.h"
 #include "apr_pools.h"
 #include "apr_strings.h"

@@ -15,7 +15,8 @@ fn good_settings_pass() {
     let body = with_balancer(
         "    LBSlowStart 30s\n    LBMaxInflight 8 per-loadfactor\n    LBHashKey \"%{REMOTE_ADDR}\"\n    \
          LBHashBalanceFactor 1.5\n    LBLatencyDecay 5s\n    \
-         LBOutlierDetection on failures=gateway,5xx,429 consecutive=3 eject=30s max-eject=10m max-ejected=25%",
+         LBOutlierDetection on failures=gateway,5xx,429 consecutive=3 eject=30s max-eject=10m max-ejected=25%\n    \
+         LBQueue timeout=5s max=200",
         "",
     );
     let (ok, output) = config_test(&ApacheConfig::new(&body));
@@ -118,6 +119,19 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
             &["LBOutlierDetection", "\"interval\": expected key=value"],
         ),
         ("    LBOutlierDetection on eject=1m max-eject=10s", "", &["LBOutlierDetection", "max-eject"]),
+        ("    LBMaxInflight 4\n    LBQueue", "", &["LBQueue", "usage"]),
+        ("    LBMaxInflight 4\n    LBQueue max=10", "", &["LBQueue", "timeout=<time> is missing"]),
+        ("    LBMaxInflight 4\n    LBQueue timeout=0", "", &["LBQueue", "\"timeout=0\"", "1ms to 300s"]),
+        ("    LBMaxInflight 4\n    LBQueue timeout=1h", "", &["LBQueue", "\"timeout=1h\""]),
+        ("    LBMaxInflight 4\n    LBQueue timeout=soon", "", &["LBQueue", "\"timeout=soon\""]),
+        ("    LBMaxInflight 4\n    LBQueue timeout=5s max=0", "", &["LBQueue", "\"max=0\"", "1 to 1024"]),
+        ("    LBMaxInflight 4\n    LBQueue timeout=5s max=5000", "", &["LBQueue", "\"max=5000\""]),
+        ("    LBMaxInflight 4\n    LBQueue timeout=5s size=3", "", &["LBQueue", "\"size=3\""]),
+        (
+            "    LBQueue timeout=5s",
+            "",
+            &["LBQueue in <Proxy \"balancer://app\">", "LBMaxInflight is missing"],
+        ),
         // Misplaced: in other sections, or at the top of a virtual host.
         ("", "<Directory \"/tmp\">\n    LBSlowStart 5s\n</Directory>", &["LBSlowStart", "\"/tmp/\""]),
         (

@@ -31,6 +31,16 @@ fn start(members: &[Backend; 2], cap_line: &str) -> Apache {
     Apache::start(ApacheConfig::new(&body).processes(4).threads(25)).unwrap()
 }
 
+/// The page's MPM block and its balancer with a queue (`sizing-queue`).
+fn start_with_queue(members: &[Backend; 2]) -> Apache {
+    let balancer = fill(
+        &Recipe::load(DOC, "sizing-queue").text,
+        &[("http://10.0.0.11:8080", &members[0].url()), ("http://10.0.0.12:8080", &members[1].url())],
+    );
+    let body = format!("{}{balancer}", Recipe::load(DOC, "sizing-mpm").text);
+    Apache::start(ApacheConfig::new(&body).processes(4).threads(25)).unwrap()
+}
+
 /// `n` clients, one request each, all at once.
 fn burst(apache: &Apache, n: usize) -> LoadReport {
     Load::new("/", n, n as u64).deadline(Duration::from_secs(20)).run(apache.addr())
@@ -65,9 +75,9 @@ fn caps_below_the_workers_shed_the_excess_at_once() {
     assert!(segment.contains("1 balancer, 2 member and 24 process slot(s)"), "{segment}");
     let bytes: f64 =
         segment.rsplit(", ").next().and_then(|s| s.strip_suffix(" bytes")).unwrap().parse().unwrap();
-    // The page's formula: 64 + 192 x balancers + 256 x member slots + 64 x rows + (rows + 1) x
-    // 32 x member slots rounded up to an even number.
-    let formula = 64.0 + 192.0 + 256.0 * 2.0 + 64.0 * 24.0 + 25.0 * 32.0 * 2.0;
+    // The page's formula: 64 + 320 x balancers + 256 x member slots + 64 x rows + (rows + 1) x
+    // 32 x member slots rounded up to an even number + 16384 x balancers.
+    let formula = 64.0 + 320.0 + 256.0 * 2.0 + 64.0 * 24.0 + 25.0 * 32.0 * 2.0 + 16384.0;
     assert_eq!(bytes, formula, "the page's formula");
 }
 
@@ -95,4 +105,47 @@ fn caps_at_or_above_the_workers_never_shed_and_the_excess_waits() {
     assert!(latencies[latencies.len() - 1] < 3500.0);
     let peaks = m[0].stats().max_inflight + m[1].stats().max_inflight;
     assert!(peaks <= 100, "the members never had more than the workers: {peaks}");
+}
+
+#[test]
+fn a_queue_within_the_workers_serves_the_excess_and_refuses_beyond_max_at_once() {
+    let m = members(30);
+    let apache = start_with_queue(&m);
+    // 80 clients: 60 places and 20 in line, all served.
+    let report = burst(&apache, 80);
+    let statuses = report.per_status();
+    let waited = report.outcomes.iter().filter(|o| o.latency >= Duration::from_millis(1800)).count();
+    eprintln!("80 clients: {statuses:?}, {waited} waited a round");
+    assert_eq!(report.count_status(200), 80, "{statuses:?} {:?}", report.errors());
+    assert!((15..=25).contains(&waited), "about 20 waited for a place: {waited}");
+    assert!(report.outcomes.iter().all(|o| o.latency < Duration::from_millis(3500)));
+
+    // 100 clients: 20 beyond max are refused at once, and Apache still has workers.
+    let apache_addr = apache.addr();
+    let burst_thread = std::thread::spawn(move || {
+        Load::new("/", 100, 100).deadline(Duration::from_secs(20)).run(apache_addr)
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    let status = apache.status().expect("the status page answers during the burst");
+    let status_took = started.elapsed();
+    let queue = &status["balancers"][0]["queue"];
+    let report = burst_thread.join().unwrap();
+    let statuses = report.per_status();
+    eprintln!("100 clients: {statuses:?}; status page in {:.0} ms, queue then {queue}", ms(status_took));
+    assert_eq!(report.count_status(200), 80, "{statuses:?}");
+    assert_eq!(report.count_status(503), 20, "{statuses:?}");
+    for outcome in report.outcomes.iter().filter(|o| o.status == 503) {
+        assert_eq!(outcome.retry_after.as_deref(), Some("1"));
+        assert!(
+            outcome.latency < Duration::from_millis(300),
+            "refused at once: {:.0} ms",
+            ms(outcome.latency)
+        );
+    }
+    assert!(status_took < Duration::from_millis(500), "a worker was free: {status_took:?}");
+    assert_eq!(queue["waiting"], 20, "{queue}");
+    for member in &m {
+        assert_eq!(member.stats().max_inflight, 30, "{} never past its cap", member.name());
+    }
 }

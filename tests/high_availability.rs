@@ -405,12 +405,12 @@ fn slow_loop(address: Ipv4Addr, stop: &AtomicBool, count: usize, time: Duration)
     samples
 }
 
+/// The thread of [`kept_alive_across`]: the nodes that answered, or why not.
+type KeptAlive = thread::JoinHandle<Result<Result<(String, String), String>, String>>;
+
 /// A kept-alive connection to `VIP_1` from `client`: a request, then, once `moved` is set,
 /// another on the same connection; the nodes that answered them.
-fn kept_alive_across(
-    client: &Netns,
-    moved: &Arc<AtomicBool>,
-) -> thread::JoinHandle<Result<Result<(String, String), String>, String>> {
+fn kept_alive_across(client: &Netns, moved: &Arc<AtomicBool>) -> KeptAlive {
     let moved = Arc::clone(moved);
     client
         .spawn(move || -> Result<(String, String), String> {

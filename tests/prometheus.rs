@@ -39,7 +39,7 @@ fn varied_server(b: &[Backend]) -> Apache {
         body.push_str(&format!("    BalancerMember \"{url}\" {params}\n"));
     }
     body.push_str(concat!(
-        "    LBMaxInflight 4\n    LBSlowStart 30s\n    ProxySet lbmethod=byinflight\n</Proxy>\n",
+        "    LBMaxInflight 4\n    LBQueue timeout=5s\n    LBSlowStart 30s\n    ProxySet lbmethod=byinflight\n</Proxy>\n",
         "ProxyPass \"/web/\" \"balancer://web/\"\n",
     ));
     body.push_str(&balancer_block("cache", "/cache/", &[(&b[0], ""), (&b[1], "")], "lbmethod=byhash"));

@@ -12,7 +12,9 @@
 //! contains `/__headers` gets, after the
 //! name, its request line and headers as the backend received them (to see what a proxy
 //! added); one whose path contains `/__redirect` gets a `302` to `http://<its Host>/landing`
-//! and a cookie for that host, as an application that builds its own URLs does.
+//! and a cookie for that host, as an application that builds its own URLs does. A backend
+//! made with [`BackendSpec::refuse_when_full`] answers `503` at once when every slot is busy
+//! (an application pool with no backlog, like a PHP-FPM pool whose listen queue is full).
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -30,11 +32,13 @@ pub struct BackendSpec {
     pub slots: usize,
     /// Service time of each request.
     pub delay: Duration,
+    /// With slots: answer 503 at once when every slot is busy, instead of queueing.
+    pub refuse_when_full: bool,
 }
 
 impl BackendSpec {
     pub fn new(name: &str) -> BackendSpec {
-        BackendSpec { name: name.to_string(), slots: 0, delay: Duration::ZERO }
+        BackendSpec { name: name.to_string(), slots: 0, delay: Duration::ZERO, refuse_when_full: false }
     }
 
     pub fn slots(mut self, slots: usize) -> BackendSpec {
@@ -44,6 +48,11 @@ impl BackendSpec {
 
     pub fn delay(mut self, delay: Duration) -> BackendSpec {
         self.delay = delay;
+        self
+    }
+
+    pub fn refuse_when_full(mut self) -> BackendSpec {
+        self.refuse_when_full = true;
         self
     }
 }
@@ -57,6 +66,8 @@ pub struct BackendStats {
     pub max_inflight: u64,
     /// Requests answered `500` (failing, or `/__error`).
     pub errors: u64,
+    /// Requests answered `503` because every slot was busy ([`BackendSpec::refuse_when_full`]).
+    pub refused: u64,
 }
 
 struct Shared {
@@ -71,6 +82,7 @@ struct Shared {
     maintenance: AtomicBool,
     failing: AtomicBool,
     errors: AtomicU64,
+    refused: AtomicU64,
     connections: Mutex<Connections>,
 }
 
@@ -95,7 +107,7 @@ impl Backend {
         let shared = Arc::new(Shared {
             name: spec.name,
             delay_us: AtomicU64::new(spec.delay.as_micros() as u64),
-            slots: Slots::new(spec.slots),
+            slots: Slots::new(spec.slots, spec.refuse_when_full),
             requests: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
             max_inflight: AtomicU64::new(0),
@@ -104,6 +116,7 @@ impl Backend {
             maintenance: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             connections: Mutex::new(Connections::default()),
         });
         let accept_shared = Arc::clone(&shared);
@@ -131,6 +144,7 @@ impl Backend {
             inflight: self.shared.inflight.load(Ordering::SeqCst),
             max_inflight: self.shared.max_inflight.load(Ordering::SeqCst),
             errors: self.shared.errors.load(Ordering::SeqCst),
+            refused: self.shared.refused.load(Ordering::SeqCst),
         }
     }
 
@@ -161,6 +175,7 @@ impl Backend {
     pub fn reset_stats(&self) {
         self.shared.requests.store(0, Ordering::SeqCst);
         self.shared.errors.store(0, Ordering::SeqCst);
+        self.shared.refused.store(0, Ordering::SeqCst);
         let now = self.shared.inflight.load(Ordering::SeqCst);
         self.shared.max_inflight.store(now, Ordering::SeqCst);
     }
@@ -291,7 +306,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
             extra =
                 format!("Location: http://{host}/landing\r\nSet-Cookie: app=1; Domain={domain}; Path=/\r\n");
         }
-        let response = if served {
+        let response = if served == Slot::Served {
             format!(
                 "HTTP/1.1 {status}\r\nX-Backend: {}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
                 shared.name,
@@ -299,13 +314,20 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
                 if request.close { "Connection: close\r\n" } else { "" },
                 if request.head { "" } else { &body },
             )
+        } else if served == Slot::Full {
+            shared.refused.fetch_add(1, Ordering::SeqCst);
+            let close = if request.close { "Connection: close\r\n" } else { "" };
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\nX-Backend: {}\r\nContent-Length: 0\r\n{close}\r\n",
+                shared.name
+            )
         } else {
             "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
         };
         let written = writer.write_all(response.as_bytes());
         shared.inflight.fetch_sub(1, Ordering::SeqCst);
         written?;
-        if request.close || !served {
+        if request.close || served == Slot::Stopped {
             return Ok(());
         }
     }
@@ -382,28 +404,42 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
 /// A counting semaphore: at most `limit` holders; the rest wait in line.
 struct Slots {
     limit: usize,
+    refuse_when_full: bool,
     state: Mutex<(usize, bool)>,
     freed: Condvar,
 }
 
+/// What became of a request at the slots.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Served,
+    /// Every slot was busy, and the backend refuses rather than queues.
+    Full,
+    /// The backend stopped while it waited.
+    Stopped,
+}
+
 impl Slots {
-    fn new(limit: usize) -> Slots {
-        Slots { limit, state: Mutex::new((0, false)), freed: Condvar::new() }
+    fn new(limit: usize, refuse_when_full: bool) -> Slots {
+        Slots { limit, refuse_when_full, state: Mutex::new((0, false)), freed: Condvar::new() }
     }
 
-    /// Runs `work` holding a slot; false if the backend stopped while waiting.
-    fn with_slot(&self, work: impl FnOnce()) -> bool {
+    /// Runs `work` holding a slot.
+    fn with_slot(&self, work: impl FnOnce()) -> Slot {
         if self.limit == 0 {
             work();
-            return true;
+            return Slot::Served;
         }
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.0 >= self.limit && self.refuse_when_full {
+                return Slot::Full;
+            }
             while state.0 >= self.limit && !state.1 {
                 state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
             }
             if state.1 {
-                return false;
+                return Slot::Stopped;
             }
             state.0 += 1;
         }
@@ -411,7 +447,7 @@ impl Slots {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.0 -= 1;
         self.freed.notify_one();
-        true
+        Slot::Served
     }
 
     fn close(&self) {

@@ -232,6 +232,13 @@ impl Current {
         let segment = *self.attempt.segment();
         let member = self.attempt.member();
         self.attempt.end(outcome);
+        // A place freed: the first request waiting in line for one gets it.
+        if self.settings.queue.is_some()
+            && let Some(queue) = segment.queue(self.balancer)
+            && queue.in_line()
+        {
+            queue.grant();
+        }
         let Some(slot) = segment.member(member) else { return };
         let now = monotonic_us();
         let failed = answer.failed(self.settings);

@@ -36,6 +36,7 @@ use crate::methods::{
     Candidate, METHODS, Member, NO_LIMIT, Pick, Registered, SharedCounts, Tier, slow_start,
 };
 use crate::shm::attempt::{self, Holders, Loans};
+use crate::shm::queue::Waited;
 use crate::shm::{monotonic_us, name_key};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -57,11 +58,31 @@ impl Finder for Find {
             runtime.proxy.eligible(balancer, r, &mut offered);
             return offered.first().copied();
         };
-        let mut local = slot.local();
-        pick(runtime, method, balancer, &slot, &mut local, r)
+        let found = pick(runtime, method, balancer, &slot, &mut slot.local(), r, false);
+        match found {
+            Found::Member(worker) => Some(worker),
+            Found::NoMember => None,
+            Found::Full => match slot.settings.queue {
+                Some(queue) => wait_for_place(runtime, method, balancer, &slot, queue, r),
+                None => {
+                    shed(method, balancer, &slot, r, "every usable member is at its LBMaxInflight cap");
+                    None
+                }
+            },
+        }
     }
 }
 
+/// What a pick found.
+enum Found {
+    Member(Worker),
+    /// No usable member: the request is refused (httpd answers 503).
+    NoMember,
+    /// Every usable member is at its cap (or requests wait in line before this one).
+    Full,
+}
+
+/// `queued`: the request has waited in line (it may take a place while others wait).
 fn pick(
     runtime: &'static Runtime,
     method: &'static Registered,
@@ -69,13 +90,19 @@ fn pick(
     slot: &BalancerRef<'static>,
     local: &mut Local,
     r: Request<'_>,
-) -> Option<Worker> {
+    queued: bool,
+) -> Found {
     runtime.proxy.eligible(balancer, r, &mut local.offered);
     local.offered.sort_unstable_by_key(|worker| worker.index());
     if local.offered.is_empty() {
         log_request!(r, Level::Debug, "{}: {}: no usable member", method.name(), balancer.name());
         attempts::no_member(r);
-        return None;
+        return Found::NoMember;
+    }
+    let segment = runtime.generation.segment();
+    // First come, first served: while requests wait in line, a newcomer goes behind them.
+    if !queued && slot.settings.queue.is_some() && segment.queue(slot.shared).is_some_and(|q| q.in_line()) {
+        return Found::Full;
     }
     let now = monotonic_us();
     if let Some(outliers) = slot.settings.outlier_detection() {
@@ -87,7 +114,6 @@ fn pick(
     }
     sync_members(runtime, balancer, slot, local);
     let key = if method.method.uses_hash_key() { hash_key(r, slot.settings) } else { None };
-    let segment = runtime.generation.segment();
     for round in 0..2 {
         let loans = Loans::read(segment);
         weigh(runtime, slot, local, &loans, now);
@@ -121,7 +147,7 @@ fn pick(
                 choice.reason,
                 candidate_count
             );
-            return Some(worker);
+            return Found::Member(worker);
         }
         // Every member is full. Before refusing: places held by a sibling process that died and
         // that httpd's parent has not reaped yet (it looks once a second) come back at once.
@@ -140,15 +166,97 @@ fn pick(
             Holders::Nothing => break,
         }
     }
+    Found::Full
+}
+
+/// Refuses the request for want of a place: 503 with `Retry-After`, counted as shed.
+fn shed(method: &Registered, balancer: Balancer, slot: &BalancerRef<'static>, r: Request<'_>, why: &str) {
     let shed = attempts::refuse(r, &slot.shared.events.shed);
     log_request!(
         r,
         Level::Info,
-        "{}: {}: every usable member is at its LBMaxInflight cap; request refused ({shed} shed so far with this one)",
+        "{}: {}: {why}; request refused ({shed} shed so far with this one)",
         method.name(),
         balancer.name()
     );
-    None
+}
+
+/// `LBQueue`: every usable member is at its cap, so the request waits in line for a place
+/// (`shm::queue`), without holding the balancer's thread lock, and picks when one frees for
+/// it; refused when its time is up, when `max` wait already, or when its client goes.
+fn wait_for_place(
+    runtime: &'static Runtime,
+    method: &'static Registered,
+    balancer: Balancer,
+    slot: &BalancerRef<'static>,
+    settings: crate::config::Queue,
+    r: Request<'_>,
+) -> Option<Worker> {
+    let segment = runtime.generation.segment();
+    let Some(queue) = segment.queue(slot.shared) else {
+        shed(method, balancer, slot, r, "every usable member is at its LBMaxInflight cap");
+        return None;
+    };
+    let joined = monotonic_us();
+    let deadline = joined + settings.timeout.as_micros() as u64;
+    let Some(ticket) = queue.join(settings.max, std::process::id(), joined) else {
+        shed(
+            method,
+            balancer,
+            slot,
+            r,
+            &format!("every usable member is at its cap and {} requests wait (LBQueue max)", settings.max),
+        );
+        return None;
+    };
+    loop {
+        let waited = balancer.without_thread_lock(|| queue.wait(&ticket, deadline, || r.client_gone()));
+        let looked = match waited {
+            Waited::Granted => false,
+            Waited::Look => true,
+            Waited::TimedOut => {
+                let waited_ms = settings.timeout.as_millis();
+                shed(
+                    method,
+                    balancer,
+                    slot,
+                    r,
+                    &format!("no place freed within the LBQueue timeout ({waited_ms} ms)"),
+                );
+                return None;
+            }
+            Waited::Gone => {
+                log_request!(
+                    r,
+                    Level::Info,
+                    "{}: {}: the client went away while waiting for a place",
+                    method.name(),
+                    balancer.name()
+                );
+                attempts::refuse(r, &slot.shared.events.shed);
+                return None;
+            }
+        };
+        match pick(runtime, method, balancer, slot, &mut slot.local(), r, true) {
+            Found::Member(worker) => {
+                queue.served(ticket, looked, monotonic_us());
+                return Some(worker);
+            }
+            Found::NoMember => {
+                queue.served(ticket, looked, monotonic_us());
+                return None;
+            }
+            // Its look found nothing: it waits on, still first in line.
+            Found::Full if looked => {}
+            // Granted, but a request that does not wait took the place: back to the front.
+            Found::Full => {
+                if !queue.requeue(&ticket) {
+                    shed(method, balancer, slot, r, "lost its place in line");
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Weighs the members httpd offered into the method's candidates.

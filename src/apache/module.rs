@@ -96,7 +96,14 @@ impl Module for LbMethodRs {
     /// had in flight and never ended (it was killed) is taken back.
     fn child_exited(s: Server, pid: u32) {
         let Some(runtime) = runtime() else { return };
-        if let Some(reaped) = attempt::reap(runtime.generation.segment(), pid) {
+        let segment = runtime.generation.segment();
+        let reaped = attempt::reap(segment, pid);
+        // Its requests waiting in line leave it, and the places it freed go to the next ones.
+        let freed = reaped.as_ref().map_or(0, |r| r.attempts);
+        for queue in segment.queues().filter(|q| q.in_line()) {
+            queue.reap(pid, freed);
+        }
+        if let Some(reaped) = reaped {
             log_reaped(s, pid, reaped);
         }
     }

@@ -62,6 +62,13 @@ pub fn check_settings(main: Server) -> Vec<String> {
                     main_copy.1
                 );
             }
+            let own = settings.map(|settings| settings.balancer(name)).unwrap_or_default();
+            if own.queue.is_some() && own.max_inflight.is_none() {
+                errors.push(format!(
+                    "LBQueue in <Proxy \"{name}\">: LBMaxInflight is missing; requests wait in line for a place \
+                     below a member's cap, so the balancer needs one, e.g. LBMaxInflight 8"
+                ));
+            }
             // byhash without a key would silently be byinflight: say so now, not at run time.
             let has_key = settings.is_some_and(|settings| settings.balancer(name).hash_key.is_some());
             if balancer.method() == *"byhash" && !has_key {

@@ -9,8 +9,11 @@ use crate::httpd::hooks::StatusForm;
 use crate::httpd::proxy::{STATE_WORDS, WorkerState};
 use crate::httpd::{Balancer, Request, Server, Worker, status};
 use crate::methods::{self, Scored, bylatency, outlier, slow_start};
+use crate::shm::queue::{QueueStats, WAIT_BUCKETS_US};
 use crate::shm::{attempt, monotonic_us};
-use crate::status::{self as page, BalancerStatus, MemberStatus, Query, ServerStatusForm, Snapshot};
+use crate::status::{
+    self as page, BalancerStatus, MemberStatus, Query, QueueStatus, ServerStatusForm, Snapshot,
+};
 use std::sync::atomic::Ordering;
 
 /// The handler, for requests whose handler is `lbmethod-rs-status`.
@@ -156,7 +159,40 @@ fn balancer_status(runtime: &Runtime, server: Server, balancer: Balancer, now: u
         diverted: slot.as_ref().map_or(0, |s| s.shared.events.diverted.load(Ordering::Relaxed)),
         latency_decay_seconds: settings.latency_decay().as_secs_f64(),
         outlier_detection: settings.outlier_detection().map(|o| o.to_string()),
+        queue: settings.queue.map(|queue| {
+            let stats =
+                slot.as_ref().and_then(|s| segment.queue(s.shared)).map(|q| q.stats()).unwrap_or_default();
+            queue_status(queue, stats)
+        }),
         members,
+    }
+}
+
+/// A waiting line as the status page shows it.
+fn queue_status(settings: crate::config::Queue, stats: QueueStats) -> QueueStatus {
+    let seconds = |us: u64| us as f64 / 1e6;
+    let mut cumulative = 0;
+    let wait_buckets = WAIT_BUCKETS_US
+        .iter()
+        .zip(stats.wait_buckets)
+        .map(|(bound, n)| {
+            cumulative += n;
+            (seconds(*bound), cumulative)
+        })
+        .collect();
+    QueueStatus {
+        timeout_seconds: settings.timeout.as_secs_f64(),
+        max: settings.max,
+        waiting: stats.waiting,
+        peak: stats.peak,
+        joined: stats.joined,
+        served: stats.served,
+        timed_out: stats.timed_out,
+        gone: stats.gone,
+        full: stats.full,
+        wait_seconds_total: seconds(stats.wait_total_us),
+        wait_seconds_max: seconds(stats.wait_max_us),
+        wait_buckets,
     }
 }
 

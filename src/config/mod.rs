@@ -31,7 +31,25 @@ pub struct BalancerSettings {
     /// `LBOutlierDetection`: which outcomes are failures, and when a member that fails is
     /// ejected.
     pub outliers: Option<Outliers>,
+    /// `LBQueue`: how long, and how many, requests may wait for a place when every usable
+    /// member is at its `LBMaxInflight` cap.
+    pub queue: Option<Queue>,
 }
+
+/// `LBQueue timeout=<time> [max=<n>]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Queue {
+    /// The longest a request waits; then it is refused (503 with `Retry-After`).
+    pub timeout: Duration,
+    /// The most requests waiting at once, across all processes; one more is refused at once.
+    pub max: u32,
+}
+
+/// `LBQueue`'s `max` when not written, and the most it may be: the waiting list of a balancer
+/// in shared memory has room for twice as many tickets (`shm::queue`).
+pub const MAX_QUEUED: u32 = 1024;
+/// The longest `LBQueue timeout=`.
+const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `LBHashBalanceFactor` when not written (HAProxy's and the paper's usual value).
 pub const DEFAULT_HASH_BALANCE_FACTOR: f64 = 1.25;
@@ -70,6 +88,7 @@ impl BalancerSettings {
             hash_balance_factor: over.hash_balance_factor.or(self.hash_balance_factor),
             latency_decay: over.latency_decay.or(self.latency_decay),
             outliers: over.outliers.clone().or_else(|| self.outliers.clone()),
+            queue: over.queue.or(self.queue),
         }
     }
 }
@@ -243,16 +262,18 @@ pub enum Directive {
     HashBalanceFactor,
     LatencyDecay,
     OutlierDetection,
+    Queue,
 }
 
 impl Directive {
-    pub const ALL: [Directive; 6] = [
+    pub const ALL: [Directive; 7] = [
         Directive::SlowStart,
         Directive::MaxInflight,
         Directive::HashKey,
         Directive::HashBalanceFactor,
         Directive::LatencyDecay,
         Directive::OutlierDetection,
+        Directive::Queue,
     ];
 
     /// The directive's name, as httpd's command table needs it.
@@ -264,6 +285,7 @@ impl Directive {
             Directive::HashBalanceFactor => c"LBHashBalanceFactor",
             Directive::LatencyDecay => c"LBLatencyDecay",
             Directive::OutlierDetection => c"LBOutlierDetection",
+            Directive::Queue => c"LBQueue",
         }
     }
 
@@ -287,6 +309,9 @@ impl Directive {
             }
             Directive::OutlierDetection => {
                 c"LBOutlierDetection on|off [key=value ...]: eject members that fail (consecutive=5 eject=10s max-ejected=50% ...)"
+            }
+            Directive::Queue => {
+                c"LBQueue timeout=<time> [max=<n>]: requests wait in line, up to that long, when every member is at its LBMaxInflight cap"
             }
         }
     }
@@ -361,8 +386,37 @@ impl Directive {
                 let outliers = outlier::parse(args).map_err(|why| format!("{}: {why}", self.name()))?;
                 settings.outliers = Some(outliers);
             }
+            Directive::Queue => settings.queue = Some(self.parse_queue(args)?),
         }
         Ok(())
+    }
+
+    /// `timeout=<time> [max=<n>]`, in any order; `timeout=` is required.
+    fn parse_queue(self, args: &[&str]) -> Result<Queue, String> {
+        let (mut timeout, mut max) = (None, MAX_QUEUED);
+        if args.is_empty() {
+            return Err(self.usage());
+        }
+        for arg in args {
+            match arg.split_once('=') {
+                Some(("timeout", value)) => {
+                    let time = parse_duration(value).map_err(|why| self.invalid(arg, &why))?;
+                    if time.is_zero() || time > MAX_QUEUE_TIMEOUT {
+                        return Err(self.invalid(arg, "expected a time from 1ms to 300s"));
+                    }
+                    timeout = Some(time);
+                }
+                Some(("max", value)) => {
+                    max = value.parse::<u32>().ok().filter(|n| (1..=MAX_QUEUED).contains(n)).ok_or_else(
+                        || self.invalid(arg, &format!("expected a whole number from 1 to {MAX_QUEUED}")),
+                    )?;
+                }
+                _ => return Err(self.invalid(arg, "expected timeout=<time> or max=<n>")),
+            }
+        }
+        let timeout = timeout
+            .ok_or_else(|| format!("{}: timeout=<time> is missing; usage: {}", self.name(), self.help()))?;
+        Ok(Queue { timeout, max })
     }
 
     fn invalid(self, value: &str, why: &str) -> String {

@@ -324,6 +324,34 @@ impl Balancer {
     }
 }
 
+impl Balancer {
+    /// Runs `body` with the balancer's per-process thread lock released, and takes it again
+    /// after (even if `body` panics), for a finder: httpd runs it with the lock held
+    /// (`find_best_worker`), and one that waits must not stop this process's other threads
+    /// from picking meanwhile. Must be called only by a finder.
+    pub fn without_thread_lock<R>(self, body: impl FnOnce() -> R) -> R {
+        // SAFETY: tmutex is null or a live APR thread mutex of this process, which this thread
+        // holds (the caller is a finder): unlocking it and locking it again before returning
+        // leaves it as httpd expects when the finder returns.
+        let mutex = unsafe { (*self.raw()).tmutex };
+        if mutex.is_null() || unsafe { ffi::apr_thread_mutex_unlock(mutex) } != ffi::APR_SUCCESS {
+            return body();
+        }
+        let _relock = Relock(mutex);
+        body()
+    }
+}
+
+/// Locks an APR thread mutex again, when dropped.
+struct Relock(*mut ffi::apr_thread_mutex_t);
+
+impl Drop for Relock {
+    fn drop(&mut self) {
+        // SAFETY: the mutex this thread unlocked in `without_thread_lock`, still live.
+        unsafe { ffi::apr_thread_mutex_lock(self.0) };
+    }
+}
+
 /// Unlocks an APR thread mutex this thread locked, when dropped.
 struct Unlock(*mut ffi::apr_thread_mutex_t);
 

@@ -36,6 +36,36 @@ impl<'r> Request<'r> {
         self.raw.as_ptr()
     }
 
+    /// Whether the client has closed its connection (or it broke): its socket reads as ended.
+    /// A request of an HTTP/2 stream is never seen so (its connection carries other streams).
+    /// Reads nothing: the data stays for httpd.
+    pub fn client_gone(self) -> bool {
+        // SAFETY: a live request's connection; ap_get_conn_socket returns its socket (or null),
+        // apr_os_sock_get writes the descriptor into our variable, and recv with MSG_PEEK reads
+        // into our one-byte buffer without consuming anything.
+        unsafe {
+            let connection = (*self.raw()).connection;
+            if connection.is_null() || !(*connection).master.is_null() {
+                return false;
+            }
+            let socket = ffi::ap_get_conn_socket(connection);
+            let mut fd: ffi::apr_os_sock_t = -1;
+            if socket.is_null() || ffi::apr_os_sock_get(&mut fd, socket) != ffi::APR_SUCCESS || fd < 0 {
+                return false;
+            }
+            let mut byte = 0u8;
+            let read = libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+            match read {
+                0 => true,
+                1.. => false,
+                _ => {
+                    let errno = std::io::Error::last_os_error().raw_os_error();
+                    !matches!(errno, Some(libc::EAGAIN | libc::EINTR))
+                }
+            }
+        }
+    }
+
     /// Whether `SetHandler` (or another module) gave the request this handler.
     pub fn handler_is(self, name: &CStr) -> bool {
         // SAFETY: handler is null or a C string owned by the live request.

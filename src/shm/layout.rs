@@ -5,6 +5,7 @@
 //! processes on a shared mapping). A slot is a whole number of cache lines so that two members'
 //! hot counters never share one.
 
+pub use super::queue::Place;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Types that may be placed in the shared segment: zero bytes are a valid value, there are no
@@ -37,10 +38,10 @@ pub struct Header {
     pub dead_marked: AtomicU32,
 }
 
-/// One balancer (one `<Proxy balancer://...>` in one virtual host). Three cache lines: what is
+/// One balancer (one `<Proxy balancer://...>` in one virtual host). Five cache lines: what is
 /// set once when the slot is claimed and then only read, what every pick in every process
-/// writes, and counters of rare events; so that the picks' writes never evict what every pick
-/// reads.
+/// writes, counters of rare events, and its waiting line (`LBQueue`); so that the picks' writes
+/// never evict what every pick reads.
 #[repr(C, align(64))]
 pub struct BalancerSlot {
     /// Hash of the balancer's httpd-wide unique name; 0 while the slot is free.
@@ -53,6 +54,29 @@ pub struct BalancerSlot {
     pub member_slots: AtomicU32,
     pub turns: Turns,
     pub events: BalancerEvents,
+    pub queue: QueueCounters,
+}
+
+/// A balancer's waiting line (`shm::queue` has the rules): its tickets, and what it has seen.
+#[repr(C, align(64))]
+pub struct QueueCounters {
+    /// The next ticket, and the oldest ticket not yet given a place.
+    pub tail: AtomicU64,
+    pub head: AtomicU64,
+    /// Requests waiting now (joined, not yet served, timed out or gone), and the most at once.
+    pub waiting: AtomicU32,
+    pub peak: AtomicU32,
+    pub joined: AtomicU64,
+    pub served: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub gone: AtomicU64,
+    /// Refused at once: `max` were waiting.
+    pub full: AtomicU64,
+    /// Waits that ended: total and longest (microseconds), and per bucket of
+    /// `shm::queue::WAIT_BUCKETS_US`.
+    pub wait_total_us: AtomicU64,
+    pub wait_max_us: AtomicU64,
+    pub wait_buckets: [AtomicU64; 6],
 }
 
 /// The counters every pick moves on.
@@ -221,14 +245,15 @@ macro_rules! shm_safe {
     };
 }
 
-shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell);
+shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell, Place);
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v10");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v11");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
-const _: () = assert!(size_of::<BalancerSlot>() == 3 * 64);
+const _: () = assert!(size_of::<BalancerSlot>() == 5 * 64);
+const _: () = assert!(size_of::<Place>() == 8);
 const _: () = assert!(size_of::<MemberSlot>() == 4 * 64);
 const _: () = assert!(size_of::<Cell>() == 32);
 const _: () = assert!(size_of::<ProcessSlot>().is_multiple_of(64));

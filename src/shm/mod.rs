@@ -4,10 +4,12 @@
 //! - [`segment`]: the mapping that holds them, and its process table;
 //! - [`attempt`]: an attempt's life on the shared counters, and what the parent does when a
 //!   process is killed, so that every count stays exact;
+//! - [`queue`]: the waiting line of a balancer whose members are all at their caps;
 //! - [`restart`]: what a graceful restart keeps.
 
 pub mod attempt;
 mod layout;
+pub mod queue;
 mod restart;
 mod segment;
 

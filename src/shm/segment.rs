@@ -3,7 +3,8 @@
 //!
 //! Layout: `Header`, then `balancers` x `BalancerSlot`, `members` x `MemberSlot`, `processes` x
 //! `ProcessSlot`, and one row of counts (a `Cell` per member slot) per process slot, plus one
-//! more row shared by processes that found the table full.
+//! more row shared by processes that found the table full; then each balancer's waiting line
+//! (`PLACES` x `Place`, `shm::queue`), whose pages stay untouched until a request waits.
 //!
 //! Balancers configured at startup get their slots in the parent (`claim_balancer` before any
 //! fork); a balancer first seen at run time claims a spare slot lock-free, so two processes that
@@ -12,7 +13,8 @@
 //! Each child claims a process slot and counts its attempts on every member in its row;
 //! `shm::attempt` says how, and how the parent takes back what a killed child left.
 
-use super::layout::{BalancerSlot, Cell, DEAD, Header, MAGIC, MemberSlot, ProcessSlot, ShmSafe};
+use super::layout::{BalancerSlot, Cell, DEAD, Header, MAGIC, MemberSlot, Place, ProcessSlot, ShmSafe};
+use super::queue::{PLACES, Queue};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
@@ -52,9 +54,13 @@ impl Capacity {
         self.processes_at() + self.processes as usize * size_of::<ProcessSlot>()
     }
 
+    fn places_at(&self) -> usize {
+        self.rows_at() + self.rows() * self.row() * size_of::<Cell>()
+    }
+
     /// Bytes needed.
     pub fn bytes(&self) -> usize {
-        self.rows_at() + self.rows() * self.row() * size_of::<Cell>()
+        self.places_at() + self.balancers as usize * PLACES * size_of::<Place>()
     }
 }
 
@@ -144,6 +150,27 @@ impl Segment {
 
     pub fn balancer(&self, slot: usize) -> Option<&BalancerSlot> {
         self.nth(self.capacity.balancers_at(), slot, self.capacity.balancers as usize)
+    }
+
+    /// The waiting line of `balancer` (a slot of this segment).
+    pub fn queue<'a>(&'a self, balancer: &'a BalancerSlot) -> Option<Queue<'a>> {
+        let first = self.balancer(0)? as *const BalancerSlot as usize;
+        let offset = (balancer as *const BalancerSlot as usize).checked_sub(first)?;
+        let slot = offset / size_of::<BalancerSlot>();
+        if !offset.is_multiple_of(size_of::<BalancerSlot>()) || slot >= self.capacity.balancers as usize {
+            return None;
+        }
+        let start = self.capacity.places_at() + slot * PLACES * size_of::<Place>();
+        let first_place = self.nth::<Place>(start, 0, PLACES)?;
+        // SAFETY: the capacity lays out PLACES places from `start` (nth checked the first is in
+        // bounds and aligned; the others follow it within the mapping), and Place is ShmSafe.
+        let places = unsafe { std::slice::from_raw_parts(first_place as *const Place, PLACES) };
+        Some(Queue::new(&balancer.queue, places))
+    }
+
+    /// Every balancer slot's waiting line.
+    pub fn queues(&self) -> impl Iterator<Item = Queue<'_>> + '_ {
+        (0..self.capacity.balancers as usize).filter_map(|slot| self.queue(self.balancer(slot)?))
     }
 
     pub fn member(&self, slot: usize) -> Option<&MemberSlot> {

@@ -150,6 +150,22 @@ fn balancer_section(out: &mut String, b: &BalancerStatus) {
     if b.method == "byhash" {
         let _ = write!(out, "<span class=\"sep\">|</span><b>{}</b> diverted", b.diverted);
     }
+    if let Some(q) = &b.queue {
+        let _ = write!(
+            out,
+            "<span class=\"sep\">|</span>queue <b>{}</b> waiting (peak {} of {}), {} served after waiting, \
+             <b{}>{}</b> timed out, {} gone, {} refused full; longest wait {:.3} s",
+            q.waiting,
+            q.peak,
+            q.max,
+            q.served,
+            if q.timed_out > 0 { " class=\"bad\"" } else { "" },
+            q.timed_out,
+            q.gone,
+            q.full,
+            q.wait_seconds_max,
+        );
+    }
     out.push_str("</p>\n");
 
     let slow_start = b.slow_start_seconds.map_or("off".to_string(), |s| format!("{s} s"));

@@ -54,7 +54,40 @@ pub struct BalancerStatus {
     pub latency_decay_seconds: f64,
     /// `LBOutlierDetection`, as written (`null`: off).
     pub outlier_detection: Option<String>,
+    /// `LBQueue`'s settings and what its waiting line has seen (`null`: no queue).
+    pub queue: Option<QueueStatus>,
     pub members: Vec<MemberStatus>,
+}
+
+/// A balancer's waiting line (`LBQueue`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStatus {
+    pub timeout_seconds: f64,
+    pub max: u32,
+    /// Waiting now, and the most at once (HAProxy's qcur and qmax).
+    pub waiting: u32,
+    pub peak: u32,
+    /// Requests that joined the line; served after waiting; refused when the timeout passed;
+    /// whose client went away (or whose process was killed) while waiting; refused at once
+    /// because `max` were waiting. The last three are also in the balancer's `shed`.
+    pub joined: u64,
+    pub served: u64,
+    pub timed_out: u64,
+    pub gone: u64,
+    pub full: u64,
+    /// Waits that ended: their total and the longest, in seconds, and how many ended within
+    /// each bound, cumulative: `[[0.01, n], [0.05, n], ...]` (all of them: `served +
+    /// timed_out + gone`).
+    pub wait_seconds_total: f64,
+    pub wait_seconds_max: f64,
+    pub wait_buckets: Vec<(f64, u64)>,
+}
+
+impl QueueStatus {
+    /// Waits that ended (served, timed out, gone).
+    pub fn waits(&self) -> u64 {
+        self.served + self.timed_out + self.gone
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,6 +273,20 @@ pub(crate) mod tests {
                 diverted: 0,
                 latency_decay_seconds: 10.0,
                 outlier_detection: Some("on consecutive=5 eject=10s".into()),
+                queue: Some(QueueStatus {
+                    timeout_seconds: 5.0,
+                    max: 100,
+                    waiting: 3,
+                    peak: 12,
+                    joined: 40,
+                    served: 30,
+                    timed_out: 5,
+                    gone: 2,
+                    full: 1,
+                    wait_seconds_total: 7.5,
+                    wait_seconds_max: 5.0,
+                    wait_buckets: vec![(0.01, 10), (0.05, 20), (0.1, 25), (0.5, 30), (1.0, 31), (5.0, 31)],
+                }),
                 members: vec![
                     MemberStatus {
                         name: "http://127.0.0.1:8081".into(),

@@ -8,7 +8,7 @@
 //! `member` (its URL). Strings that are not part of a series' identity (the method, a route)
 //! are only in the `_info` series, to be joined on when needed.
 
-use super::{BalancerStatus, MemberStatus, Snapshot};
+use super::{BalancerStatus, MemberStatus, QueueStatus, Snapshot};
 use std::fmt::Write;
 
 /// What a sample's value is: counts stay integers, so a large counter is printed exactly.
@@ -187,6 +187,8 @@ pub fn render_prometheus(snapshot: &Snapshot) -> String {
         }
     }
 
+    queue_families(&mut out, &balancers);
+
     family(
         &mut out,
         "lbrs_member_info",
@@ -231,6 +233,75 @@ pub fn render_prometheus(snapshot: &Snapshot) -> String {
         }
     }
     out
+}
+
+/// A queue metric family: name, type, help, and the queue's value.
+type QueueFamily = (&'static str, &'static str, &'static str, fn(&QueueStatus) -> u64);
+
+const QUEUE_FAMILIES: &[QueueFamily] = &[
+    ("lbrs_balancer_queue_waiting", "gauge", "LBQueue: requests waiting for a place now.", |q| {
+        u64::from(q.waiting)
+    }),
+    ("lbrs_balancer_queue_waiting_peak", "gauge", "LBQueue: the most requests waiting at once.", |q| {
+        u64::from(q.peak)
+    }),
+    ("lbrs_balancer_queue_limit", "gauge", "LBQueue max: the most requests that may wait at once.", |q| {
+        u64::from(q.max)
+    }),
+    ("lbrs_balancer_queue_joined_total", "counter", "LBQueue: requests that waited for a place.", |q| {
+        q.joined
+    }),
+    ("lbrs_balancer_queue_served_total", "counter", "LBQueue: requests served after waiting.", |q| q.served),
+    (
+        "lbrs_balancer_queue_timed_out_total",
+        "counter",
+        "LBQueue: requests refused (503) because no place freed within the timeout.",
+        |q| q.timed_out,
+    ),
+    (
+        "lbrs_balancer_queue_gone_total",
+        "counter",
+        "LBQueue: requests whose client went away (or whose process was killed) while waiting.",
+        |q| q.gone,
+    ),
+    (
+        "lbrs_balancer_queue_full_total",
+        "counter",
+        "LBQueue: requests refused (503) at once because max requests were waiting.",
+        |q| q.full,
+    ),
+];
+
+/// The waiting lines (`LBQueue`) of the balancers that have one: counts, and the wait time as a
+/// histogram (HAProxy's qcur, qmax and qtime).
+fn queue_families(out: &mut String, balancers: &[(&str, &BalancerStatus)]) {
+    let queues: Vec<(&str, &str, &QueueStatus)> = balancers
+        .iter()
+        .filter_map(|&(server, b)| Some((server, b.name.as_str(), b.queue.as_ref()?)))
+        .collect();
+    if queues.is_empty() {
+        return;
+    }
+    for &(name, kind, help, value) in QUEUE_FAMILIES {
+        family(out, name, kind, help);
+        for &(server, balancer, q) in &queues {
+            sample(out, name, &[("server", server), ("balancer", balancer)], Value::Count(value(q)));
+        }
+    }
+    let name = "lbrs_balancer_queue_wait_seconds";
+    family(out, name, "histogram", "LBQueue: how long requests waited, served, timed out or gone.");
+    for &(server, balancer, q) in &queues {
+        for &(bound, count) in &q.wait_buckets {
+            let le = float(bound);
+            let labels = [("server", server), ("balancer", balancer), ("le", le.as_str())];
+            sample(out, &format!("{name}_bucket"), &labels, Value::Count(count));
+        }
+        let labels = [("server", server), ("balancer", balancer), ("le", "+Inf")];
+        sample(out, &format!("{name}_bucket"), &labels, Value::Count(q.waits()));
+        let labels = [("server", server), ("balancer", balancer)];
+        sample(out, &format!("{name}_sum"), &labels, Value::Real(q.wait_seconds_total));
+        sample(out, &format!("{name}_count"), &labels, Value::Count(q.waits()));
+    }
 }
 
 /// The `server` label of each balancer. A balancer name is unique within a virtual host, but
@@ -321,8 +392,9 @@ mod tests {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
-                assert!(matches!(kind, "gauge" | "counter"), "{line}");
+                assert!(matches!(kind, "gauge" | "counter" | "histogram"), "{line}");
                 assert_eq!(name.ends_with("_total"), kind == "counter", "{line}");
+                assert!(kind != "histogram" || name.ends_with("_seconds"), "{line}");
                 assert!(!seen.contains(&name), "{name} declared twice");
                 seen.push(name);
                 current = name;
@@ -330,11 +402,34 @@ mod tests {
                 assert!(!rest.is_empty());
             } else {
                 let name = line.split(['{', ' ']).next().unwrap();
-                assert_eq!(name, current, "a sample outside its family: {line}");
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix).filter(|f| *f == current))
+                    .unwrap_or(name);
+                assert_eq!(family, current, "a sample outside its family: {line}");
             }
         }
         assert!(text.ends_with('\n'));
         assert!(seen.len() >= 20, "{seen:?}");
+    }
+
+    #[test]
+    fn a_queue_has_its_counts_and_a_cumulative_wait_histogram() {
+        let text = render_prometheus(&snapshot());
+        let labels = "{server=\"localhost:80\",balancer=\"balancer://app\"}";
+        for expected in [
+            format!("lbrs_balancer_queue_waiting{labels} 3"),
+            format!("lbrs_balancer_queue_waiting_peak{labels} 12"),
+            format!("lbrs_balancer_queue_timed_out_total{labels} 5"),
+            format!("lbrs_balancer_queue_wait_seconds_sum{labels} 7.5"),
+            format!("lbrs_balancer_queue_wait_seconds_count{labels} 37"),
+            "lbrs_balancer_queue_wait_seconds_bucket{server=\"localhost:80\",balancer=\"balancer://app\",le=\"0.05\"} 20"
+                .to_string(),
+            "lbrs_balancer_queue_wait_seconds_bucket{server=\"localhost:80\",balancer=\"balancer://app\",le=\"+Inf\"} 37"
+                .to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == expected), "{expected} missing:\n{text}");
+        }
     }
 
     #[test]

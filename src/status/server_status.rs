@@ -42,6 +42,25 @@ fn auto(snapshot: &Snapshot) -> String {
             b.shed,
             b.diverted,
         );
+        if let Some(q) = &b.queue {
+            let _ = writeln!(
+                out,
+                "LBRSQueue: server={} balancer={} waiting={} peak={} max={} joined={} served={} timed_out={} gone={} \
+                 full={} wait_seconds_total={:.6} wait_seconds_max={:.6}",
+                field(&b.server),
+                field(&b.name),
+                q.waiting,
+                q.peak,
+                q.max,
+                q.joined,
+                q.served,
+                q.timed_out,
+                q.gone,
+                q.full,
+                q.wait_seconds_total,
+                q.wait_seconds_max,
+            );
+        }
         for m in &b.members {
             let _ = writeln!(
                 out,
@@ -108,6 +127,14 @@ fn html(snapshot: &Snapshot, tables: bool) -> String {
             b.shed,
             if b.method == "byhash" { format!(", {} diverted", b.diverted) } else { String::new() },
         );
+        if let Some(q) = &b.queue {
+            let _ = writeln!(
+                out,
+                "<p>Queue: {} waiting (peak {} of {}), {} served after waiting, {} timed out, {} gone, {} refused \
+                 full; longest wait {:.3} s.</p>",
+                q.waiting, q.peak, q.max, q.served, q.timed_out, q.gone, q.full, q.wait_seconds_max
+            );
+        }
         if tables {
             out.push_str(concat!(
                 "<table border=\"0\">\n<tr><th>Member</th><th>Route</th><th>State</th><th>In flight</th>",
@@ -177,11 +204,17 @@ mod tests {
     fn auto_has_one_line_per_balancer_and_member() {
         let text = render_server_status(&sample(), Form::Auto);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
         assert_eq!(
             lines[0],
             "LBRSBalancer: server=localhost:80 balancer=balancer://app method=byweight members=2 usable=1 inflight=2 shed=4 diverted=0"
         );
+        assert_eq!(
+            lines[1],
+            "LBRSQueue: server=localhost:80 balancer=balancer://app waiting=3 peak=12 max=100 joined=40 served=30 \
+             timed_out=5 gone=2 full=1 wait_seconds_total=7.500000 wait_seconds_max=5.000000"
+        );
+        let lines = [lines[0], lines[2], lines[3]];
         assert!(lines[1].starts_with(
             "LBRSMember: server=localhost:80 balancer=balancer://app member=http://127.0.0.1:8081 "
         ));

@@ -18,7 +18,10 @@
 //! - `failing`, `bad-url`, `pinned` (failing.rs): a member that answers every request with an
 //!   instant 500, a URL every member fails, a member that hangs: outlier detection and
 //!   `bylatency` against `failonstatus`, HAProxy's `observe layer7` and nginx's
-//!   `proxy_next_upstream`.
+//!   `proxy_next_upstream`;
+//! - `burst` (burst.rs): three times more clients than places, members that answer 503 when
+//!   full: `LBQueue` against refusing at once, httpd's balancer `timeout=`, and HAProxy's
+//!   `maxconn` + `timeout queue`.
 //!
 //! What they share (options, Ctrl-C, loads, the servers and backends) is in common.rs; slicing a
 //! run by time (per-second shares, windows) is in windows.rs. In every scenario each run starts
@@ -36,6 +39,7 @@
 //!
 //! docs/benchmark.md explains the output.
 
+mod burst;
 mod common;
 mod down;
 mod failing;
@@ -76,6 +80,8 @@ End-to-end comparisons through the real apache2 (build the module first: cargo b
                     others, req/s, p99, ejections;
                     pinned: one member of eight answering in 2 s from 5 s to 15 s, clients
                     giving up after 1 s: success, p99 before, requests sent to it;
+                    burst: 48 clients on 4 members of 4 slots that answer 503 when full:
+                    LBQueue against refusing, httpd's timeout=, HAProxy maxconn + queue;
                     all: every scenario (default); several: a comma-separated list
   --requests N      requests per measured run (default 30000 for shares, 20000 for slow,
                     hash and hash-load, 60000 for steady); a run also stops after 30 s;
@@ -101,10 +107,11 @@ pub enum Scenario {
     Failing,
     BadUrl,
     Pinned,
+    Burst,
 }
 
 /// `--scenario all`, in the order they run.
-const ALL: [Scenario; 10] = [
+const ALL: [Scenario; 11] = [
     Scenario::Shares,
     Scenario::Slow,
     Scenario::Hash,
@@ -115,6 +122,7 @@ const ALL: [Scenario; 10] = [
     Scenario::Failing,
     Scenario::BadUrl,
     Scenario::Pinned,
+    Scenario::Burst,
 ];
 
 /// The options, or `None` when help was asked for.
@@ -160,6 +168,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                         "failing" => vec![Scenario::Failing],
                         "bad-url" => vec![Scenario::BadUrl],
                         "pinned" => vec![Scenario::Pinned],
+                        "burst" => vec![Scenario::Burst],
                         "all" => ALL.to_vec(),
                         _ => return Err(invalid()),
                     });
@@ -196,6 +205,7 @@ fn run(options: &Options) -> Result<(), String> {
             Scenario::Failing => failing::run_failing(options)?,
             Scenario::BadUrl => failing::run_bad_url(options)?,
             Scenario::Pinned => failing::run_pinned(options)?,
+            Scenario::Burst => burst::run(options)?,
         }
     }
     Ok(())
