@@ -114,6 +114,19 @@ fn served_in_order(mpm: Mpm) {
     // Equal service times: served in arrival order means answered in it (a request answered
     // before an earlier one overtook it).
     assert_eq!(overtakes(&answers), 0, "first come, first served: {waits:.0?}");
+    // Each pair is served as soon as the pair before it ends: a freed place wakes the next
+    // request at once (not at its own look, 200 ms later).
+    let first = answers[0].sent;
+    for (i, answer) in answers.iter().enumerate() {
+        let due = Duration::from_millis(150 * (i as u64 / 2 + 1) + 80);
+        let done = answer.done - first;
+        assert!(
+            done <= due,
+            "request {i} answered {:.0} ms after the first was sent, due by {:.0}",
+            ms(done),
+            ms(due)
+        );
+    }
     let refused: u64 = backends.iter().map(|b| b.stats().refused).sum();
     assert_eq!(refused, 0, "no member was sent more than its place");
     let queue = queue_status(&apache);
@@ -144,17 +157,26 @@ fn a_wait_ends_at_the_timeout_beyond_max_at_once_and_when_the_client_goes() {
     let holder = thread::spawn(move || ask(addr));
     assert!(wait_for(Duration::from_secs(5), || inflight(&apache) == 1), "the place is taken");
 
-    // A client that goes away while it waits: it leaves the line.
-    let mut leaving = Connection::open(addr, Duration::from_secs(5)).expect("connect");
-    leaving.send("GET", "/", &[], b"").expect("send");
-    assert!(wait_for(Duration::from_secs(5), || queue_status(&apache)["waiting"] == 1), "it waits");
-    leaving.abort();
-    assert!(
-        wait_for(Duration::from_secs(2), || queue_status(&apache)["gone"] == 1),
-        "the line forgot it: {}",
-        queue_status(&apache)
-    );
-    assert_eq!(queue_status(&apache)["waiting"], 0);
+    // A client that goes away while it waits, with a reset or closing its connection: it
+    // leaves the line.
+    for (gone, reset) in [(1, true), (2, false)] {
+        let mut leaving = Connection::open(addr, Duration::from_secs(5)).expect("connect");
+        leaving.send("GET", "/", &[], b"").expect("send");
+        assert!(wait_for(Duration::from_secs(5), || queue_status(&apache)["waiting"] == 1), "it waits");
+        let left = std::time::Instant::now();
+        if reset {
+            leaving.abort();
+        } else {
+            drop(leaving);
+        }
+        assert!(
+            wait_for(Duration::from_secs(2), || queue_status(&apache)["gone"] == gone),
+            "the line forgot it: {}",
+            queue_status(&apache)
+        );
+        eprintln!("a client gone (reset: {reset}) left the line after {:.0} ms", ms(left.elapsed()));
+        assert_eq!(queue_status(&apache)["waiting"], 0);
+    }
 
     // Three wait and are refused after the timeout; a fourth, beyond max, at once.
     let waiting: Vec<_> = (0..3).map(|_| thread::spawn(move || ask(addr))).collect();
@@ -181,7 +203,7 @@ fn a_wait_ends_at_the_timeout_beyond_max_at_once_and_when_the_client_goes() {
     let holder = holder.join().expect("holder");
     assert_eq!(holder.status, 200);
     let shed = apache.status().expect("status")["balancers"][0]["shed"].as_u64();
-    assert_eq!(shed, Some(5), "timed out, beyond max and gone are all shed");
+    assert_eq!(shed, Some(6), "timed out, beyond max and gone are all shed");
     let log = apache.error_log();
     assert!(log.contains("no place freed within the LBQueue timeout (600 ms)"), "{log}");
 }
@@ -250,7 +272,40 @@ fn a_graceful_restart_with_requests_waiting_serves_or_refuses_each() {
             ms(longest)
         );
         assert!(statuses.iter().all(|&s| s == 200 || s == 503), "{statuses:?}");
+        assert!(statuses.iter().filter(|&&s| s == 200).count() >= 6, "most are served: {statuses:?}");
         assert!(longest < Duration::from_millis(3000 + 400 + 1000), "none hangs: {longest:?}");
         assert!(wait_for(Duration::from_secs(5), || inflight(&apache) == 0));
     }
+}
+
+#[test]
+fn httpd_s_balancer_timeout_does_not_make_a_request_wait_in_line_again() {
+    // httpd asks the finder again for a refused request, for up to its timeout= (1 s here):
+    // the line's timeout must not start over each time.
+    let backends = pool(1, 1, 3000);
+    let members: Vec<(&Backend, &str)> = backends.iter().map(|b| (b, "")).collect();
+    let body = balancer_block(
+        "app",
+        "/",
+        &members,
+        "lbmethod=byinflight timeout=1\n    LBMaxInflight 1\n    LBQueue timeout=300ms",
+    );
+    let apache = Apache::start(ApacheConfig::new(&body).processes(2).threads(8)).expect("start apache2");
+    let addr = apache.addr();
+    let holder = thread::spawn(move || ask(addr));
+    assert!(wait_for(Duration::from_secs(5), || inflight(&apache) == 1), "the place is taken");
+    let answer = ask(addr);
+    let took = answer.done - answer.sent;
+    let queue = queue_status(&apache);
+    eprintln!(
+        "LBQueue timeout=300ms with timeout=1: {} after {:.0} ms, queue {queue}",
+        answer.status,
+        ms(took)
+    );
+    assert_eq!(answer.status, 503);
+    assert!(took < Duration::from_millis(2000), "waited once, then httpd's own second: {took:?}");
+    assert_eq!((queue["joined"].as_u64(), queue["timed_out"].as_u64()), (Some(1), Some(1)), "{queue}");
+    let shed = apache.status().expect("status")["balancers"][0]["shed"].as_u64();
+    assert_eq!(shed, Some(1), "counted once");
+    assert_eq!(holder.join().expect("holder").status, 200);
 }

@@ -41,6 +41,19 @@ pub struct Requested {
     shed: Option<&'static AtomicU64>,
     /// The balancer had no usable member for it (and none since).
     no_member: bool,
+    /// `LBQueue` refused it (its wait timed out, its client went, or the line was full): httpd's
+    /// balancer `timeout=` asking again does not make it wait again.
+    refused_by_queue: bool,
+}
+
+/// `LBQueue` refused the request.
+pub fn queue_refused(r: Request<'_>) {
+    r.with_state(|state: &mut Requested| state.refused_by_queue = true);
+}
+
+/// Whether `LBQueue` has refused the request before.
+pub fn refused_by_queue(r: Request<'_>) -> bool {
+    r.with_existing_state(|state: &mut Requested| state.refused_by_queue).unwrap_or(false)
 }
 
 /// The balancer had no usable member for the request: httpd answers 503 (for the log).

@@ -36,7 +36,7 @@ use crate::methods::{
     Candidate, METHODS, Member, NO_LIMIT, Pick, Registered, SharedCounts, Tier, slow_start,
 };
 use crate::shm::attempt::{self, Holders, Loans};
-use crate::shm::queue::Waited;
+use crate::shm::queue::{Requeued, Waited};
 use crate::shm::{monotonic_us, name_key};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -197,44 +197,57 @@ fn wait_for_place(
         shed(method, balancer, slot, r, "every usable member is at its LBMaxInflight cap");
         return None;
     };
-    let joined = monotonic_us();
-    let deadline = joined + settings.timeout.as_micros() as u64;
-    let Some(ticket) = queue.join(settings.max, std::process::id(), joined) else {
+    // httpd's balancer timeout= asks again for a refused request (up to 100 times): it has had
+    // its wait in line.
+    if attempts::refused_by_queue(r) {
         shed(
             method,
             balancer,
             slot,
             r,
-            &format!("every usable member is at its cap and {} requests wait (LBQueue max)", settings.max),
+            "every usable member is at its cap, and this request has waited in line already",
         );
         return None;
+    }
+    let joined = monotonic_us();
+    let deadline = joined + settings.timeout.as_micros() as u64;
+    let Some(ticket) = queue.join(settings.max, std::process::id(), joined) else {
+        attempts::queue_refused(r);
+        let why =
+            format!("every usable member is at its cap and {} requests wait (LBQueue max)", settings.max);
+        shed(method, balancer, slot, r, &why);
+        return None;
     };
+    // Whether to pick without waiting first (a spare grant), and whether the pick comes from
+    // the ticket's own look rather than a grant.
+    let mut pick_now = None;
     loop {
-        let waited = balancer.without_thread_lock(|| queue.wait(&ticket, deadline, || r.client_gone()));
-        let looked = match waited {
-            Waited::Granted => false,
-            Waited::Look => true,
-            Waited::TimedOut => {
-                let waited_ms = settings.timeout.as_millis();
-                shed(
-                    method,
-                    balancer,
-                    slot,
-                    r,
-                    &format!("no place freed within the LBQueue timeout ({waited_ms} ms)"),
-                );
-                return None;
-            }
-            Waited::Gone => {
-                log_request!(
-                    r,
-                    Level::Info,
-                    "{}: {}: the client went away while waiting for a place",
-                    method.name(),
-                    balancer.name()
-                );
-                attempts::refuse(r, &slot.shared.events.shed);
-                return None;
+        let looked = match pick_now.take() {
+            Some(looked) => looked,
+            None => {
+                match balancer.without_thread_lock(|| queue.wait(&ticket, deadline, || r.client_gone())) {
+                    Waited::Granted => false,
+                    Waited::Look => true,
+                    Waited::TimedOut => {
+                        attempts::queue_refused(r);
+                        let waited_ms = settings.timeout.as_millis();
+                        let why = format!("no place freed within the LBQueue timeout ({waited_ms} ms)");
+                        shed(method, balancer, slot, r, &why);
+                        return None;
+                    }
+                    Waited::Gone => {
+                        attempts::queue_refused(r);
+                        log_request!(
+                            r,
+                            Level::Info,
+                            "{}: {}: the client went away while waiting for a place",
+                            method.name(),
+                            balancer.name()
+                        );
+                        attempts::refuse(r, &slot.shared.events.shed);
+                        return None;
+                    }
+                }
             }
         };
         match pick(runtime, method, balancer, slot, &mut slot.local(), r, true) {
@@ -243,18 +256,22 @@ fn wait_for_place(
                 return Some(worker);
             }
             Found::NoMember => {
-                queue.served(ticket, looked, monotonic_us());
+                queue.quit(ticket, monotonic_us());
                 return None;
             }
             // Its look found nothing: it waits on, still first in line.
             Found::Full if looked => {}
-            // Granted, but a request that does not wait took the place: back to the front.
-            Found::Full => {
-                if !queue.requeue(&ticket) {
+            // Granted, but the place went to a request that does not wait: back to the front,
+            // or at once if a place freed meanwhile with nobody at the head.
+            Found::Full => match queue.requeue(&ticket) {
+                Requeued::Again => pick_now = Some(false),
+                Requeued::Waiting => {}
+                Requeued::Lost => {
+                    attempts::queue_refused(r);
                     shed(method, balancer, slot, r, "lost its place in line");
                     return None;
                 }
-            }
+            },
         }
     }
 }

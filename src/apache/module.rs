@@ -12,7 +12,7 @@ use crate::httpd::proxy::{Providers, ProxyApi, hook_attempt_start};
 use crate::httpd::server::PerGeneration;
 use crate::httpd::{Pool, Request, Server, filter, process};
 use crate::methods::METHODS;
-use crate::shm::attempt;
+use crate::shm::{attempt, monotonic_us};
 use std::ffi::CStr;
 
 module_record!(lbmethod_rs_module, c"mod_lbmethod_rs.c", LbMethodRs, ServerSettings, directives::COMMANDS);
@@ -100,8 +100,9 @@ impl Module for LbMethodRs {
         let reaped = attempt::reap(segment, pid);
         // Its requests waiting in line leave it, and the places it freed go to the next ones.
         let freed = reaped.as_ref().map_or(0, |r| r.attempts);
-        for queue in segment.queues().filter(|q| q.in_line()) {
-            queue.reap(pid, freed);
+        let now = monotonic_us();
+        for queue in segment.queues() {
+            queue.reap(pid, freed, now);
         }
         if let Some(reaped) = reaped {
             log_reaped(s, pid, reaped);
@@ -120,6 +121,7 @@ impl Module for LbMethodRs {
         }
         attempt::recount_due(segment);
         attempt::count_dead_marks(segment);
+        forget_killed_joiners(segment);
     }
 
     fn handler(r: Request<'_>) -> Option<i32> {
@@ -150,4 +152,22 @@ fn log_reaped(s: Server, pid: u32, reaped: attempt::Reaped) {
         "child {pid} exited with {} attempt(s) in flight; its in-flight counts were given back{recounted}",
         reaped.attempts
     );
+}
+
+/// In the parent, from the monitor: a waiting count that a child killed while joining a
+/// waiting line left too high, seen twice in a row, is forgotten (`shm::queue::Queue::excess`).
+fn forget_killed_joiners(segment: &crate::shm::Segment) {
+    static SEEN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (i, queue) in segment.queues().enumerate() {
+        if seen.len() <= i {
+            seen.resize(i + 1, 0);
+        }
+        let excess = queue.excess();
+        let forget = excess.min(seen[i]);
+        if forget > 0 {
+            queue.forget(forget);
+        }
+        seen[i] = excess - forget;
+    }
 }

@@ -36,13 +36,14 @@ impl<'r> Request<'r> {
         self.raw.as_ptr()
     }
 
-    /// Whether the client has closed its connection (or it broke): its socket reads as ended.
-    /// A request of an HTTP/2 stream is never seen so (its connection carries other streams).
+    /// Whether the client has closed its connection, or it broke: the peer shut its side down
+    /// (a FIN, seen even with bytes still unread, such as a TLS close_notify) or reset it. A
+    /// request of an HTTP/2 stream is never seen so (its connection carries other streams).
     /// Reads nothing: the data stays for httpd.
     pub fn client_gone(self) -> bool {
         // SAFETY: a live request's connection; ap_get_conn_socket returns its socket (or null),
-        // apr_os_sock_get writes the descriptor into our variable, and recv with MSG_PEEK reads
-        // into our one-byte buffer without consuming anything.
+        // apr_os_sock_get writes the descriptor into our variable, and poll with a zero timeout
+        // only reads the pollfd we own.
         unsafe {
             let connection = (*self.raw()).connection;
             if connection.is_null() || !(*connection).master.is_null() {
@@ -53,16 +54,9 @@ impl<'r> Request<'r> {
             if socket.is_null() || ffi::apr_os_sock_get(&mut fd, socket) != ffi::APR_SUCCESS || fd < 0 {
                 return false;
             }
-            let mut byte = 0u8;
-            let read = libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT);
-            match read {
-                0 => true,
-                1.. => false,
-                _ => {
-                    let errno = std::io::Error::last_os_error().raw_os_error();
-                    !matches!(errno, Some(libc::EAGAIN | libc::EINTR))
-                }
-            }
+            let mut poll = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+            libc::poll(&mut poll, 1, 0) == 1
+                && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
         }
     }
 

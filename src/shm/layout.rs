@@ -38,7 +38,7 @@ pub struct Header {
     pub dead_marked: AtomicU32,
 }
 
-/// One balancer (one `<Proxy balancer://...>` in one virtual host). Five cache lines: what is
+/// One balancer (one `<Proxy balancer://...>` in one virtual host). Six cache lines: what is
 /// set once when the slot is claimed and then only read, what every pick in every process
 /// writes, counters of rare events, and its waiting line (`LBQueue`); so that the picks' writes
 /// never evict what every pick reads.
@@ -63,9 +63,13 @@ pub struct QueueCounters {
     /// The next ticket, and the oldest ticket not yet given a place.
     pub tail: AtomicU64,
     pub head: AtomicU64,
-    /// Requests waiting now (joined, not yet served, timed out or gone), and the most at once.
+    /// Requests waiting now (joined, not yet served, timed out or gone: granted ones included),
+    /// and the most at once.
     pub waiting: AtomicU32,
     pub peak: AtomicU32,
+    /// Grants made while no ticket waited but granted ones had not picked yet (at most
+    /// `waiting`): one is taken by a granted request that finds no place.
+    pub spare: AtomicU32,
     pub joined: AtomicU64,
     pub served: AtomicU64,
     pub timed_out: AtomicU64,
@@ -249,11 +253,11 @@ shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell, Place);
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v11");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v12");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
-const _: () = assert!(size_of::<BalancerSlot>() == 5 * 64);
-const _: () = assert!(size_of::<Place>() == 8);
+const _: () = assert!(size_of::<BalancerSlot>() == 6 * 64);
+const _: () = assert!(size_of::<Place>() == 16);
 const _: () = assert!(size_of::<MemberSlot>() == 4 * 64);
 const _: () = assert!(size_of::<Cell>() == 32);
 const _: () = assert!(size_of::<ProcessSlot>().is_multiple_of(64));

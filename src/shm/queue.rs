@@ -33,11 +33,12 @@
 //! **Killed processes.** A waiter killed while waiting leaves its word WAITING; the parent,
 //! when it reaps the process, marks its tickets LEFT (each place also records its waiter's
 //! pid) and passes on a grant it held. A joiner killed between taking its ticket and writing
-//! its word leaves a gap the next grant fills (that one place then waits for the head's look).
+//! its word leaves a gap the next grant fills (that one place then waits for the head's look),
+//! and a count of one too many in `waiting`, which the parent forgets (`excess`).
 
 use super::layout::QueueCounters;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
 /// Places in a balancer's ring: tickets from `head` to `tail` must fit, so joining is refused
@@ -55,11 +56,13 @@ const LEFT: u32 = 3;
 const STATE: u32 = 3;
 const LAPS: u32 = u32::MAX >> 2;
 
-/// One place of the ring: its word (the futex), and the pid of its waiter.
+/// One place of the ring: its word (the futex), the pid of its waiter, and when it joined
+/// (monotonic microseconds), for the parent that reaps a killed waiter.
 #[repr(C)]
 pub struct Place {
     pub word: AtomicU32,
     pub pid: AtomicU32,
+    pub joined_us: AtomicU64,
 }
 
 /// A balancer's waiting line: its counters and its ring.
@@ -74,6 +77,17 @@ pub struct Queue<'s> {
 pub struct Ticket {
     number: u64,
     joined_us: u64,
+}
+
+/// What a granted request that found no place does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Requeued {
+    /// A spare grant is its: pick again now.
+    Again,
+    /// Back at the front of the line: wait again.
+    Waiting,
+    /// Its place is gone (the ring went round): refuse.
+    Lost,
 }
 
 /// How a wait ended.
@@ -143,10 +157,10 @@ impl<'s> Queue<'s> {
         &self.places[(ticket % PLACES as u64) as usize]
     }
 
-    /// Whether requests are in line (or being granted): a newcomer then joins too, behind them,
-    /// rather than taking a place one of them is owed.
+    /// Whether requests are in line, or granted a place they have not taken yet: a newcomer
+    /// then joins too, behind them, rather than taking a place one of them is owed.
     pub fn in_line(&self) -> bool {
-        self.counters.head.load(SeqCst) < self.counters.tail.load(SeqCst)
+        self.counters.waiting.load(SeqCst) > 0
     }
 
     /// Joins the line for process `pid`, unless `max` are waiting already (or the ring is
@@ -165,6 +179,7 @@ impl<'s> Queue<'s> {
         let number = c.tail.fetch_add(1, SeqCst);
         let (place, lap) = (self.place(number), lap_of(number));
         place.pid.store(pid, SeqCst);
+        place.joined_us.store(now_us, SeqCst);
         let mut seen = place.word.load(SeqCst);
         // A grant may already have written this lap's word for us (then we are served).
         while lap_in(seen) != lap {
@@ -187,6 +202,11 @@ impl<'s> Queue<'s> {
             let seen = place.word.load(SeqCst);
             if lap_in(seen) != lap || state_in(seen) == GRANTED {
                 return Waited::Granted;
+            }
+            // A grant that passed this ticket while it went back to the front (`requeue`)
+            // moved `head` past it: bring `head` back, or no grant would reach it again.
+            if self.counters.head.load(SeqCst) > ticket.number {
+                self.counters.head.fetch_min(ticket.number, SeqCst);
             }
             let now = super::monotonic_us();
             let ending = if now >= deadline_us {
@@ -215,45 +235,75 @@ impl<'s> Queue<'s> {
 
     /// The request got a place after waiting (`looked`: by its own look, not a grant).
     pub fn served(&self, ticket: Ticket, looked: bool, now_us: u64) {
-        let place = self.place(ticket.number);
-        let lap = lap_of(ticket.number);
-        let granted =
-            place.word.compare_exchange(word(lap, GRANTED), word(lap, LEFT), SeqCst, SeqCst).is_ok();
+        let granted = self.settle(&ticket);
         if looked {
             if granted {
                 // A grant came while it looked: the place freed for it is nobody's yet.
                 self.grant();
-            } else {
-                let _ = place.word.compare_exchange(word(lap, WAITING), word(lap, LEFT), SeqCst, SeqCst);
             }
             self.advance_head();
+            // It found a place no attempt's end freed (a member back, a cap raised): there may
+            // be more; the next in line looks too.
+            self.grant();
         }
         self.ended(&ticket, now_us, &Waited::Granted);
     }
 
-    /// A granted request found no place (a request that does not queue took it): back to the
-    /// front of the line, keeping its ticket. Returns false when its place has been reused
-    /// meanwhile (the ring went round): it must join again.
-    pub fn requeue(&self, ticket: &Ticket) -> bool {
+    /// The request leaves the line without a place (no usable member was left for it).
+    pub fn quit(&self, ticket: Ticket, now_us: u64) {
+        if self.settle(&ticket) {
+            self.grant();
+        }
+        self.advance_head();
+        self.ended(&ticket, now_us, &Waited::Gone);
+    }
+
+    /// Marks `ticket` done (LEFT), whether it was waiting or granted; true if it was granted.
+    fn settle(&self, ticket: &Ticket) -> bool {
+        let place = self.place(ticket.number);
+        let lap = lap_of(ticket.number);
+        let mut seen = place.word.load(SeqCst);
+        while lap_in(seen) == lap && matches!(state_in(seen), WAITING | GRANTED) {
+            match place.word.compare_exchange(seen, word(lap, LEFT), SeqCst, SeqCst) {
+                Ok(_) => return state_in(seen) == GRANTED,
+                Err(now) => seen = now,
+            }
+        }
+        false
+    }
+
+    /// A granted request found no place (a request that does not queue took it, or another
+    /// granted request picked the member the method preferred): back to the front of the line,
+    /// keeping its ticket; or, if a place freed meanwhile with nobody at the head to take it (a
+    /// spare grant), it may pick again at once. Returns false when its place has been reused
+    /// meanwhile (the ring went round): it has lost its place.
+    pub fn requeue(&self, ticket: &Ticket) -> Requeued {
+        let c = self.counters;
+        if c.spare.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Requeued::Again;
+        }
         let place = self.place(ticket.number);
         let lap = lap_of(ticket.number);
         match place.word.compare_exchange(word(lap, GRANTED), word(lap, WAITING), SeqCst, SeqCst) {
             Ok(_) => {
-                self.counters.head.fetch_min(ticket.number, SeqCst);
-                true
+                c.head.fetch_min(ticket.number, SeqCst);
+                Requeued::Waiting
             }
-            Err(seen) => lap_in(seen) == lap && state_in(seen) == WAITING,
+            Err(seen) if lap_in(seen) == lap && state_in(seen) == WAITING => Requeued::Waiting,
+            Err(_) => Requeued::Lost,
         }
     }
 
-    /// A place freed: grants it to the oldest waiting ticket and wakes its waiter. Returns
-    /// whether there was one.
+    /// A place freed: grants it to the oldest waiting ticket and wakes its waiter. With none
+    /// waiting but some granted that have not picked yet, keeps it as a spare grant for one of
+    /// them that finds no place (`requeue`). Returns whether anyone was owed it.
     pub fn grant(&self) -> bool {
         let c = self.counters;
         loop {
             let head = c.head.load(SeqCst);
             if head >= c.tail.load(SeqCst) {
-                return false;
+                let waiting = c.waiting.load(SeqCst);
+                return c.spare.fetch_update(SeqCst, SeqCst, |n| (n < waiting).then_some(n + 1)).is_ok();
             }
             let place = self.place(head);
             let (lap, seen) = (lap_of(head), place.word.load(SeqCst));
@@ -297,15 +347,21 @@ impl<'s> Queue<'s> {
     }
 
     fn ended(&self, ticket: &Ticket, now_us: u64, how: &Waited) {
+        self.count_end(ticket.joined_us, now_us, how);
+    }
+
+    fn count_end(&self, joined_us: u64, now_us: u64, how: &Waited) {
         let c = self.counters;
-        let _ = c.waiting.fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+        if c.waiting.fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1))) == Ok(1) {
+            c.spare.store(0, SeqCst);
+        }
         match how {
             Waited::Granted | Waited::Look => &c.served,
             Waited::TimedOut => &c.timed_out,
             Waited::Gone => &c.gone,
         }
         .fetch_add(1, SeqCst);
-        let waited = now_us.saturating_sub(ticket.joined_us);
+        let waited = now_us.saturating_sub(joined_us);
         c.wait_total_us.fetch_add(waited, SeqCst);
         c.wait_max_us.fetch_max(waited, SeqCst);
         if let Some(bucket) = WAIT_BUCKETS_US.iter().position(|&bound| waited <= bound) {
@@ -313,13 +369,18 @@ impl<'s> Queue<'s> {
         }
     }
 
-    /// The parent reaps process `pid`, which `freed` places with it: its waiting tickets leave
-    /// the line (a grant it held is passed on), and the places it freed are granted.
-    pub fn reap(&self, pid: u32, freed: u64) {
+    /// The parent reaps process `pid`, which `freed` places with it: its tickets leave the
+    /// line, waiting or granted (a grant it held is passed on: granted tickets are behind
+    /// `head`, so every ticket the ring still holds is looked at), and the places it freed are
+    /// granted.
+    pub fn reap(&self, pid: u32, freed: u64, now_us: u64) {
         let c = self.counters;
-        let (head, tail) = (c.head.load(SeqCst), c.tail.load(SeqCst));
+        let tail = c.tail.load(SeqCst);
+        if tail == 0 {
+            return; // never used
+        }
         let mut grants = freed;
-        for ticket in head.min(tail)..tail {
+        for ticket in tail.saturating_sub(PLACES as u64)..tail {
             let place = self.place(ticket);
             let (lap, seen) = (lap_of(ticket), place.word.load(SeqCst));
             let mine = place.pid.load(SeqCst) == pid && lap_in(seen) == lap;
@@ -328,8 +389,7 @@ impl<'s> Queue<'s> {
                 && place.word.compare_exchange(seen, word(lap, LEFT), SeqCst, SeqCst).is_ok()
             {
                 grants += u64::from(state_in(seen) == GRANTED);
-                let _ = c.waiting.fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
-                c.gone.fetch_add(1, SeqCst);
+                self.count_end(place.joined_us.load(SeqCst), now_us, &Waited::Gone);
             }
         }
         self.advance_head();
@@ -338,6 +398,31 @@ impl<'s> Queue<'s> {
                 break;
             }
         }
+    }
+
+    /// How many more requests `waiting` counts than the ring holds tickets waiting or granted:
+    /// a child killed in the few instructions between counting itself in and writing its
+    /// ticket leaves one. The parent forgets an excess seen twice, ten seconds apart
+    /// ([`Queue::forget`]): a live joiner spends nanoseconds in that window, not seconds.
+    pub fn excess(&self) -> u32 {
+        let c = self.counters;
+        let tail = c.tail.load(SeqCst);
+        let waiting = c.waiting.load(SeqCst);
+        if waiting == 0 {
+            return 0;
+        }
+        let live = (tail.saturating_sub(PLACES as u64)..tail)
+            .filter(|&ticket| {
+                let seen = self.place(ticket).word.load(SeqCst);
+                lap_in(seen) == lap_of(ticket) && matches!(state_in(seen), WAITING | GRANTED)
+            })
+            .count();
+        waiting.saturating_sub(live as u32)
+    }
+
+    /// Takes `n` requests that are not there off `waiting` (see [`Queue::excess`]).
+    pub fn forget(&self, n: u32) {
+        let _ = self.counters.waiting.fetch_update(SeqCst, SeqCst, |w| Some(w.saturating_sub(n)));
     }
 
     pub fn stats(&self) -> QueueStats {
@@ -453,7 +538,7 @@ mod tests {
         assert!(q.grant());
         assert_eq!(q.wait(&first, soon(100), || false), Waited::Granted);
         // Its place was taken by a request that does not queue: back to the front.
-        assert!(q.requeue(&first));
+        assert_eq!(q.requeue(&first), Requeued::Waiting);
         assert!(q.grant());
         assert_eq!(q.wait(&first, soon(100), || false), Waited::Granted);
         assert_eq!(q.wait(&second, soon(30), || false), Waited::TimedOut);
@@ -541,10 +626,91 @@ mod tests {
         killed.kill();
         // The parent reaps it: its ticket leaves the line, and the place it held goes to the
         // next waiter, in the other process.
-        q.reap(killed.pid(), 1);
+        q.reap(killed.pid(), 1, monotonic_us());
         assert_eq!(woken.wait(), Some(7));
         let stats = q.stats();
         assert_eq!((stats.waiting, stats.served, stats.gone), (0, 1, 1));
         assert!(!q.in_line());
+    }
+
+    #[test]
+    fn a_killed_child_that_held_a_grant_passes_it_on_and_leaves_no_count() {
+        let seg = seg(1, 1);
+        let q = queue(&seg);
+        // Granted, then killed before it took its place.
+        let mut killed = Child::fork(|pid| {
+            let ticket = q.join(10, pid, monotonic_us()).unwrap();
+            if q.wait(&ticket, soon(60_000), || false) == Waited::Granted {
+                thread::sleep(Duration::from_secs(60));
+            }
+            0
+        });
+        wait_for(|| q.stats().joined == 1);
+        let mut next = Child::fork(|pid| {
+            let ticket = q.join(10, pid, monotonic_us()).unwrap();
+            match q.wait(&ticket, soon(5000), || false) {
+                Waited::Granted => {
+                    q.served(ticket, false, monotonic_us());
+                    7
+                }
+                _ => 1,
+            }
+        });
+        wait_for(|| q.stats().joined == 2);
+        assert!(q.grant(), "the first ticket");
+        thread::sleep(Duration::from_millis(50));
+        assert!(q.in_line(), "granted and not served: still in line for newcomers");
+        killed.kill();
+        q.reap(killed.pid(), 0, monotonic_us());
+        assert_eq!(next.wait(), Some(7), "the grant went on to the next ticket");
+        let stats = q.stats();
+        assert_eq!((stats.waiting, stats.served, stats.gone), (0, 1, 1), "{stats:?}");
+        assert!(!q.in_line());
+    }
+
+    #[test]
+    fn a_ticket_a_late_grant_left_behind_head_brings_head_back() {
+        let seg = seg(1, 1);
+        let q = queue(&seg);
+        let first = q.join(10, 1, monotonic_us()).unwrap();
+        // A granter granted `first` (word GRANTED) but had not yet moved head when `first`
+        // went back to the front: then it moves head past it.
+        let place = q.place(first.number);
+        place.word.store(word(lap_of(first.number), GRANTED), SeqCst);
+        assert_eq!(q.requeue(&first), Requeued::Waiting);
+        q.counters.head.store(first.number + 1, SeqCst);
+        // Its next look brings head back, and a grant reaches it again.
+        assert_eq!(q.wait(&first, soon(5000), || false), Waited::Look);
+        assert_eq!(q.counters.head.load(SeqCst), first.number);
+        assert!(q.grant());
+        assert_eq!(q.wait(&first, soon(100), || false), Waited::Granted);
+    }
+
+    #[test]
+    fn a_grant_that_races_a_look_is_passed_on() {
+        let seg = seg(1, 1);
+        let q = queue(&seg);
+        let first = q.join(10, 1, monotonic_us()).unwrap();
+        let second = q.join(10, 1, monotonic_us()).unwrap();
+        assert_eq!(q.wait(&first, soon(5000), || false), Waited::Look);
+        // While it picked by its look, a place freed and was granted to it.
+        assert!(q.grant());
+        q.served(first, true, monotonic_us());
+        assert_eq!(q.wait(&second, soon(100), || false), Waited::Granted, "the grant went on");
+    }
+
+    #[test]
+    fn a_grant_with_nobody_at_the_head_is_kept_for_a_granted_one_that_finds_no_place() {
+        let seg = seg(1, 1);
+        let q = queue(&seg);
+        let only = q.join(10, 1, monotonic_us()).unwrap();
+        assert!(q.grant());
+        assert_eq!(q.wait(&only, soon(100), || false), Waited::Granted);
+        // Another place frees while it picks; its pick finds none (a sticky request took one).
+        assert!(q.grant(), "kept as a spare");
+        assert_eq!(q.requeue(&only), Requeued::Again, "it picks again at once");
+        assert_eq!(q.requeue(&only), Requeued::Waiting, "one spare only");
+        q.served(only, false, monotonic_us());
+        assert!(!q.grant(), "nobody left: no spare kept");
     }
 }

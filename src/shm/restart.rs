@@ -80,7 +80,7 @@ fn name_members(segment: &Segment, plan: &[BalancerPlan], slots: &[usize]) {
 
 /// When the previous segment cannot be reused, copies what should survive a graceful restart
 /// into the new segment (each member's totals, peak and latency estimate; each balancer's shed
-/// and diverted counts and `byweight` ticket), matching balancers by their labels (by httpd's
+/// and diverted counts, waiting line totals and `byweight` ticket), matching balancers by their labels (by httpd's
 /// name where two share labels) and members by name. Every count the status page and the
 /// metrics call a total so never goes back across a graceful restart, not even when httpd
 /// renames the balancer inside (a virtual host renamed, or one whose name now collides).
@@ -103,6 +103,24 @@ pub fn carry_over(old: &Segment, new: &Segment) {
         new_events.diverted.store(old_events.diverted.load(Ordering::Relaxed), Ordering::Relaxed);
         // Ejections carried over are counted again by the first review (due at once).
         new_events.ejected.store(old_events.ejected.load(Ordering::Relaxed), Ordering::Relaxed);
+        // The waiting line's totals and peak; its tickets stay with the old segment, whose
+        // children serve or refuse them.
+        let (old_queue, new_queue) = (&old_balancer.queue, &new_balancer.queue);
+        new_queue.peak.store(old_queue.peak.load(Ordering::Relaxed), Ordering::Relaxed);
+        for (old_count, new_count) in [
+            (&old_queue.joined, &new_queue.joined),
+            (&old_queue.served, &new_queue.served),
+            (&old_queue.timed_out, &new_queue.timed_out),
+            (&old_queue.gone, &new_queue.gone),
+            (&old_queue.full, &new_queue.full),
+            (&old_queue.wait_total_us, &new_queue.wait_total_us),
+            (&old_queue.wait_max_us, &new_queue.wait_max_us),
+        ]
+        .into_iter()
+        .chain(old_queue.wait_buckets.iter().zip(&new_queue.wait_buckets))
+        {
+            new_count.store(old_count.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         let old_members: Vec<usize> = (0..old_balancer.member_slots.load(Ordering::Acquire))
             .filter_map(|i| old.member_index(old_balancer, i as usize))
             .collect();
