@@ -7,7 +7,7 @@
 //! through every step: the same parent process serves before and after each reload.
 
 use lbrs_harness::BackendSpec;
-use lbrs_harness::debian_box::{self, DebianBox};
+use lbrs_harness::debian_box::DebianBox;
 use lbrs_harness::netns::NsBackends;
 use lbrs_harness::recipe::Recipe;
 use std::net::SocketAddr;
@@ -15,21 +15,7 @@ use std::net::SocketAddr;
 /// A box with the module installed (as scripts/install.sh does), or None after saying why
 /// this machine cannot have one.
 fn debian(tag: &str) -> Option<DebianBox> {
-    if let Some(why) = debian_box::unavailable() {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    let debian = DebianBox::create(tag).unwrap();
-    debian.install_module().unwrap();
-    // What the procedures start from: the package's defaults, whatever this machine's own
-    // Apache has enabled (only Debian's default site, no stock lbmethod module).
-    debian
-        .ok("for site in /etc/apache2/sites-enabled/*.conf; do a2dissite -q \"$(basename \"$site\" .conf)\"; done; \
-             a2ensite -q 000-default; \
-             for m in lbmethod_byrequests lbmethod_bybusyness lbmethod_bytraffic lbmethod_heartbeat; do \
-                 a2dismod -q -f $m >/dev/null 2>&1 || true; done")
-        .unwrap();
-    Some(debian)
+    DebianBox::for_procedures(tag)
 }
 
 /// Three backends inside the box, on the quick start's loadfactors.

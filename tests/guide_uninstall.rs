@@ -1,16 +1,12 @@
-//! docs/install.md's uninstalling steps on a copy of Debian's /etc/apache2 layout (real files in
-//! mods-available and sites-available, symlinks in -enabled) that holds every kind of line
-//! naming the module: the page's grep finds each one; after the edits the page describes and
-//! the real a2dismod, `apache2 -t` passes without the module, and the grep finds only the
-//! module's own files, which the last step deletes.
+//! docs/install.md's uninstalling steps on the real Debian layout (this machine's /etc/apache2
+//! as the apache2 package installed it, in a private mount namespace: harness/src/debian_box.rs)
+//! with a site that holds every kind of line naming the module: the page's grep finds each one;
+//! after the edits the page describes (the built-in method's module enabled first, as on a box
+//! where none is) and the real `a2dismod`, `apachectl -t` passes without the module, and the
+//! grep finds only the module's own files, which the last step deletes.
 
-use lbrs_harness::apache::ScratchDir;
-use lbrs_harness::apache::{apache2_binary, module_under_test, modules_dir};
-use lbrs_harness::recipe::{Recipe, workspace_root};
-use std::fs;
-use std::os::unix::fs::symlink;
-use std::path::Path;
-use std::process::Command;
+use lbrs_harness::debian_box::DebianBox;
+use lbrs_harness::recipe::Recipe;
 
 /// The site: every kind of line the page's table lists, one of each at least.
 const SITE: &str = r#"LogLevel warn lbmethod_rs:debug
@@ -20,6 +16,8 @@ const SITE: &str = r#"LogLevel warn lbmethod_rs:debug
     BalancerMember "http://127.0.0.1:10"
     LBSlowStart 30s
     LBMaxInflight 16 per-loadfactor
+    LBQueue timeout=5s
+    LBOutlierDetection on
     ProxySet lbmethod=byinflight
 </Proxy>
 <Proxy "balancer://cache">
@@ -54,10 +52,12 @@ ProxyPass "/" "balancer://app/"
 "#;
 
 /// What the grep must list in the site (each as a substring of one listed line).
-const SITE_HITS: [&str; 12] = [
+const SITE_HITS: [&str; 14] = [
     "lbmethod_rs:debug",
     "LBSlowStart 30s",
     "LBMaxInflight 16 per-loadfactor",
+    "LBQueue timeout=5s",
+    "LBOutlierDetection on",
     "ProxySet lbmethod=byinflight",
     "LBHashKey",
     "LBHashBalanceFactor 2",
@@ -70,76 +70,12 @@ const SITE_HITS: [&str; 12] = [
     "LoadModule lbmethod_rs_module",
 ];
 
-/// A Debian-like tree under `root` with the module enabled and the site enabled.
-fn debian_tree(root: &Path) {
-    let modules = modules_dir();
-    for dir in ["mods-available", "mods-enabled", "sites-available", "sites-enabled", "state"] {
-        fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    let mut loads: Vec<(String, String)> = Vec::new();
-    for name in
-        ["mpm_event", "authz_core", "authz_host", "proxy", "proxy_http", "proxy_balancer", "slotmem_shm"]
-    {
-        loads.push((
-            name.to_string(),
-            format!("LoadModule {name}_module {}/mod_{name}.so\n", modules.display()),
-        ));
-    }
-    if modules.join("mod_unixd.so").is_file() {
-        loads.push(("unixd".into(), format!("LoadModule unixd_module {}/mod_unixd.so\n", modules.display())));
-    }
-    // lbmethod_byrequests is what the edits fall back on.
-    loads.push((
-        "lbmethod_byrequests".into(),
-        format!("LoadModule lbmethod_byrequests_module {}/mod_lbmethod_byrequests.so\n", modules.display()),
-    ));
-    let ours = fs::read_to_string(workspace_root().join("httpd-conf/lbmethod_rs.load")).unwrap();
-    let ours = ours
-        .replace("/usr/lib/apache2/modules/mod_lbmethod_rs.so", &module_under_test().display().to_string());
-    loads.push(("lbmethod_rs".into(), ours));
-    for (name, text) in &loads {
-        fs::write(root.join(format!("mods-available/{name}.load")), text).unwrap();
-        symlink(format!("../mods-available/{name}.load"), root.join(format!("mods-enabled/{name}.load")))
-            .unwrap();
-    }
-    fs::copy(
-        workspace_root().join("httpd-conf/lbmethod_rs.conf"),
-        root.join("mods-available/lbmethod_rs.conf"),
-    )
-    .unwrap();
-    symlink("../mods-available/lbmethod_rs.conf", root.join("mods-enabled/lbmethod_rs.conf")).unwrap();
-    fs::write(root.join("sites-available/app.conf"), SITE).unwrap();
-    symlink("../sites-available/app.conf", root.join("sites-enabled/app.conf")).unwrap();
-    fs::write(
-        root.join("apache2.conf"),
-        format!(
-            "ServerRoot {r}\nDefaultRuntimeDir {r}\nPidFile {r}/httpd.pid\nErrorLog {r}/error.log\n\
-             ServerName 127.0.0.1\nListen 127.0.0.1:1\nIncludeOptional mods-enabled/*.load\n\
-             IncludeOptional mods-enabled/*.conf\nIncludeOptional sites-enabled/*.conf\n",
-            r = root.display()
-        ),
-    )
-    .unwrap();
-}
-
-fn apache2_t(root: &Path) -> (bool, String) {
-    let output =
-        Command::new(apache2_binary()).arg("-t").arg("-f").arg(root.join("apache2.conf")).output().unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
-/// The page's grep on `root` instead of /etc/apache2: (file, line number, line) per hit.
-fn grep(root: &Path) -> Vec<(String, usize, String)> {
-    let command = Recipe::load("docs/install.md", "uninstall-grep").text;
-    assert!(command.contains("/etc/apache2"));
-    let command = command.trim().replace("/etc/apache2", &root.display().to_string());
-    let output = Command::new("bash").arg("-c").arg(&command).output().unwrap();
+/// The page's grep, in the box: (file, line number, line) per hit.
+fn grep(debian: &DebianBox) -> Vec<(String, usize, String)> {
+    let command = Recipe::load("docs/install.md", "uninstall-grep");
+    let output = debian.sh(command.text().trim()).unwrap();
     // grep: 0 found, 1 nothing found, 2 an error.
-    assert!(
-        output.status.code().is_some_and(|c| c < 2),
-        "{command}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.code().is_some_and(|c| c < 2), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| {
@@ -153,13 +89,11 @@ fn grep(root: &Path) -> Vec<(String, usize, String)> {
 
 #[test]
 fn the_grep_finds_every_line_and_the_configuration_passes_without_the_module() {
-    let dir = ScratchDir::new().unwrap();
-    let root = dir.path().join("etc-apache2");
-    debian_tree(&root);
-    let (ok, output) = apache2_t(&root);
-    assert!(ok, "the tree passes apache2 -t with the module: {output}");
+    let Some(debian) = DebianBox::for_procedures("uninstall") else { return };
+    debian.write("/etc/apache2/sites-available/app.conf", SITE).unwrap();
+    debian.ok("a2enmod -q proxy_http proxy_balancer lbmethod_rs && a2ensite -q app && apachectl -t").unwrap();
 
-    let hits = grep(&root);
+    let hits = grep(&debian);
     for hit in &hits {
         eprintln!("{}:{}:{}", hit.0, hit.1, hit.2);
     }
@@ -167,23 +101,31 @@ fn the_grep_finds_every_line_and_the_configuration_passes_without_the_module() {
         assert!(hits.iter().any(|(_, _, line)| line.contains(wanted)), "the grep misses {wanted:?}");
     }
     assert!(!hits.iter().any(|(_, _, line)| line.contains("IfModule")), "an <IfModule> block may stay");
-    assert!(!hits.iter().any(|(_, _, line)| line.contains("lbmethod_byrequests")));
 
-    // The edits of the page's table, on every line outside mods-available.
-    let methods = ["byweight", "byinflight", "bylatency", "byhash"];
+    // The edits of the page's table, on every line outside mods-available: first the built-in
+    // methods' modules (none is enabled on a box the quick start set up).
+    debian.ok("a2enmod -q lbmethod_byrequests lbmethod_bybusyness").unwrap();
     let mut by_file: std::collections::BTreeMap<String, Vec<(usize, String)>> = Default::default();
     for (file, number, line) in &hits {
         if !file.contains("/mods-available/") {
             by_file.entry(file.clone()).or_default().push((*number, line.clone()));
         }
     }
+    let built_in = [
+        ("byweight", "byrequests"),
+        ("byhash", "byrequests"),
+        ("byinflight", "bybusyness"),
+        ("bylatency", "bybusyness"),
+    ];
     for (file, edits) in by_file {
-        let text = fs::read_to_string(&file).unwrap();
+        let text = debian.read(&file).unwrap();
         let mut lines: Vec<Option<String>> = text.lines().map(|l| Some(l.to_string())).collect();
         for (number, line) in edits {
             let slot = &mut lines[number - 1];
-            if let Some(method) = methods.iter().find(|m| line.contains(&format!("lbmethod={m}"))) {
-                *slot = Some(line.replace(&format!("lbmethod={method}"), "lbmethod=byrequests"));
+            if let Some((ours, theirs)) =
+                built_in.iter().find(|(m, _)| line.contains(&format!("lbmethod={m}")))
+            {
+                *slot = Some(line.replace(&format!("lbmethod={ours}"), &format!("lbmethod={theirs}")));
             } else if line.trim_start().starts_with("LogLevel") {
                 let words: Vec<&str> =
                     line.split_whitespace().filter(|w| !w.starts_with("lbmethod_rs:")).collect();
@@ -193,32 +135,21 @@ fn the_grep_finds_every_line_and_the_configuration_passes_without_the_module() {
             }
         }
         let edited: String = lines.into_iter().flatten().map(|l| format!("{l}\n")).collect();
-        fs::write(&file, edited).unwrap();
+        debian.write(&file, &edited).unwrap();
     }
 
-    // The real a2dismod, on this tree.
-    let root_text = root.display().to_string();
-    let state = root.join("state").display().to_string();
-    let output = Command::new("a2dismod")
-        .args(["-q", "lbmethod_rs"])
-        .env("APACHE_CONFDIR", &root_text)
-        .env("APACHE_STATE_DIRECTORY", &state)
-        .output()
-        .expect("a2dismod (Debian's apache2 package)");
-    assert!(output.status.success(), "a2dismod: {}", String::from_utf8_lossy(&output.stderr));
-    assert!(!root.join("mods-enabled/lbmethod_rs.load").exists());
-
-    let (ok, output) = apache2_t(&root);
-    assert!(ok, "apache2 -t without the module: {output}");
-    let left = grep(&root);
+    // The page's next step, as written: the real a2dismod, then apachectl -t.
+    debian.ok("a2dismod -p lbmethod_rs && apachectl -t").unwrap();
+    assert!(debian.ok("ls /etc/apache2/mods-enabled").unwrap().lines().all(|l| !l.contains("lbmethod_rs")));
+    let left = grep(&debian);
     assert!(
-        left.iter().all(|(file, _, _)| file.contains("/mods-available/lbmethod_rs.")),
+        left.iter().all(|(file, _, _)| file.starts_with("/etc/apache2/mods-available/lbmethod_rs.")),
         "only the module's own files are left: {left:?}"
     );
-    // The last step deletes them; then the grep finds nothing.
-    for name in ["lbmethod_rs.load", "lbmethod_rs.conf"] {
-        fs::remove_file(root.join("mods-available").join(name)).unwrap();
-    }
-    assert!(grep(&root).is_empty());
-    assert!(apache2_t(&root).0);
+    // The last step deletes them; then the grep finds nothing, and the configuration passes.
+    debian
+        .ok("rm /etc/apache2/mods-available/lbmethod_rs.load /etc/apache2/mods-available/lbmethod_rs.conf \
+             /usr/lib/apache2/modules/mod_lbmethod_rs.so && apachectl -t")
+        .unwrap();
+    assert!(grep(&debian).is_empty());
 }

@@ -100,6 +100,36 @@ fn check_script() -> ScratchDir {
     dir
 }
 
+/// lbrs-vrrp-notify for the node at `own`, in the scripts' scratch directory, with one hook
+/// that writes each state it is told of, a line each, to `notified-<own>` there (see
+/// [`notified`]). Returns the script's path.
+fn install_notify(scripts: &ScratchDir, own: Ipv4Addr) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let hooks = scripts.path().join(format!("hooks-{own}"));
+    let record = scripts.path().join(format!("notified-{own}"));
+    let script = scripts.path().join(format!("lbrs-vrrp-notify-{own}"));
+    let shipped = ha::shipped("lbrs-vrrp-notify").or_fail("lbrs-vrrp-notify");
+    assert!(shipped.contains("/etc/keepalived/lbrs-notify.d/"), "the hooks' directory");
+    let text = shipped.replace("/etc/keepalived/lbrs-notify.d/", &format!("{}/", hooks.display()));
+    let hook = format!("#!/bin/sh\necho \"$1 $2 $3\" >> '{}'\n", record.display());
+    let written = fs::create_dir_all(&hooks)
+        .and_then(|()| fs::write(&script, text))
+        .and_then(|()| fs::set_permissions(&script, fs::Permissions::from_mode(0o755)))
+        .and_then(|()| fs::write(hooks.join("record"), hook))
+        .and_then(|()| fs::set_permissions(hooks.join("record"), fs::Permissions::from_mode(0o755)))
+        // keepalived runs the script (and so the hook) as nobody.
+        .and_then(|()| fs::write(&record, ""))
+        .and_then(|()| fs::set_permissions(&record, fs::Permissions::from_mode(0o666)));
+    written.map_err(|e| e.to_string()).or_fail("installing lbrs-vrrp-notify");
+    script
+}
+
+/// The states lbrs-vrrp-notify's hook was told of on the node at `own`, in order.
+fn notified(scripts: &ScratchDir, own: Ipv4Addr) -> Vec<String> {
+    let record = fs::read_to_string(scripts.path().join(format!("notified-{own}"))).unwrap_or_default();
+    record.lines().filter_map(|l| l.split_whitespace().nth(2).map(str::to_string)).collect()
+}
+
 /// What docs/high-availability.md sets up on each node besides Apache and keepalived: the
 /// sysctls (binding the virtual addresses, and no ARP answers from their copies on lo) and the
 /// hand-off table (handoff.nft) for `vips`.
@@ -231,11 +261,15 @@ fn assert_nothing_in_flight(apache: &NsApache, ns: &Netns, node: &str) -> Vec<(S
 
 /// The shipped `file` for a node at `own`, running the `check` script's copy of lbrs-ha-check.
 fn keepalived_conf(file: &str, own: Ipv4Addr, peer: Ipv4Addr, check: &ScratchDir) -> String {
+    let notify = install_notify(check, own);
     let (own, peer, vip_1, vip_2) = (own.to_string(), peer.to_string(), VIP_1.to_string(), VIP_2.to_string());
     let shipped = ha::shipped(file).or_fail(file);
     const INSTALLED: &str = "/etc/keepalived/lbrs-ha-check";
     assert!(shipped.contains(INSTALLED), "{file} does not run {INSTALLED}");
     let shipped = shipped.replace(INSTALLED, &check.path().join("lbrs-ha-check").display().to_string());
+    const NOTIFY: &str = "/etc/keepalived/lbrs-vrrp-notify";
+    assert!(shipped.contains(NOTIFY), "{file} does not run {NOTIFY}");
+    let shipped = shipped.replace(NOTIFY, &notify.display().to_string());
     ha::fill(
         &shipped,
         &[
@@ -386,6 +420,20 @@ fn an_active_passive_pair_fails_over_within_seconds_and_the_first_node_does_not_
     let takeover = taken - cut_at;
     eprintln!("active/passive: {VIP_1} on node a {:.0} ms after node b's link went down", ms(takeover));
     assert!(takeover < FAILOVER_BOUND, "takeover took {takeover:?}");
+    // lbrs-vrrp-notify told its hooks every change: a was master, failed, came back as backup
+    // and became master again; b became master when a failed.
+    // (keepalived runs the script after the change, in its own time.)
+    let order = ["MASTER", "FAULT", "BACKUP", "MASTER"];
+    let in_order = |told: &[String]| {
+        let mut rest = told.iter();
+        order.iter().all(|state| rest.any(|t| t == state))
+    };
+    wait_until(Duration::from_secs(5), || in_order(&notified(&check, NODE_A)));
+    let told_a = notified(&check, NODE_A);
+    let told_b = notified(&check, NODE_B);
+    eprintln!("lbrs-vrrp-notify: node a {told_a:?}, node b {told_b:?}");
+    assert!(in_order(&told_a), "node a was told {told_a:?}");
+    assert!(told_b.iter().any(|s| s == "MASTER"), "node b was told {told_b:?}");
     assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"));
 }
 

@@ -158,6 +158,31 @@ impl DebianBox {
         }
     }
 
+    /// A box for a procedure of the guide, or `None` (saying why) where this machine cannot
+    /// give one: the module under test installed (not enabled), and the package's defaults
+    /// whatever this machine's own Apache has enabled: only Debian's default site, and no stock
+    /// lbmethod module.
+    pub fn for_procedures(tag: &str) -> Option<DebianBox> {
+        if let Some(why) = unavailable() {
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        let debian = match DebianBox::create(tag).and_then(|d| d.install_module().map(|()| d)) {
+            Ok(debian) => debian,
+            Err(why) => panic!("a Debian box: {why}"),
+        };
+        let defaults = debian.ok(
+            "for site in /etc/apache2/sites-enabled/*.conf; do a2dissite -q \"$(basename \"$site\" .conf)\"; done; \
+             a2ensite -q 000-default; \
+             for m in lbmethod_byrequests lbmethod_bybusyness lbmethod_bytraffic lbmethod_heartbeat; do \
+                 a2dismod -q -f $m >/dev/null 2>&1 || true; done",
+        );
+        if let Err(why) = defaults {
+            panic!("resetting the box to the package's defaults: {why}");
+        }
+        Some(debian)
+    }
+
     /// Installs the module under test the way scripts/install.sh does: the .so into the
     /// module directory, the .load and .conf into mods-available. It enables nothing.
     pub fn install_module(&self) -> Result<(), String> {
