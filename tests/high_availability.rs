@@ -150,7 +150,14 @@ fn prepare_node(ns: &Netns, peer: Ipv4Addr, vips: &[Ipv4Addr]) {
     let dir = ScratchDir::new().or_fail("a directory for handoff.nft");
     let path = dir.path().join("handoff.nft");
     fs::write(&path, table).map_err(|e| e.to_string()).or_fail("writing handoff.nft");
-    netns::checked(ns.command("nft").arg("-f").arg(&path)).or_fail("nft -f handoff.nft");
+    // Twice, as a sysadmin who fixes a value and loads it again does: the second load replaces
+    // the rules and keeps the sets.
+    for _ in 0..2 {
+        netns::checked(ns.command("nft").arg("-f").arg(&path)).or_fail("nft -f handoff.nft");
+    }
+    let rules = netns::checked(ns.command("nft").args(["list", "chain", "ip", "lbrs_handoff", "prerouting"]))
+        .or_fail("nft list chain");
+    assert_eq!(rules.matches("dup to").count(), 3, "the rules once, not twice:\n{rules}");
 }
 
 /// The directory the health page is served from, with its `ok` file.
