@@ -167,10 +167,13 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exposed() {
     let b = backends(&["a", "b", "c", "d", "e", "f", "g", "h"]);
     let apache = varied_server(&b);
     let text = exposition(&apache);
+    // Families, and the names of their samples (a histogram's `_bucket`, `_sum`, `_count`).
     let exposed: BTreeSet<String> = text
         .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| l.split(' ').next().unwrap().to_string())
+        .filter_map(|l| l.strip_prefix("# TYPE ").or_else(|| (!l.starts_with('#')).then_some(l)))
+        .filter_map(|l| l.split([' ', '{']).next())
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
         .collect();
     for file in ["lbrs-alerts.yml", "lbrs-dashboard.json"] {
         let used = metric_names(&std::fs::read_to_string(monitoring(file)).unwrap());
