@@ -309,3 +309,38 @@ fn httpd_s_balancer_timeout_does_not_make_a_request_wait_in_line_again() {
     assert_eq!(shed, Some(1), "counted once");
     assert_eq!(holder.join().expect("holder").status, 200);
 }
+
+#[test]
+fn an_http2_stream_whose_client_goes_leaves_the_line() {
+    let backends = pool(1, 1, 3000);
+    let members: Vec<(&Backend, &str)> = backends.iter().map(|b| (b, "")).collect();
+    let balancer = balancer_block(
+        "app",
+        "/",
+        &members,
+        "lbmethod=byinflight\n    LBMaxInflight 1\n    LBQueue timeout=10s",
+    );
+    let body = format!("Protocols h2c http/1.1\n{balancer}");
+    let config = ApacheConfig::new(&body).with_module("http2").processes(2).threads(8);
+    let apache = Apache::start(config).expect("start apache2");
+    let addr = apache.addr();
+    let holder = thread::spawn(move || ask(addr));
+    assert!(wait_for(Duration::from_secs(5), || inflight(&apache) == 1), "the place is taken");
+    // curl over HTTP/2 (h2c, prior knowledge): the status page answers in HTTP/2; then a
+    // request for the balancer gives up after 1 s, while its stream waits.
+    let curl = |path: &str| {
+        std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_version}", "--http2-prior-knowledge", "-m", "1"])
+            .arg(apache.url(path))
+            .output()
+            .expect("curl")
+    };
+    assert_eq!(String::from_utf8_lossy(&curl("/lb-status").stdout), "2", "Apache speaks HTTP/2 here");
+    curl("/");
+    let gave_up = std::time::Instant::now();
+    let left = wait_for(Duration::from_secs(3), || queue_status(&apache)["gone"] == 1);
+    eprintln!("an HTTP/2 client gone: the line forgot it after {:.0} ms", ms(gave_up.elapsed()));
+    assert!(left, "the stream left the line: {}", queue_status(&apache));
+    assert_eq!(queue_status(&apache)["waiting"], 0);
+    assert_eq!(holder.join().expect("holder").status, 200);
+}

@@ -37,8 +37,9 @@ impl<'r> Request<'r> {
     }
 
     /// Whether the client has closed its connection, or it broke: the peer shut its side down
-    /// (a FIN, seen even with bytes still unread, such as a TLS close_notify) or reset it. A
-    /// request of an HTTP/2 stream is never seen so (its connection carries other streams).
+    /// (a FIN, seen even with bytes still unread, such as a TLS close_notify) or reset it. For a
+    /// request of an HTTP/2 stream, whether mod_http2 has aborted the stream (the client reset
+    /// it, or its connection went): its connection is the stream's, not a socket.
     /// Reads nothing: the data stays for httpd.
     pub fn client_gone(self) -> bool {
         // SAFETY: a live request's connection; ap_get_conn_socket returns its socket (or null),
@@ -46,8 +47,11 @@ impl<'r> Request<'r> {
         // only reads the pollfd we own.
         unsafe {
             let connection = (*self.raw()).connection;
-            if connection.is_null() || !(*connection).master.is_null() {
+            if connection.is_null() {
                 return false;
+            }
+            if !(*connection).master.is_null() {
+                return (*connection).aborted != 0;
             }
             let socket = ffi::ap_get_conn_socket(connection);
             let mut fd: ffi::apr_os_sock_t = -1;
