@@ -97,11 +97,17 @@ impl Module for LbMethodRs {
     fn child_exited(s: Server, pid: u32) {
         let Some(runtime) = runtime() else { return };
         let segment = runtime.generation.segment();
+        let held = attempt::held_by(segment, pid);
         let reaped = attempt::reap(segment, pid);
-        // Its requests waiting in line leave it, and the places it freed go to the next ones.
-        let freed = reaped.as_ref().map_or(0, |r| r.attempts);
+        // Its requests waiting in line leave it, and the places it freed go to the next ones
+        // in the line of their balancer.
         let now = monotonic_us();
-        for queue in segment.queues() {
+        for (balancer, queue) in segment.balancers_with_queues() {
+            let freed = held
+                .iter()
+                .filter(|(member, _)| segment.holds_member(balancer, *member))
+                .map(|(_, n)| n)
+                .sum();
             queue.reap(pid, freed, now);
         }
         if let Some(reaped) = reaped {

@@ -230,6 +230,22 @@ pub fn unanswered_for(member: &MemberSlot, now_us: u64) -> u64 {
     now_us.saturating_sub(since)
 }
 
+/// The places process `pid` holds now, by member slot (its attempts in flight; those it was
+/// starting or ending when it died count as held). For the parent, before [`reap`] takes them
+/// back: which balancers' waiting lines get them.
+pub fn held_by(segment: &Segment, pid: u32) -> Vec<(usize, u64)> {
+    let Some(slot) = (pid != 0).then(|| segment.find_process(pid)).flatten() else {
+        return Vec::new();
+    };
+    (0..segment.capacity().members as usize)
+        .filter_map(|member| {
+            let open = segment.cell(slot, member)?.open.load(SeqCst);
+            let held = (open & LOW) + u64::from(open >> 32 != 0);
+            (held > 0).then_some((member, held))
+        })
+        .collect()
+}
+
 /// What the parent took back from a process that exited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reaped {

@@ -170,7 +170,22 @@ impl Segment {
 
     /// Every balancer slot's waiting line.
     pub fn queues(&self) -> impl Iterator<Item = Queue<'_>> + '_ {
-        (0..self.capacity.balancers as usize).filter_map(|slot| self.queue(self.balancer(slot)?))
+        self.balancers_with_queues().map(|(_, queue)| queue)
+    }
+
+    /// Every balancer slot, with its waiting line.
+    pub fn balancers_with_queues(&self) -> impl Iterator<Item = (&BalancerSlot, Queue<'_>)> + '_ {
+        (0..self.capacity.balancers as usize).filter_map(|slot| {
+            let balancer = self.balancer(slot)?;
+            Some((balancer, self.queue(balancer)?))
+        })
+    }
+
+    /// Whether member slot `member` is one of `balancer`'s.
+    pub fn holds_member(&self, balancer: &BalancerSlot, member: usize) -> bool {
+        let base = balancer.member_base.load(Ordering::Acquire) as usize;
+        let count = balancer.member_slots.load(Ordering::Acquire) as usize;
+        (base..base + count).contains(&member)
     }
 
     pub fn member(&self, slot: usize) -> Option<&MemberSlot> {
