@@ -267,6 +267,7 @@ fn wait_for_place(
                 Requeued::Again => pick_now = Some(false),
                 Requeued::Waiting => {}
                 Requeued::Lost => {
+                    queue.quit(ticket, monotonic_us());
                     attempts::queue_refused(r);
                     shed(method, balancer, slot, r, "lost its place in line");
                     return None;

@@ -127,7 +127,7 @@ impl Module for LbMethodRs {
         }
         attempt::recount_due(segment);
         attempt::count_dead_marks(segment);
-        forget_killed_joiners(segment);
+        sweep_waiting_lines(segment);
     }
 
     fn handler(r: Request<'_>) -> Option<i32> {
@@ -160,20 +160,11 @@ fn log_reaped(s: Server, pid: u32, reaped: attempt::Reaped) {
     );
 }
 
-/// In the parent, from the monitor: a waiting count that a child killed while joining a
-/// waiting line left too high, seen twice in a row, is forgotten (`shm::queue::Queue::excess`).
-fn forget_killed_joiners(segment: &crate::shm::Segment) {
-    static SEEN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
-    let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    for (i, queue) in segment.queues().enumerate() {
-        if seen.len() <= i {
-            seen.resize(i + 1, 0);
-        }
-        let excess = queue.excess();
-        let forget = excess.min(seen[i]);
-        if forget > 0 {
-            queue.forget(forget);
-        }
-        seen[i] = excess - forget;
+/// In the parent, from the monitor: tickets of waiting lines that nobody can be waiting on any
+/// more (older than any timeout) leave them (`shm::queue::Queue::sweep`).
+fn sweep_waiting_lines(segment: &crate::shm::Segment) {
+    let now = monotonic_us();
+    for queue in segment.queues() {
+        queue.sweep(now);
     }
 }

@@ -33,8 +33,9 @@
 //! **Killed processes.** A waiter killed while waiting leaves its word WAITING; the parent,
 //! when it reaps the process, marks its tickets LEFT (each place also records its waiter's
 //! pid) and passes on a grant it held. A joiner killed between taking its ticket and writing
-//! its word leaves a gap the next grant fills (that one place then waits for the head's look),
-//! and a count of one too many in `waiting`, which the parent forgets (`excess`).
+//! its word leaves a ticket the parent's sweep takes out once it is older than any timeout
+//! (`sweep`), with whatever grant reached it; until then the head's look goes past it only
+//! after a grant does.
 
 use super::layout::QueueCounters;
 use std::sync::atomic::Ordering::SeqCst;
@@ -46,6 +47,8 @@ use std::time::Duration;
 pub const PLACES: usize = 2048;
 /// How often the waiter at the head looks for a place that freed without a grant.
 pub const POLL: Duration = Duration::from_millis(200);
+/// A ticket this old has no live waiter: the longest `LBQueue timeout` (300 s) and a margin.
+pub const STALE: Duration = Duration::from_secs(360);
 /// Upper bounds (microseconds) of the wait-time histogram's buckets; waits above the last
 /// are counted by the total only.
 pub const WAIT_BUCKETS_US: [u64; 6] = [10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000];
@@ -203,6 +206,10 @@ impl<'s> Queue<'s> {
             if lap_in(seen) != lap || state_in(seen) == GRANTED {
                 return Waited::Granted;
             }
+            if state_in(seen) == LEFT {
+                // The parent took it out of the line (`sweep`), and counted it.
+                return Waited::Gone;
+            }
             // A grant that passed this ticket while it went back to the front (`requeue`)
             // moved `head` past it: bring `head` back, or no grant would reach it again.
             if self.counters.head.load(SeqCst) > ticket.number {
@@ -224,8 +231,13 @@ impl<'s> Queue<'s> {
                 self.ended(ticket, now, &ending);
                 return ending;
             }
-            if slept && self.counters.head.load(SeqCst) == ticket.number {
-                return Waited::Look;
+            if slept {
+                // Tickets ahead that settled (left, or granted and gone) do not keep the
+                // front from looking.
+                self.advance_head();
+                if self.counters.head.load(SeqCst) == ticket.number {
+                    return Waited::Look;
+                }
             }
             let sleep = (deadline_us - now).min(POLL.as_micros() as u64);
             futex_wait(&place.word, seen, sleep);
@@ -322,6 +334,7 @@ impl<'s> Queue<'s> {
             if place.word.compare_exchange(seen, word(lap, GRANTED), SeqCst, SeqCst).is_ok() {
                 next();
                 futex_wake(&place.word);
+                self.advance_head();
                 return true;
             }
         }
@@ -381,15 +394,8 @@ impl<'s> Queue<'s> {
         }
         let mut grants = freed;
         for ticket in tail.saturating_sub(PLACES as u64)..tail {
-            let place = self.place(ticket);
-            let (lap, seen) = (lap_of(ticket), place.word.load(SeqCst));
-            let mine = place.pid.load(SeqCst) == pid && lap_in(seen) == lap;
-            if mine
-                && matches!(state_in(seen), WAITING | GRANTED)
-                && place.word.compare_exchange(seen, word(lap, LEFT), SeqCst, SeqCst).is_ok()
-            {
-                grants += u64::from(state_in(seen) == GRANTED);
-                self.count_end(place.joined_us.load(SeqCst), now_us, &Waited::Gone);
+            if self.place(ticket).pid.load(SeqCst) == pid {
+                grants += self.take_out(ticket, now_us, false);
             }
         }
         self.advance_head();
@@ -400,29 +406,53 @@ impl<'s> Queue<'s> {
         }
     }
 
-    /// How many more requests `waiting` counts than the ring holds tickets waiting or granted:
-    /// a child killed in the few instructions between counting itself in and writing its
-    /// ticket leaves one. The parent forgets an excess seen twice, ten seconds apart
-    /// ([`Queue::forget`]): a live joiner spends nanoseconds in that window, not seconds.
-    pub fn excess(&self) -> u32 {
-        let c = self.counters;
-        let tail = c.tail.load(SeqCst);
-        let waiting = c.waiting.load(SeqCst);
-        if waiting == 0 {
-            return 0;
+    /// Takes `ticket` out of the line for the parent (its waiter is dead): LEFT, counted as
+    /// gone. `unwritten`: also a ticket whose joiner never wrote its word (it died between
+    /// taking the ticket and writing it). Returns the grants to pass on (1 if it held one).
+    fn take_out(&self, ticket: u64, now_us: u64, unwritten: bool) -> u64 {
+        let place = self.place(ticket);
+        let lap = lap_of(ticket);
+        let mut seen = place.word.load(SeqCst);
+        loop {
+            let ours = lap_in(seen) == lap && matches!(state_in(seen), WAITING | GRANTED);
+            let never_written = unwritten && lap_in(seen) != lap && before(lap_in(seen), lap);
+            if !ours && !never_written {
+                return 0;
+            }
+            // A grant may turn it GRANTED meanwhile: try again with what is there.
+            match place.word.compare_exchange(seen, word(lap, LEFT), SeqCst, SeqCst) {
+                Ok(_) => {
+                    self.count_end(place.joined_us.load(SeqCst), now_us, &Waited::Gone);
+                    return u64::from(ours && state_in(seen) == GRANTED);
+                }
+                Err(now) => seen = now,
+            }
         }
-        let live = (tail.saturating_sub(PLACES as u64)..tail)
-            .filter(|&ticket| {
-                let seen = self.place(ticket).word.load(SeqCst);
-                lap_in(seen) == lap_of(ticket) && matches!(state_in(seen), WAITING | GRANTED)
-            })
-            .count();
-        waiting.saturating_sub(live as u32)
     }
 
-    /// Takes `n` requests that are not there off `waiting` (see [`Queue::excess`]).
-    pub fn forget(&self, n: u32) {
-        let _ = self.counters.waiting.fetch_update(SeqCst, SeqCst, |w| Some(w.saturating_sub(n)));
+    /// For the parent, now and then: takes out of the line the tickets nobody can be waiting
+    /// on any more, those older than [`STALE`] (longer than any `LBQueue timeout`): a joiner
+    /// killed before it wrote its ticket, a grant that reached a ticket as its process died, a
+    /// request whose process stopped mid-way. Their grants go on to the next tickets.
+    pub fn sweep(&self, now_us: u64) {
+        let c = self.counters;
+        let tail = c.tail.load(SeqCst);
+        if c.waiting.load(SeqCst) == 0 || tail == 0 {
+            return;
+        }
+        let mut grants = 0;
+        for ticket in tail.saturating_sub(PLACES as u64)..tail {
+            let joined = self.place(ticket).joined_us.load(SeqCst);
+            if now_us.saturating_sub(joined) > STALE.as_micros() as u64 {
+                grants += self.take_out(ticket, now_us, true);
+            }
+        }
+        self.advance_head();
+        for _ in 0..grants {
+            if !self.grant() {
+                break;
+            }
+        }
     }
 
     pub fn stats(&self) -> QueueStats {
@@ -712,5 +742,45 @@ mod tests {
         assert_eq!(q.requeue(&only), Requeued::Waiting, "one spare only");
         q.served(only, false, monotonic_us());
         assert!(!q.grant(), "nobody left: no spare kept");
+    }
+
+    #[test]
+    fn a_ticket_that_left_ahead_does_not_keep_the_next_from_looking() {
+        let seg = seg(1, 1);
+        let q = queue(&seg);
+        let first = q.join(10, 1, monotonic_us()).unwrap();
+        let second = q.join(10, 1, monotonic_us()).unwrap();
+        let third = q.join(10, 1, monotonic_us()).unwrap();
+        // The first is granted (head moves to the second), the second's client goes.
+        assert!(q.grant());
+        assert_eq!(q.wait(&second, soon(1000), || true), Waited::Gone);
+        q.served(first, false, monotonic_us());
+        // The third is at the front now: it looks after one POLL, not at its timeout.
+        let started = monotonic_us();
+        assert_eq!(q.wait(&third, soon(1500), || false), Waited::Look);
+        assert!(monotonic_us() - started < 3 * POLL.as_micros() as u64);
+    }
+
+    #[test]
+    fn the_parent_sweeps_out_a_ticket_its_dead_joiner_never_wrote_and_a_lost_grant() {
+        let seg = seg(1, 1);
+        let q = queue(&seg);
+        // A joiner that counted itself in and took a ticket, then died before writing it.
+        let long_ago = monotonic_us();
+        q.counters.waiting.fetch_add(1, SeqCst);
+        let dead = q.counters.tail.fetch_add(1, SeqCst);
+        q.place(dead).joined_us.store(long_ago, SeqCst);
+        // A live one joins, STALE later (the times here are made up: the sweep only compares).
+        let later = long_ago + STALE.as_micros() as u64;
+        let live = q.join(10, 1, later).unwrap();
+        // A grant reaches the dead ticket first (it looks waiting), and is lost with it.
+        assert!(q.grant());
+        assert_eq!(q.stats().waiting, 2);
+        // Long after, the parent's sweep takes it out and passes its grant on.
+        q.sweep(later + 1);
+        assert_eq!(q.stats().waiting, 1, "only the live ticket counts");
+        assert_eq!(q.wait(&live, soon(100), || false), Waited::Granted, "the grant went on");
+        q.served(live, false, monotonic_us());
+        assert!(!q.in_line());
     }
 }
