@@ -5,7 +5,7 @@
 //! processes on a shared mapping). A slot is a whole number of cache lines so that two members'
 //! hot counters never share one.
 
-pub use super::queue::Place;
+pub use super::queue::{Place, Ring};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Types that may be placed in the shared segment: zero bytes are a valid value, there are no
@@ -249,7 +249,7 @@ macro_rules! shm_safe {
     };
 }
 
-shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell, Place);
+shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell, Place, Ring);
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.

@@ -68,11 +68,15 @@ pub struct Place {
     pub joined_us: AtomicU64,
 }
 
+/// A balancer's places, one per ticket of a lap.
+#[repr(C)]
+pub struct Ring(pub [Place; PLACES]);
+
 /// A balancer's waiting line: its counters and its ring.
 #[derive(Clone, Copy)]
 pub struct Queue<'s> {
     counters: &'s QueueCounters,
-    places: &'s [Place],
+    places: &'s [Place; PLACES],
 }
 
 /// A request's place in line.
@@ -151,9 +155,8 @@ fn before(a: u32, b: u32) -> bool {
 }
 
 impl<'s> Queue<'s> {
-    pub fn new(counters: &'s QueueCounters, places: &'s [Place]) -> Queue<'s> {
-        debug_assert_eq!(places.len(), PLACES);
-        Queue { counters, places }
+    pub fn new(counters: &'s QueueCounters, ring: &'s Ring) -> Queue<'s> {
+        Queue { counters, places: &ring.0 }
     }
 
     fn place(&self, ticket: u64) -> &'s Place {
@@ -631,6 +634,21 @@ mod tests {
         assert_eq!(q.stats().served, 8);
     }
 
+    /// A child process that joins the line and exits with 7 if it is granted a place within
+    /// 5 s (it takes it), 1 otherwise.
+    fn waiter_in_a_child(q: Queue<'_>) -> Child {
+        Child::fork(|pid| {
+            let ticket = q.join(10, pid, monotonic_us()).unwrap();
+            match q.wait(&ticket, soon(5000), || false) {
+                Waited::Granted => {
+                    q.served(ticket, false, monotonic_us());
+                    7
+                }
+                _ => 1,
+            }
+        })
+    }
+
     #[test]
     fn a_waiter_in_another_process_is_woken_and_a_killed_one_leaves_the_line() {
         let seg = seg(1, 1);
@@ -642,16 +660,7 @@ mod tests {
             0
         });
         wait_for(|| q.stats().joined == 1);
-        let mut woken = Child::fork(|pid| {
-            let ticket = q.join(10, pid, monotonic_us()).unwrap();
-            match q.wait(&ticket, soon(5000), || false) {
-                Waited::Granted => {
-                    q.served(ticket, false, monotonic_us());
-                    7
-                }
-                _ => 1,
-            }
-        });
+        let mut woken = waiter_in_a_child(q);
         wait_for(|| q.stats().joined == 2);
         killed.kill();
         // The parent reaps it: its ticket leaves the line, and the place it held goes to the
@@ -676,16 +685,7 @@ mod tests {
             0
         });
         wait_for(|| q.stats().joined == 1);
-        let mut next = Child::fork(|pid| {
-            let ticket = q.join(10, pid, monotonic_us()).unwrap();
-            match q.wait(&ticket, soon(5000), || false) {
-                Waited::Granted => {
-                    q.served(ticket, false, monotonic_us());
-                    7
-                }
-                _ => 1,
-            }
-        });
+        let mut next = waiter_in_a_child(q);
         wait_for(|| q.stats().joined == 2);
         assert!(q.grant(), "the first ticket");
         thread::sleep(Duration::from_millis(50));

@@ -4,7 +4,7 @@
 //! Layout: `Header`, then `balancers` x `BalancerSlot`, `members` x `MemberSlot`, `processes` x
 //! `ProcessSlot`, and one row of counts (a `Cell` per member slot) per process slot, plus one
 //! more row shared by processes that found the table full; then each balancer's waiting line
-//! (`PLACES` x `Place`, `shm::queue`), whose pages stay untouched until a request waits.
+//! (a `Ring` of places, `shm::queue`), whose pages stay untouched until a request waits.
 //!
 //! Balancers configured at startup get their slots in the parent (`claim_balancer` before any
 //! fork); a balancer first seen at run time claims a spare slot lock-free, so two processes that
@@ -13,8 +13,8 @@
 //! Each child claims a process slot and counts its attempts on every member in its row;
 //! `shm::attempt` says how, and how the parent takes back what a killed child left.
 
-use super::layout::{BalancerSlot, Cell, DEAD, Header, MAGIC, MemberSlot, Place, ProcessSlot, ShmSafe};
-use super::queue::{PLACES, Queue};
+use super::layout::{BalancerSlot, Cell, DEAD, Header, MAGIC, MemberSlot, ProcessSlot, ShmSafe};
+use super::queue::{Queue, Ring};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
@@ -60,7 +60,7 @@ impl Capacity {
 
     /// Bytes needed.
     pub fn bytes(&self) -> usize {
-        self.places_at() + self.balancers as usize * PLACES * size_of::<Place>()
+        self.places_at() + self.balancers as usize * size_of::<Ring>()
     }
 }
 
@@ -160,12 +160,8 @@ impl Segment {
         if !offset.is_multiple_of(size_of::<BalancerSlot>()) || slot >= self.capacity.balancers as usize {
             return None;
         }
-        let start = self.capacity.places_at() + slot * PLACES * size_of::<Place>();
-        let first_place = self.nth::<Place>(start, 0, PLACES)?;
-        // SAFETY: the capacity lays out PLACES places from `start` (nth checked the first is in
-        // bounds and aligned; the others follow it within the mapping), and Place is ShmSafe.
-        let places = unsafe { std::slice::from_raw_parts(first_place as *const Place, PLACES) };
-        Some(Queue::new(&balancer.queue, places))
+        let ring = self.nth::<Ring>(self.capacity.places_at(), slot, self.capacity.balancers as usize)?;
+        Some(Queue::new(&balancer.queue, ring))
     }
 
     /// Every balancer slot's waiting line.
