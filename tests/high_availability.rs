@@ -313,6 +313,47 @@ fn client_loop(address: Ipv4Addr, stop: &AtomicBool, count: usize, time: Duratio
     samples
 }
 
+/// An active/passive pair as docs/high-availability.md sets it up, with the shipped files:
+/// each node prepared (sysctls, handoff.nft), Apache with the health page and `body`, listening
+/// on the virtual address and 127.0.0.1, keepalived-a.conf and -b.conf checked and started;
+/// node a holds the address and answers it, node b is the backup.
+struct ActivePassive {
+    scripts: ScratchDir,
+    health_a: ScratchDir,
+    health_b: ScratchDir,
+    apache_a: NsApache,
+    apache_b: NsApache,
+    conf_a: String,
+    keepalived_a: Keepalived,
+    keepalived_b: Keepalived,
+}
+
+fn active_passive(lan: &Lan, body: &str) -> ActivePassive {
+    let (a, b) = (lan.host("a"), lan.host("b"));
+    // Apache listens on the virtual address even while the other node holds it (which
+    // ip_nonlocal_bind allows), and on 127.0.0.1 for the health and status pages.
+    let listen = [format!("{VIP_1}:80"), "127.0.0.1:80".to_string()];
+    let (health_a, health_b) = (health_dir(), health_dir());
+    prepare_node(a, NODE_B, &[VIP_1]);
+    prepare_node(b, NODE_A, &[VIP_1]);
+    let scripts = check_script();
+    let apache_a = start_node(a, "a", &health_a, NODE_B, body, &listen);
+    let apache_b = start_node(b, "b", &health_b, NODE_A, body, &listen);
+    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B, &scripts);
+    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A, &scripts);
+    Keepalived::check(a, &conf_a).or_fail("keepalived-a.conf");
+    Keepalived::check(b, &conf_b).or_fail("keepalived-b.conf");
+    let keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("starting keepalived on node a");
+    assert!(wait_until(Duration::from_secs(20), || holds(a, VIP_1)).is_some(), "node a never took {VIP_1}");
+    let keepalived_b = Keepalived::start(b, "node b", &conf_b).or_fail("starting keepalived on node b");
+    let b_ready = wait_until(Duration::from_secs(20), || keepalived_b.count("Entering BACKUP STATE") > 0);
+    assert!(b_ready.is_some(), "node b never became the backup");
+    assert!(!holds(b, VIP_1), "both nodes hold {VIP_1}");
+    let answered = node_behind(lan.host("client"), VIP_1);
+    assert_eq!(answered.as_deref(), Ok("a"), "the virtual address answers through node a");
+    ActivePassive { scripts, health_a, health_b, apache_a, apache_b, conf_a, keepalived_a, keepalived_b }
+}
+
 #[test]
 fn an_active_passive_pair_fails_over_within_seconds_and_the_first_node_does_not_take_the_address_back() {
     if !can_run() {
@@ -323,29 +364,8 @@ fn an_active_passive_pair_fails_over_within_seconds_and_the_first_node_does_not_
     let (a, b, client) = (lan.host("a"), lan.host("b"), lan.host("client"));
     let ports = [8081, 8082];
     let _backends = start_backends(lan.host("apps"), &ports);
-
-    // Apache listens on the virtual address even while the other node holds it (which
-    // ip_nonlocal_bind allows), and on 127.0.0.1 for the health and status pages.
-    let listen = [format!("{VIP_1}:80"), "127.0.0.1:80".to_string()];
-    let body = balancer(&ports, "ProxySet lbmethod=byinflight");
-    let (health_a, health_b) = (health_dir(), health_dir());
-    prepare_node(a, NODE_B, &[VIP_1]);
-    prepare_node(b, NODE_A, &[VIP_1]);
-    let check = check_script();
-    let mut apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
-    let apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
-
-    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B, &check);
-    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A, &check);
-    Keepalived::check(a, &conf_a).or_fail("keepalived-a.conf");
-    Keepalived::check(b, &conf_b).or_fail("keepalived-b.conf");
-    let keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("starting keepalived on node a");
-    assert!(wait_until(Duration::from_secs(20), || holds(a, VIP_1)).is_some(), "node a never took {VIP_1}");
-    let keepalived_b = Keepalived::start(b, "node b", &conf_b).or_fail("starting keepalived on node b");
-    let b_ready = wait_until(Duration::from_secs(20), || keepalived_b.count("Entering BACKUP STATE") > 0);
-    assert!(b_ready.is_some(), "node b never became the backup");
-    assert!(!holds(b, VIP_1), "both nodes hold {VIP_1}");
-    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"), "the virtual address answers through node a");
+    let pair = active_passive(&lan, &balancer(&ports, "ProxySet lbmethod=byinflight"));
+    let ActivePassive { scripts: check, mut apache_a, apache_b, keepalived_a, .. } = pair;
 
     // A client keeps asking while node a's Apache stops.
     let stop = Arc::new(AtomicBool::new(false));
@@ -524,27 +544,14 @@ fn a_planned_switch_over_and_the_fail_back_lose_no_request_in_flight() {
         })
         .collect();
     let _slow = NsBackends::start(lan.host("apps"), specs).or_fail("starting the slow backends");
-    let listen = [format!("{VIP_1}:80"), "127.0.0.1:80".to_string()];
     let mut body = String::from("KeepAliveTimeout 15\n<Proxy \"balancer://slow\">\n");
     for port in slow {
         body.push_str(&format!("    BalancerMember \"http://{APPS}:{port}\"\n"));
     }
     body.push_str("    ProxySet lbmethod=byinflight\n</Proxy>\nProxyPass \"/slow/\" \"balancer://slow/\"\n");
     body.push_str(&balancer(&fast, "ProxySet lbmethod=byinflight"));
-    let (health_a, health_b) = (health_dir(), health_dir());
-    prepare_node(a, NODE_B, &[VIP_1]);
-    prepare_node(b, NODE_A, &[VIP_1]);
-    let check = check_script();
-    let _apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
-    let mut apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
-    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B, &check);
-    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A, &check);
-    let keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("keepalived on node a");
-    assert!(wait_until(Duration::from_secs(20), || holds(a, VIP_1)).is_some(), "node a never took {VIP_1}");
-    let keepalived_b = Keepalived::start(b, "node b", &conf_b).or_fail("keepalived on node b");
-    assert!(
-        wait_until(Duration::from_secs(20), || keepalived_b.count("Entering BACKUP STATE") > 0).is_some()
-    );
+    let pair = active_passive(&lan, &body);
+    let ActivePassive { health_a, health_b, mut apache_b, keepalived_a, keepalived_b, .. } = pair;
     // Each node's heartbeats open both ports on the other.
     let open = wait_until(Duration::from_secs(10), || {
         [a, b].iter().all(|n| handoff_open_ports(n).contains("80") && handoff_open_ports(n).contains("443"))
@@ -972,23 +979,8 @@ fn an_active_passive_pair_survives_a_hung_apache_split_brains_and_a_killed_keepa
     let (a, b, client) = (lan.host("a"), lan.host("b"), lan.host("client"));
     let ports = [8081, 8082];
     let _backends = start_backends(lan.host("apps"), &ports);
-    let listen = [format!("{VIP_1}:80"), "127.0.0.1:80".to_string()];
-    let body = balancer(&ports, "ProxySet lbmethod=byinflight");
-    let (health_a, health_b) = (health_dir(), health_dir());
-    prepare_node(a, NODE_B, &[VIP_1]);
-    prepare_node(b, NODE_A, &[VIP_1]);
-    let check = check_script();
-    let _apache_a = start_node(a, "a", &health_a, NODE_B, &body, &listen);
-    let _apache_b = start_node(b, "b", &health_b, NODE_A, &body, &listen);
-    let conf_a = keepalived_conf("keepalived-a.conf", NODE_A, NODE_B, &check);
-    let conf_b = keepalived_conf("keepalived-b.conf", NODE_B, NODE_A, &check);
-    let mut keepalived_a = Keepalived::start(a, "node a", &conf_a).or_fail("keepalived on node a");
-    assert!(wait_until(Duration::from_secs(20), || holds(a, VIP_1)).is_some(), "node a never took {VIP_1}");
-    let keepalived_b = Keepalived::start(b, "node b", &conf_b).or_fail("keepalived on node b");
-    assert!(
-        wait_until(Duration::from_secs(20), || keepalived_b.count("Entering BACKUP STATE") > 0).is_some()
-    );
-    assert_eq!(node_behind(client, VIP_1).as_deref(), Ok("a"));
+    let pair = active_passive(&lan, &balancer(&ports, "ProxySet lbmethod=byinflight"));
+    let ActivePassive { mut keepalived_a, conf_a, .. } = pair;
     let (mac_a, mac_b) = (mac_of(a), mac_of(b));
 
     // 1. Node a's Apache hangs: every process stopped, connections accepted by the kernel and
