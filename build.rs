@@ -169,6 +169,9 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "apr_time_now",
     "apr_thread_mutex_lock",
     "apr_thread_mutex_unlock",
+    "apr_global_mutex_lock",
+    "apr_global_mutex_unlock",
+    "apr_pool_create_ex",
     "ap_get_conn_socket",
     "apr_os_sock_get",
 ];

@@ -19,6 +19,7 @@
 #[cfg(not(test))]
 mod apache;
 mod config;
+mod discover;
 #[allow(dead_code)]
 mod ffi;
 #[cfg(not(test))]

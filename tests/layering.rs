@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const PLAIN: [&str; 4] = ["config", "methods", "shm", "status"];
+const PLAIN: [&str; 5] = ["config", "discover", "methods", "shm", "status"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layer {

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod chromium;
 pub mod client;
 pub mod debian_box;
+pub mod dns;
 pub mod ha;
 pub mod netns;
 pub mod os;

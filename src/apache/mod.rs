@@ -14,6 +14,7 @@
 
 mod attempts;
 mod directives;
+mod discovery;
 mod finder;
 mod generation;
 mod module;

@@ -4,7 +4,7 @@
 //! Exactly one symbol is exported: `lbmethod_rs_module`.
 
 use super::generation::Generation;
-use super::{attempts, directives, finder, startup, status_handler};
+use super::{attempts, directives, discovery, finder, startup, status_handler};
 use crate::config::ServerSettings;
 use crate::httpd::hooks::{Module, StatusForm, module_record};
 use crate::httpd::log::{Level, log_server};
@@ -38,6 +38,9 @@ pub struct Runtime {
     pub generation: Generation,
     pub proxy: ProxyApi,
     pub main_server: Server,
+    /// The number the parent gave this generation in the segment's header (`LBDiscover`'s
+    /// resolver stops when it changes).
+    pub epoch: u32,
 }
 
 static RUNTIME: PerGeneration<Runtime> = PerGeneration::new();
@@ -61,9 +64,14 @@ impl Module for LbMethodRs {
 
     /// Settings for balancers that do not exist, `byhash` without a key, a module built for
     /// another httpd (also run by `apachectl -t`).
-    fn check_config(main: Server) -> Vec<String> {
+    fn check_config(main: Server, pconf: Pool) -> Vec<String> {
         let mut errors = startup::check_settings(main);
         errors.extend(startup::check_magic_number().err());
+        // Members from DNS are defined in the pass that starts httpd, not in `apachectl -t`
+        // (which asks no name server) nor in the first pass, which httpd throws away.
+        if errors.is_empty() && !crate::httpd::server::is_first_pass() {
+            errors.extend(discovery::define_at_startup(main, pconf, startup::previous_segment().as_ref()));
+        }
         errors
     }
 
@@ -83,6 +91,7 @@ impl Module for LbMethodRs {
     fn child_init(s: Server) {
         let Some(runtime) = runtime() else { return };
         runtime.generation.start_table_builder();
+        discovery::start_resolver(runtime, s);
         if !runtime.generation.join_as_process(std::process::id()) {
             log_server!(
                 s,

@@ -92,6 +92,10 @@ pub fn build_runtime(main: Server) -> Result<Runtime, String> {
 
     let plan: Vec<BalancerPlan> = balancers.iter().map(|&(s, b)| balancer_plan(s, b)).collect();
     let (segment, slots) = segment_for(main, &plan)?;
+    let epoch = segment.header().generation.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+    super::discovery::record_startup(&segment, |balancer| {
+        balancers.iter().position(|&(_, b)| b == balancer).and_then(|i| slots.get(i).copied())
+    });
     // Outlier detection's schedule was made under the previous configuration (another
     // interval, success rate off): every balancer reviews at its first pick, and no hold of a
     // review cut short by the restart is left.
@@ -113,11 +117,11 @@ pub fn build_runtime(main: Server) -> Result<Runtime, String> {
             hashes: balancer.method() == *"byhash",
         })
         .collect();
-    Ok(Runtime { generation: Generation::new(segment, configured), proxy, main_server: main })
+    Ok(Runtime { generation: Generation::new(segment, configured), proxy, main_server: main, epoch })
 }
 
 /// This module's settings for `balancer`, as written in its virtual host (or inherited).
-fn settings_of(server: Server, balancer: Balancer) -> BalancerSettings {
+pub(super) fn settings_of(server: Server, balancer: Balancer) -> BalancerSettings {
     server.config::<ServerSettings>().map(|settings| settings.balancer(&balancer.name())).unwrap_or_default()
 }
 
@@ -144,12 +148,8 @@ fn balancer_plan(server: Server, balancer: Balancer) -> BalancerPlan {
 /// totals. The segment is kept in httpd's retained data, which survives restarts; the parent
 /// unmaps a replaced segment (children of the old generation keep their own mapping).
 fn segment_for(main: Server, plan: &[BalancerPlan]) -> Result<(Segment, Vec<usize>), String> {
-    let retained = server::retained(c"mod_lbmethod_rs:segment").ok_or("httpd gave no retained data")?;
-    let (base, len) = (retained[0].load(Ordering::Acquire), retained[1].load(Ordering::Acquire));
-    // SAFETY: the retained words are written only below, with a segment this process mapped
-    // and has not unmapped (it unmaps one only after replacing it there); a segment that does
-    // not check out (magic, size) is not taken.
-    let previous = NonNull::new(base as *mut u8).and_then(|base| unsafe { Segment::from_raw(base, len) });
+    let retained = server::retained(SEGMENT_KEY).ok_or("httpd gave no retained data")?;
+    let previous = previous_segment();
     let members: u32 = plan.iter().map(|b| b.members).sum();
     let processes = process_slots(members);
     if let Some(previous) = previous
@@ -169,6 +169,8 @@ fn segment_for(main: Server, plan: &[BalancerPlan]) -> Result<(Segment, Vec<usiz
     retained[1].store(new_len, Ordering::Release);
     if let Some(previous) = previous {
         shm::carry_over(&previous, &segment);
+        // Its processes (the old generation's) see that they are old.
+        previous.header().generation.fetch_add(1, Ordering::AcqRel);
         // SAFETY: the previous generation's runtime, the only other holder of a view of it in
         // this process, was dropped when its pool was cleared; the children that use it have
         // their own mapping.
@@ -183,6 +185,18 @@ fn segment_for(main: Server, plan: &[BalancerPlan]) -> Result<(Segment, Vec<usiz
         capacity.processes
     );
     Ok((segment, slots))
+}
+
+const SEGMENT_KEY: &std::ffi::CStr = c"mod_lbmethod_rs:segment";
+
+/// The segment of the generation before this one, in the parent (none at the first start).
+pub fn previous_segment() -> Option<Segment> {
+    let retained = server::retained(SEGMENT_KEY)?;
+    let (base, len) = (retained[0].load(Ordering::Acquire), retained[1].load(Ordering::Acquire));
+    // SAFETY: the retained words are written only by `segment_for`, with a segment this
+    // process mapped and has not unmapped (it unmaps one only after replacing it there); a
+    // segment that does not check out (magic, size) is not taken.
+    NonNull::new(base as *mut u8).and_then(|base| unsafe { Segment::from_raw(base, len) })
 }
 
 /// The httpd this module was compiled against, as a user reads it.

@@ -10,9 +10,10 @@ use crate::httpd::proxy::{STATE_WORDS, WorkerState};
 use crate::httpd::{Balancer, Request, Server, Worker, status};
 use crate::methods::{self, Scored, bylatency, outlier, slow_start};
 use crate::shm::queue::{QueueStats, WAIT_BUCKETS_US};
-use crate::shm::{attempt, monotonic_us};
+use crate::shm::{attempt, discovery, monotonic_us};
 use crate::status::{
-    self as page, BalancerStatus, MemberStatus, Query, QueueStatus, ServerStatusForm, Snapshot,
+    self as page, BalancerStatus, DiscoveryStatus, MemberStatus, Origin, Query, QueueStatus,
+    ServerStatusForm, Snapshot,
 };
 use std::sync::atomic::Ordering;
 
@@ -96,6 +97,8 @@ fn balancer_status(runtime: &Runtime, server: Server, balancer: Balancer, now: u
         })
         .collect();
     let scores = method.map_or_else(|| vec![None; scored.len()], |m| m.method.scores(&scored));
+    let discovery =
+        slot.as_ref().filter(|_| !settings.discover.is_empty()).and_then(|s| segment.discovery(s.shared));
     let members = workers
         .iter()
         .zip(&states)
@@ -141,6 +144,12 @@ fn balancer_status(runtime: &Runtime, server: Server, balancer: Balancer, now: u
                 ejection_seconds_left: outlier_state.ejected.map(|(_, left)| left.as_secs_f64()),
                 ejections: outlier_state.ejections,
                 consecutive_failures: outlier_state.consecutive,
+                origin: discovery.and_then(|d| d.of_worker(state.index)).and_then(|entry| {
+                    Some(Origin {
+                        name: settings.discover.get(usize::from(entry.line))?.source.clone(),
+                        standing: standing_word(entry.standing),
+                    })
+                }),
             }
         })
         .collect();
@@ -164,8 +173,66 @@ fn balancer_status(runtime: &Runtime, server: Server, balancer: Balancer, now: u
                 slot.as_ref().and_then(|s| segment.queue(s.shared)).map(|q| q.stats()).unwrap_or_default();
             queue_status(queue, stats)
         }),
+        discovery: discovery
+            .map(|d| discovery_status(&settings.discover, d, segment, balancer.free_slots()))
+            .unwrap_or_default(),
         members,
     }
+}
+
+fn standing_word(standing: u8) -> &'static str {
+    match standing {
+        discovery::SERVING => "serving",
+        discovery::DRAINING => "draining",
+        _ => "removed",
+    }
+}
+
+/// Each `LBDiscover` line of a balancer as the status page shows it.
+fn discovery_status(
+    lines: &[crate::config::Discover],
+    record: &discovery::Discovery,
+    segment: &crate::shm::Segment,
+    free_slots: u32,
+) -> Vec<DiscoveryStatus> {
+    let now_s = monotonic_us() / 1_000_000;
+    let wall_s =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let holder = discovery::lease_holder(segment.header());
+    lines
+        .iter()
+        .zip(&record.lines)
+        .enumerate()
+        .map(|(i, (line, shared))| {
+            let count = |standing: u8| {
+                record.entries().filter(|(_, e)| usize::from(e.line) == i && e.standing == standing).count()
+                    as u32
+            };
+            let resolved = shared.resolved_s.load(Ordering::Relaxed);
+            let error = shared.error();
+            DiscoveryStatus {
+                name: line.source.clone(),
+                resolver: line.resolver.map_or("system".to_string(), |r| r.to_string()),
+                answer: shared.answer.load(Ordering::Relaxed),
+                ttl_seconds: shared.ttl.load(Ordering::Relaxed),
+                resolved_seconds_ago: (resolved > 0).then(|| wall_s.saturating_sub(resolved)),
+                next_lookup_seconds: shared.next_s.load(Ordering::Relaxed).saturating_sub(now_s),
+                serving: count(discovery::SERVING),
+                draining: count(discovery::DRAINING),
+                removed: count(discovery::REMOVED),
+                lookups: shared.lookups.load(Ordering::Relaxed),
+                failures: shared.failures.load(Ordering::Relaxed),
+                failing: shared.failing.load(Ordering::Relaxed),
+                error: (!error.is_empty()).then_some(error),
+                added: shared.added.load(Ordering::Relaxed),
+                drained: shared.drained.load(Ordering::Relaxed),
+                removed_total: shared.removed.load(Ordering::Relaxed),
+                returned: shared.returned.load(Ordering::Relaxed),
+                resolver_pid: holder,
+                free_slots,
+            }
+        })
+        .collect()
 }
 
 /// A waiting line as the status page shows it.

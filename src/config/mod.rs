@@ -6,8 +6,12 @@
 //! virtual host where it is written (virtual hosts inherit the main server's balancers and
 //! their settings, as httpd does for the balancers themselves).
 
+mod discover;
 mod outlier;
 
+// The glue alone uses `MemberParams`, and the glue is left out of test builds.
+#[cfg_attr(test, allow(unused_imports))]
+pub use discover::{Discover, Family, MemberParams, Name};
 pub use outlier::{Failures, Outliers};
 use std::any::Any;
 use std::ffi::CStr;
@@ -34,6 +38,8 @@ pub struct BalancerSettings {
     /// `LBQueue`: how long, and how many, requests may wait for a place when every usable
     /// member is at its `LBMaxInflight` cap.
     pub queue: Option<Queue>,
+    /// `LBDiscover`: DNS names whose addresses are members, followed as they change.
+    pub discover: Vec<Discover>,
 }
 
 /// `LBQueue timeout=<time> [max=<n>]`.
@@ -89,6 +95,7 @@ impl BalancerSettings {
             latency_decay: over.latency_decay.or(self.latency_decay),
             outliers: over.outliers.clone().or_else(|| self.outliers.clone()),
             queue: over.queue.or(self.queue),
+            discover: if over.discover.is_empty() { self.discover.clone() } else { over.discover.clone() },
         }
     }
 }
@@ -233,7 +240,8 @@ impl ServerSettings {
             .map(|e| {
                 let directives: Vec<&str> = e.written.iter().map(|d| d.name()).collect();
                 format!(
-                    "{} in <Proxy \"{}\">: no balancer has that name here (a balancer needs at least one BalancerMember)",
+                    "{} in <Proxy \"{}\">: no balancer has that name here (a balancer needs a BalancerMember, or \
+                     a ProxySet line when its members come from LBDiscover)",
                     directives.join(" and "),
                     e.name
                 )
@@ -263,10 +271,11 @@ pub enum Directive {
     LatencyDecay,
     OutlierDetection,
     Queue,
+    Discover,
 }
 
 impl Directive {
-    pub const ALL: [Directive; 7] = [
+    pub const ALL: [Directive; 8] = [
         Directive::SlowStart,
         Directive::MaxInflight,
         Directive::HashKey,
@@ -274,6 +283,7 @@ impl Directive {
         Directive::LatencyDecay,
         Directive::OutlierDetection,
         Directive::Queue,
+        Directive::Discover,
     ];
 
     /// The directive's name, as httpd's command table needs it.
@@ -286,6 +296,7 @@ impl Directive {
             Directive::LatencyDecay => c"LBLatencyDecay",
             Directive::OutlierDetection => c"LBOutlierDetection",
             Directive::Queue => c"LBQueue",
+            Directive::Discover => c"LBDiscover",
         }
     }
 
@@ -312,6 +323,9 @@ impl Directive {
             }
             Directive::Queue => {
                 c"LBQueue timeout=<time> [max=<n>]: requests wait in line, up to that long, when every member is at its LBMaxInflight cap"
+            }
+            Directive::Discover => {
+                c"LBDiscover <url> [key=value ...]: members from a DNS name, followed as it changes (http://app.internal:8080 or srv+http://_http._tcp.app.internal)"
             }
         }
     }
@@ -387,6 +401,13 @@ impl Directive {
                 settings.outliers = Some(outliers);
             }
             Directive::Queue => settings.queue = Some(self.parse_queue(args)?),
+            Directive::Discover => {
+                let discover = discover::parse(args).map_err(|why| format!("{}: {why}", self.name()))?;
+                if settings.discover.iter().any(|d| d.source.eq_ignore_ascii_case(&discover.source)) {
+                    return Err(self.invalid(&discover.source, "written twice for this balancer"));
+                }
+                settings.discover.push(discover);
+            }
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ pub trait Module: 'static {
     fn pre_config() {}
     /// The configuration has been read (also by `apachectl -t`): errors found in it, each
     /// logged and failing the start.
-    fn check_config(_main: Server) -> Vec<String> {
+    fn check_config(_main: Server, _pconf: Pool) -> Vec<String> {
         Vec::new()
     }
     /// In the parent, after mod_proxy_balancer's own post_config, in the second of httpd's
@@ -145,15 +145,18 @@ unsafe extern "C" fn pre_config<M: Module>(
 }
 
 unsafe extern "C" fn check_config<M: Module>(
-    _pconf: *mut ffi::apr_pool_t,
+    pconf: *mut ffi::apr_pool_t,
     _plog: *mut ffi::apr_pool_t,
     _ptemp: *mut ffi::apr_pool_t,
     s: *mut ffi::server_rec,
 ) -> c_int {
     catch("check_config", ffi::HTTP_INTERNAL_SERVER_ERROR, || {
         // SAFETY: httpd passes the live main server of the configuration being checked.
-        let Some(main) = (unsafe { Server::from_raw(s) }) else { return ffi::OK };
-        let errors = M::check_config(main);
+        let (Some(main), Some(pconf)) = (unsafe { Server::from_raw(s) }, unsafe { Pool::from_raw(pconf) })
+        else {
+            return ffi::OK;
+        };
+        let errors = M::check_config(main, pconf);
         for error in &errors {
             log::server(Some(main), Level::Emerg, file!(), line!(), error);
         }

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod filter;
+pub mod growth;
 pub mod guard;
 pub mod hooks;
 pub mod log;

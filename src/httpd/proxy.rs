@@ -142,6 +142,10 @@ unsafe extern "C" fn record(
 }
 
 impl ProxyConf {
+    pub(super) fn raw(self) -> *mut ffi::proxy_server_conf {
+        self.0.as_ptr()
+    }
+
     /// The server's balancers.
     pub fn balancers(self) -> impl Iterator<Item = Balancer> {
         // SAFETY: a live proxy_server_conf; its balancers are proxy_balancer structs.
@@ -219,7 +223,7 @@ unsafe impl Send for Balancer {}
 unsafe impl Sync for Balancer {}
 
 impl Balancer {
-    fn raw(self) -> *mut ffi::proxy_balancer {
+    pub(super) fn raw(self) -> *mut ffi::proxy_balancer {
         self.0.as_ptr()
     }
 
@@ -371,6 +375,16 @@ unsafe impl Send for Worker {}
 unsafe impl Sync for Worker {}
 
 impl Worker {
+    pub(super) fn from_raw(worker: *mut ffi::proxy_worker) -> Option<Worker> {
+        NonNull::new(worker).map(Worker)
+    }
+
+    /// Its shared record, for writing (`growth`).
+    pub(super) fn shared_mut(self) -> *mut ffi::proxy_worker_shared {
+        // SAFETY: a pointer field of a live worker.
+        unsafe { (*self.0.as_ptr()).s }
+    }
+
     fn shared(self) -> *const ffi::proxy_worker_shared {
         // SAFETY: a live worker; `s` is set for every worker Balancer::workers yields.
         unsafe { (*self.0.as_ptr()).s }

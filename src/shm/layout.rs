@@ -5,6 +5,7 @@
 //! processes on a shared mapping). A slot is a whole number of cache lines so that two members'
 //! hot counters never share one.
 
+pub use super::discovery::Discovery;
 pub use super::queue::{Place, Ring};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
@@ -36,6 +37,12 @@ pub struct Header {
     pub holders_checked_us: AtomicU64,
     pub holders_done_us: AtomicU64,
     pub dead_marked: AtomicU32,
+    /// Bumped by the parent at every start and restart that uses this segment (and on a
+    /// segment it replaces): a process of an older generation sees it differ from its own.
+    pub generation: AtomicU32,
+    /// `LBDiscover`'s resolver lease (`shm::discovery::hold_lease`): the pid that resolves,
+    /// its generation, and until when (monotonic seconds, 16 bits).
+    pub resolver: AtomicU64,
 }
 
 /// One balancer (one `<Proxy balancer://...>` in one virtual host). Six cache lines: what is
@@ -249,11 +256,11 @@ macro_rules! shm_safe {
     };
 }
 
-shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell, Place, Ring);
+shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell, Place, Ring, Discovery);
 
 /// Changes with every layout change, so that a new build never adopts an old build's segment
 /// across a graceful restart.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v12");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v13");
 
 const _: () = assert!(size_of::<Header>().is_multiple_of(64));
 const _: () = assert!(size_of::<BalancerSlot>() == 6 * 64);

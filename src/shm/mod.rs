@@ -5,9 +5,11 @@
 //! - [`attempt`]: an attempt's life on the shared counters, and what the parent does when a
 //!   process is killed, so that every count stays exact;
 //! - [`queue`]: the waiting line of a balancer whose members are all at their caps;
+//! - [`discovery`]: what `LBDiscover` found for a balancer, and who resolves;
 //! - [`restart`]: what a graceful restart keeps.
 
 pub mod attempt;
+pub mod discovery;
 mod layout;
 pub mod queue;
 mod restart;

@@ -4,7 +4,8 @@
 //! Layout: `Header`, then `balancers` x `BalancerSlot`, `members` x `MemberSlot`, `processes` x
 //! `ProcessSlot`, and one row of counts (a `Cell` per member slot) per process slot, plus one
 //! more row shared by processes that found the table full; then each balancer's waiting line
-//! (a `Ring` of places, `shm::queue`), whose pages stay untouched until a request waits.
+//! (a `Ring` of places, `shm::queue`), whose pages stay untouched until a request waits;
+//! then each balancer's `LBDiscover` record (`shm::discovery`), untouched unless it discovers.
 //!
 //! Balancers configured at startup get their slots in the parent (`claim_balancer` before any
 //! fork); a balancer first seen at run time claims a spare slot lock-free, so two processes that
@@ -13,7 +14,7 @@
 //! Each child claims a process slot and counts its attempts on every member in its row;
 //! `shm::attempt` says how, and how the parent takes back what a killed child left.
 
-use super::layout::{BalancerSlot, Cell, DEAD, Header, MAGIC, MemberSlot, ProcessSlot, ShmSafe};
+use super::layout::{BalancerSlot, Cell, DEAD, Discovery, Header, MAGIC, MemberSlot, ProcessSlot, ShmSafe};
 use super::queue::{Queue, Ring};
 use std::io;
 use std::ptr::NonNull;
@@ -58,9 +59,13 @@ impl Capacity {
         self.rows_at() + self.rows() * self.row() * size_of::<Cell>()
     }
 
+    fn discoveries_at(&self) -> usize {
+        self.places_at() + self.balancers as usize * size_of::<Ring>()
+    }
+
     /// Bytes needed.
     pub fn bytes(&self) -> usize {
-        self.places_at() + self.balancers as usize * size_of::<Ring>()
+        self.discoveries_at() + self.balancers as usize * size_of::<Discovery>()
     }
 }
 
@@ -154,14 +159,24 @@ impl Segment {
 
     /// The waiting line of `balancer` (a slot of this segment).
     pub fn queue<'a>(&'a self, balancer: &'a BalancerSlot) -> Option<Queue<'a>> {
+        let slot = self.balancer_slot_of(balancer)?;
+        let ring = self.nth::<Ring>(self.capacity.places_at(), slot, self.capacity.balancers as usize)?;
+        Some(Queue::new(&balancer.queue, ring))
+    }
+
+    /// `LBDiscover`'s record of `balancer` (a slot of this segment).
+    pub fn discovery(&self, balancer: &BalancerSlot) -> Option<&Discovery> {
+        let slot = self.balancer_slot_of(balancer)?;
+        self.nth::<Discovery>(self.capacity.discoveries_at(), slot, self.capacity.balancers as usize)
+    }
+
+    /// The index of `balancer`, a slot of this segment.
+    fn balancer_slot_of(&self, balancer: &BalancerSlot) -> Option<usize> {
         let first = self.balancer(0)? as *const BalancerSlot as usize;
         let offset = (balancer as *const BalancerSlot as usize).checked_sub(first)?;
         let slot = offset / size_of::<BalancerSlot>();
-        if !offset.is_multiple_of(size_of::<BalancerSlot>()) || slot >= self.capacity.balancers as usize {
-            return None;
-        }
-        let ring = self.nth::<Ring>(self.capacity.places_at(), slot, self.capacity.balancers as usize)?;
-        Some(Queue::new(&balancer.queue, ring))
+        (offset.is_multiple_of(size_of::<BalancerSlot>()) && slot < self.capacity.balancers as usize)
+            .then_some(slot)
     }
 
     /// Every balancer slot's waiting line.
@@ -245,6 +260,15 @@ impl Segment {
         (0..count)
             .map(|probe| (start + probe) % count)
             .find(|&slot| self.balancer(slot).is_some_and(|b| b.key.load(Ordering::Acquire) == key))
+    }
+
+    /// The balancer slot labelled `label_key` (its virtual host and name), if exactly one is.
+    pub fn find_by_label(&self, label_key: u64) -> Option<usize> {
+        let mut found = (0..self.capacity.balancers as usize).filter(|&slot| {
+            self.balancer(slot).is_some_and(|b| b.label_key.load(Ordering::Relaxed) == label_key)
+        });
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
     }
 
     pub(super) fn process(&self, slot: usize) -> Option<&ProcessSlot> {

@@ -167,6 +167,32 @@ fn balancer_section(out: &mut String, b: &BalancerStatus) {
         );
     }
     out.push_str("</p>\n");
+    for d in &b.discovery {
+        let resolved = d.resolved_seconds_ago.map_or("never".to_string(), |s| format!("{s} s ago"));
+        let _ = write!(
+            out,
+            "<p class=\"small\">members from DNS: <b>{}</b> (resolver {}): {} address(es), TTL {} s, resolved \
+             {resolved}, next lookup in {} s<span class=\"sep\">|</span>{} serving, {} draining, {} removed\
+             <span class=\"sep\">|</span>{} added, {} back, {} lookups, <b{}>{}</b> failed",
+            escape(&d.name),
+            escape(&d.resolver),
+            d.answer,
+            d.ttl_seconds,
+            d.next_lookup_seconds,
+            d.serving,
+            d.draining,
+            d.removed,
+            d.added,
+            d.returned,
+            d.lookups,
+            if d.failing > 0 { " class=\"bad\"" } else { "" },
+            d.failures,
+        );
+        if let (Some(error), 1..) = (&d.error, d.failing) {
+            let _ = write!(out, " (failing now: {})", escape(error));
+        }
+        out.push_str("</p>\n");
+    }
 
     let slow_start = b.slow_start_seconds.map_or("off".to_string(), |s| format!("{s} s"));
     let cap = match b.max_inflight {
@@ -243,6 +269,9 @@ fn member_row(out: &mut String, m: &MemberStatus, picks: Option<f64>, weight: Op
         let _ = write!(out, "route {} · ", escape(&m.route));
     }
     let _ = write!(out, "lbset {} · weight {}", m.lbset, m.loadfactor);
+    if let Some(origin) = &m.origin {
+        let _ = write!(out, " · from DNS {} ({})", escape(&origin.name), origin.standing);
+    }
     if m.effective_weight < m.loadfactor {
         let _ = write!(out, " (now {})", m.effective_weight);
     }

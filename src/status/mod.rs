@@ -56,7 +56,50 @@ pub struct BalancerStatus {
     pub outlier_detection: Option<String>,
     /// `LBQueue`'s settings and what its waiting line has seen (`null`: no queue).
     pub queue: Option<QueueStatus>,
+    /// `LBDiscover`: each name the balancer follows.
+    pub discovery: Vec<DiscoveryStatus>,
     pub members: Vec<MemberStatus>,
+}
+
+/// One `LBDiscover` line: what its lookups said.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiscoveryStatus {
+    /// The URL as written (`http://app.internal:8080`, `srv+http://_http._tcp.app`).
+    pub name: String,
+    /// `resolver=`, or "system" (`/etc/resolv.conf`).
+    pub resolver: String,
+    /// Addresses in the last good answer, and its TTL.
+    pub answer: u32,
+    pub ttl_seconds: u32,
+    /// Seconds since the last good answer (`None`: none yet), and until the next lookup.
+    pub resolved_seconds_ago: Option<u64>,
+    pub next_lookup_seconds: u64,
+    /// Members it gave the balancer, by where they stand.
+    pub serving: u32,
+    pub draining: u32,
+    pub removed: u32,
+    pub lookups: u64,
+    pub failures: u64,
+    /// Failed lookups since the last good one, and the last failure's message.
+    pub failing: u32,
+    pub error: Option<String>,
+    pub added: u64,
+    pub drained: u64,
+    pub removed_total: u64,
+    pub returned: u64,
+    /// The process that resolves now.
+    pub resolver_pid: Option<u32>,
+    /// The balancer's member slots still free for addresses that appear (httpd's growth).
+    pub free_slots: u32,
+}
+
+/// Where a member came from, when a name gave it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Origin {
+    /// The `LBDiscover` URL.
+    pub name: String,
+    /// `serving`, `draining` (gone from the answer, requests in flight finish) or `removed`.
+    pub standing: &'static str,
 }
 
 /// A balancer's waiting line (`LBQueue`).
@@ -148,6 +191,8 @@ pub struct MemberStatus {
     pub ejection_seconds_left: Option<f64>,
     pub ejections: u64,
     pub consecutive_failures: u32,
+    /// `LBDiscover`: the name that gave this member; `None` for a `BalancerMember`.
+    pub origin: Option<Origin>,
 }
 
 /// The format a status request asks for with `?format=`.
@@ -287,6 +332,23 @@ pub(crate) mod tests {
                     wait_seconds_max: 5.0,
                     wait_buckets: vec![(0.01, 10), (0.05, 20), (0.1, 25), (0.5, 30), (1.0, 31), (5.0, 31)],
                 }),
+                discovery: vec![DiscoveryStatus {
+                    name: "http://app.test:8080".into(),
+                    resolver: "127.0.0.1:5353".into(),
+                    answer: 1,
+                    ttl_seconds: 5,
+                    resolved_seconds_ago: Some(2),
+                    next_lookup_seconds: 3,
+                    serving: 1,
+                    draining: 1,
+                    lookups: 9,
+                    failures: 1,
+                    failing: 1,
+                    error: Some("<b>timeout</b>".into()),
+                    added: 2,
+                    drained: 1,
+                    ..DiscoveryStatus::default()
+                }],
                 members: vec![
                     MemberStatus {
                         name: "http://127.0.0.1:8081".into(),
@@ -317,6 +379,7 @@ pub(crate) mod tests {
                         ejection_seconds_left: None,
                         ejections: 2,
                         consecutive_failures: 1,
+                        origin: Some(Origin { name: "http://app.test:8080".into(), standing: "serving" }),
                     },
                     MemberStatus {
                         name: "http://127.0.0.1:8082/?a=1&b=\"2\"".into(),
@@ -347,6 +410,7 @@ pub(crate) mod tests {
                         ejection_seconds_left: Some(7.5),
                         ejections: 1,
                         consecutive_failures: 0,
+                        origin: None,
                     },
                 ],
             }],

@@ -8,7 +8,7 @@
 //! `member` (its URL). Strings that are not part of a series' identity (the method, a route)
 //! are only in the `_info` series, to be joined on when needed.
 
-use super::{BalancerStatus, MemberStatus, QueueStatus, Snapshot};
+use super::{BalancerStatus, DiscoveryStatus, MemberStatus, QueueStatus, Snapshot};
 use std::fmt::Write;
 
 /// What a sample's value is: counts stay integers, so a large counter is printed exactly.
@@ -188,6 +188,7 @@ pub fn render_prometheus(snapshot: &Snapshot) -> String {
     }
 
     queue_families(&mut out, &balancers);
+    discovery_families(&mut out, &balancers);
 
     family(
         &mut out,
@@ -233,6 +234,82 @@ pub fn render_prometheus(snapshot: &Snapshot) -> String {
         }
     }
     out
+}
+
+/// A discovery metric family: name, type, help, and the line's value.
+type DiscoveryFamily = (&'static str, &'static str, &'static str, fn(&DiscoveryStatus) -> u64);
+
+const DISCOVERY_FAMILIES: &[DiscoveryFamily] = &[
+    ("lbrs_discovery_lookups_total", "counter", "LBDiscover: lookups of the name.", |d| d.lookups),
+    (
+        "lbrs_discovery_failures_total",
+        "counter",
+        "LBDiscover: lookups that failed (the members of the last good answer stay).",
+        |d| d.failures,
+    ),
+    ("lbrs_discovery_failing", "gauge", "LBDiscover: lookups failed since the last good one.", |d| {
+        u64::from(d.failing)
+    }),
+    ("lbrs_discovery_addresses", "gauge", "LBDiscover: addresses in the last good answer.", |d| {
+        u64::from(d.answer)
+    }),
+    ("lbrs_discovery_ttl_seconds", "gauge", "LBDiscover: the TTL of the last good answer.", |d| {
+        u64::from(d.ttl_seconds)
+    }),
+    ("lbrs_discovery_free_slots", "gauge", "LBDiscover: member slots left for addresses that appear.", |d| {
+        u64::from(d.free_slots)
+    }),
+    ("lbrs_discovery_added_total", "counter", "LBDiscover: members added at run time.", |d| d.added),
+    (
+        "lbrs_discovery_drained_total",
+        "counter",
+        "LBDiscover: members drained because the name dropped them.",
+        |d| d.drained,
+    ),
+    (
+        "lbrs_discovery_returned_total",
+        "counter",
+        "LBDiscover: drained or removed members the name gave back.",
+        |d| d.returned,
+    ),
+];
+
+/// `LBDiscover` lines: their lookups and answers, and every discovered member with its origin
+/// and standing.
+fn discovery_families(out: &mut String, balancers: &[(&str, &BalancerStatus)]) {
+    if balancers.iter().all(|(_, b)| b.discovery.is_empty()) {
+        return;
+    }
+    for &(name, kind, help, value) in DISCOVERY_FAMILIES {
+        family(out, name, kind, help);
+        for &(server, b) in balancers {
+            for d in &b.discovery {
+                let labels = [("server", server), ("balancer", b.name.as_str()), ("name", d.name.as_str())];
+                sample(out, name, &labels, Value::Count(value(d)));
+            }
+        }
+    }
+    let name = "lbrs_member_discovered";
+    family(
+        out,
+        name,
+        "gauge",
+        "A member a DNS name gave (LBDiscover), its name and where it stands; always 1.",
+    );
+    for &(server, b) in balancers {
+        for m in &b.members {
+            if let Some(origin) = &m.origin {
+                let labels = [
+                    ("server", server),
+                    ("balancer", b.name.as_str()),
+                    ("member", m.name.as_str()),
+                    ("name", origin.name.as_str()),
+                    ("standing", origin.standing),
+                ];
+                sample(out, name, &labels, Value::Count(1));
+            }
+        }
+    }
 }
 
 /// A queue metric family: name, type, help, and the queue's value.

@@ -1,0 +1,319 @@
+//! `LBDiscover`: what a DNS name says a balancer's members are, and what has to change in the
+//! balancer to follow it. Plain Rust: the DNS client ([`dns`]), the lookup of one `LBDiscover`
+//! line ([`lookup`]), and the comparison of an answer with the members a balancer has
+//! ([`changes`]). The glue (`apache::discovery`) applies the changes to httpd's balancer.
+
+pub mod dns;
+
+use crate::config::{Discover, Family, Name};
+use dns::{Data, Error, Record, SystemResolver};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// One member a name points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub address: IpAddr,
+    pub port: u16,
+    /// Loadfactor x 100 (as httpd keeps it): an SRV record's weight, or `loadfactor=`.
+    pub loadfactor: u32,
+    /// An SRV record's priority as a rank (0 for the lowest priority number), or `lbset=`.
+    pub lbset: i32,
+}
+
+/// A successful lookup: its members (sorted, no duplicates) and how long it may be kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub targets: Vec<Target>,
+    /// The smallest TTL of the records used, in seconds.
+    pub ttl: u32,
+    /// The server that answered.
+    pub server: SocketAddr,
+}
+
+/// Most targets taken from one answer.
+pub const MAX_TARGETS: usize = 256;
+
+/// Looks `discover`'s name up, asking `discover.resolver` or else the servers of `system`
+/// in turn, each until one answers; all before `discover.dns_timeout` is up. An answer with
+/// no address is an error too: a name that says "nothing" is kept as it was last seen (the
+/// members are never all drained because of what may be a DNS fault).
+pub fn lookup(discover: &Discover, system: &SystemResolver) -> Result<Found, String> {
+    let deadline = Instant::now() + discover.dns_timeout;
+    let (servers, names) = match discover.resolver {
+        Some(server) => (vec![server], vec![discover.asked().trim_end_matches('.').to_string()]),
+        None => (system.servers.clone(), system.candidates(discover.asked())),
+    };
+    let mut last_error = String::from("no name server to ask");
+    for server in &servers {
+        match lookup_at(discover, *server, &names, deadline) {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) => {
+                last_error = format!("{server} knows no address for {}", names.join(" or "));
+            }
+            Err(error) => last_error = format!("{server}: {error}"),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Err(last_error)
+}
+
+/// The lookup at one server: the first of `names` that has addresses.
+fn lookup_at(
+    discover: &Discover,
+    server: SocketAddr,
+    names: &[String],
+    deadline: Instant,
+) -> Result<Option<Found>, Error> {
+    let member = &discover.member;
+    for name in names {
+        let (mut targets, ttl) = match &discover.name {
+            Name::Addresses { port, .. } => {
+                let Some((addresses, ttl)) = addresses(server, name, discover.family, deadline)? else {
+                    continue;
+                };
+                let targets = addresses
+                    .into_iter()
+                    .map(|address| Target {
+                        address,
+                        port: *port,
+                        loadfactor: member.loadfactor.unwrap_or(100),
+                        lbset: member.lbset.unwrap_or(0),
+                    })
+                    .collect::<Vec<_>>();
+                (targets, ttl)
+            }
+            Name::Srv { .. } => {
+                let Some(found) = srv(server, name, discover.family, deadline)? else { continue };
+                found
+            }
+        };
+        targets.sort_by_key(|t| (t.address, t.port));
+        targets.dedup_by_key(|t| (t.address, t.port));
+        targets.truncate(MAX_TARGETS);
+        if !targets.is_empty() {
+            return Ok(Some(Found { targets, ttl, server }));
+        }
+    }
+    Ok(None)
+}
+
+/// The addresses of `name` and their smallest TTL; `None` when it has none.
+fn addresses(
+    server: SocketAddr,
+    name: &str,
+    family: Family,
+    deadline: Instant,
+) -> Result<Option<(Vec<IpAddr>, u32)>, Error> {
+    let types: &[u16] = match family {
+        Family::Any => &[dns::A, dns::AAAA],
+        Family::Ipv4 => &[dns::A],
+        Family::Ipv6 => &[dns::AAAA],
+    };
+    let (mut found, mut ttl, mut failure) = (Vec::new(), u32::MAX, None);
+    for &qtype in types {
+        // A server that refuses or fails one type (some refuse AAAA for names they only have
+        // an A record for) does not sink the other's answer.
+        let response = match dns::ask(server, name, qtype, deadline) {
+            Ok(response) => response,
+            Err(error) => {
+                failure.get_or_insert(error);
+                continue;
+            }
+        };
+        let before = found.len();
+        found.extend(response.answers.iter().filter_map(|record| match (qtype, &record.data) {
+            (dns::A, Data::Address(address @ IpAddr::V4(_))) => Some(*address),
+            (dns::AAAA, Data::Address(address @ IpAddr::V6(_))) => Some(*address),
+            _ => None,
+        }));
+        // The TTLs of the CNAMEs that led to the addresses count too.
+        if found.len() > before {
+            ttl = response.answers.iter().fold(ttl, |t, r| t.min(r.ttl));
+        }
+    }
+    match failure {
+        Some(error) if found.is_empty() => Err(error),
+        _ => Ok((!found.is_empty()).then_some((found, ttl))),
+    }
+}
+
+/// The targets of SRV name `name`: each target's addresses (from the additional section, or
+/// asked), weights as loadfactors (1 to 100) and priorities as lbsets (ranked).
+fn srv(
+    server: SocketAddr,
+    name: &str,
+    family: Family,
+    deadline: Instant,
+) -> Result<Option<(Vec<Target>, u32)>, Error> {
+    let response = dns::ask(server, name, dns::SRV, deadline)?;
+    let mut ttl = u32::MAX;
+    let records: Vec<(u16, u16, u16, &str)> = response
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            // A target of "." says the service is not offered here.
+            Data::Srv { priority, weight, port, target } if !target.is_empty() && *port > 0 => {
+                ttl = ttl.min(record.ttl);
+                Some((*priority, *weight, *port, target.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut priorities: Vec<u16> = records.iter().map(|r| r.0).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    let mut targets = Vec::new();
+    for (priority, weight, port, target) in records {
+        let given = given_addresses(&response.additional, target, family);
+        let (addresses, target_ttl) = if given.0.is_empty() {
+            match addresses(server, target, family, deadline)? {
+                Some(found) => found,
+                None => continue,
+            }
+        } else {
+            given
+        };
+        ttl = ttl.min(target_ttl);
+        let lbset = priorities.iter().position(|&p| p == priority).unwrap_or(0).min(99) as i32;
+        let loadfactor = u32::from(weight).clamp(1, 100) * 100;
+        targets.extend(addresses.into_iter().map(|address| Target { address, port, loadfactor, lbset }));
+    }
+    Ok((!targets.is_empty()).then_some((targets, ttl)))
+}
+
+/// Addresses of `target` that the server sent along in the additional section.
+fn given_addresses(additional: &[Record], target: &str, family: Family) -> (Vec<IpAddr>, u32) {
+    let mut ttl = u32::MAX;
+    let addresses = additional
+        .iter()
+        .filter(|r| r.name.eq_ignore_ascii_case(target.trim_end_matches('.')))
+        .filter_map(|r| match r.data {
+            Data::Address(address) if family_takes(family, address) => {
+                ttl = ttl.min(r.ttl);
+                Some(address)
+            }
+            _ => None,
+        })
+        .collect();
+    (addresses, ttl)
+}
+
+fn family_takes(family: Family, address: IpAddr) -> bool {
+    match family {
+        Family::Any => true,
+        Family::Ipv4 => address.is_ipv4(),
+        Family::Ipv6 => address.is_ipv6(),
+    }
+}
+
+/// When to ask again after an answer with `ttl`, within the line's bounds.
+pub fn refresh_after(discover: &Discover, ttl: u32) -> Duration {
+    Duration::from_secs(u64::from(ttl)).clamp(discover.ttl_min, discover.ttl_max)
+}
+
+/// When to ask again after a failure: soon, but backing off to `ttl-max` (1, 2, 4 ... seconds).
+pub fn retry_after(discover: &Discover, failures: u32) -> Duration {
+    let backoff = Duration::from_secs(1u64 << failures.min(12));
+    backoff.clamp(Duration::from_secs(1), discover.ttl_max.max(Duration::from_secs(1)))
+}
+
+/// Where a member found by a name stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// In the last answer: takes requests.
+    Serving,
+    /// Gone from the answer: takes no new request; those in flight finish.
+    Draining,
+    /// Gone, and nothing was in flight any more: disabled until the name has it again.
+    Removed,
+}
+
+/// A member a name has given the balancer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub target: Target,
+    pub standing: Standing,
+}
+
+/// What to do to follow an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A new address: add a member.
+    Add(Target),
+    /// Known member `usize` (an index into the known list) is in the answer again.
+    Return(usize, Target),
+    /// Known member `usize` serves on with another loadfactor or lbset (SRV).
+    Reweigh(usize, Target),
+    /// Known member `usize` is no longer in the answer.
+    Drain(usize),
+}
+
+/// The changes that make `known` follow `targets`.
+pub fn changes(known: &[Known], targets: &[Target]) -> Vec<Change> {
+    let mut out = Vec::new();
+    let same = |a: &Target, b: &Target| a.address == b.address && a.port == b.port;
+    for target in targets {
+        match known.iter().position(|k| same(&k.target, target)) {
+            None => out.push(Change::Add(*target)),
+            Some(i) if known[i].standing != Standing::Serving => out.push(Change::Return(i, *target)),
+            Some(i) if known[i].target != *target => out.push(Change::Reweigh(i, *target)),
+            Some(_) => {}
+        }
+    }
+    for (i, k) in known.iter().enumerate() {
+        if k.standing == Standing::Serving && !targets.iter().any(|t| same(t, &k.target)) {
+            out.push(Change::Drain(i));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(last: u8, port: u16) -> Target {
+        Target { address: IpAddr::from([127, 0, 0, last]), port, loadfactor: 100, lbset: 0 }
+    }
+
+    #[test]
+    fn an_answer_adds_drains_returns_and_reweighs() {
+        let known = [
+            Known { target: target(2, 80), standing: Standing::Serving },
+            Known { target: target(3, 80), standing: Standing::Serving },
+            Known { target: target(4, 80), standing: Standing::Removed },
+            Known { target: target(5, 80), standing: Standing::Draining },
+        ];
+        let heavier = Target { loadfactor: 300, ..target(3, 80) };
+        let answer = [target(2, 80), heavier, target(4, 80), target(6, 80), target(2, 81)];
+        assert_eq!(
+            changes(&known, &answer),
+            vec![
+                Change::Reweigh(1, heavier),
+                Change::Return(2, target(4, 80)),
+                Change::Add(target(6, 80)),
+                Change::Add(target(2, 81)),
+            ]
+        );
+        assert_eq!(changes(&known, &[target(3, 80)]), vec![Change::Drain(0)]);
+        assert!(changes(&known[..2], &[target(2, 80), target(3, 80)]).is_empty());
+    }
+
+    #[test]
+    fn refreshes_follow_the_ttl_within_bounds() {
+        let d = crate::config::Directive::Discover;
+        let mut settings = crate::config::BalancerSettings::default();
+        d.apply(&mut settings, &["http://app.test", "ttl-min=2s", "ttl-max=20s"], |_| unreachable!())
+            .unwrap();
+        let discover = &settings.discover[0];
+        assert_eq!(refresh_after(discover, 0), Duration::from_secs(2));
+        assert_eq!(refresh_after(discover, 5), Duration::from_secs(5));
+        assert_eq!(refresh_after(discover, 600), Duration::from_secs(20));
+        assert_eq!(retry_after(discover, 0), Duration::from_secs(1));
+        assert_eq!(retry_after(discover, 3), Duration::from_secs(8));
+        assert_eq!(retry_after(discover, 30), Duration::from_secs(20));
+    }
+}
