@@ -16,7 +16,11 @@ fn good_settings_pass() {
         "    LBSlowStart 30s\n    LBMaxInflight 8 per-loadfactor\n    LBHashKey \"%{REMOTE_ADDR}\"\n    \
          LBHashBalanceFactor 1.5\n    LBLatencyDecay 5s\n    \
          LBOutlierDetection on failures=gateway,5xx,429 consecutive=3 eject=30s max-eject=10m max-ejected=25%\n    \
-         LBQueue timeout=5s max=200",
+         LBQueue timeout=5s max=200\n    \
+         LBDiscover http://app.internal:8080/shop resolver=127.0.0.1:8600 ttl-min=2s ttl-max=1m dns-timeout=500ms \
+         family=ipv4 startup=warn slots=16 loadfactor=2 lbset=1 retry=0 timeout=30 connectiontimeout=2 ping=1 \
+         keepalive=on disablereuse=off ttl=60 max=50\n    \
+         LBDiscover srv+https://_https._tcp.app.service.consul",
         "",
     );
     let (ok, output) = config_test(&ApacheConfig::new(&body));
@@ -132,6 +136,28 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
             "",
             &["LBQueue in <Proxy \"balancer://app\">", "LBMaxInflight is missing"],
         ),
+        ("    LBDiscover", "", &["LBDiscover", "usage"]),
+        ("    LBDiscover app.internal", "", &["LBDiscover", "\"app.internal\"", "scheme://"]),
+        ("    LBDiscover gopher://app.internal", "", &["LBDiscover", "unknown scheme"]),
+        ("    LBDiscover http://127.0.0.1:8080", "", &["LBDiscover", "BalancerMember"]),
+        ("    LBDiscover http://app.internal:99999", "", &["LBDiscover", "\"http://app.internal:99999\""]),
+        ("    LBDiscover http://app.internal resolver=dns", "", &["LBDiscover", "\"resolver=dns\""]),
+        ("    LBDiscover http://app.internal ttl-min=0", "", &["LBDiscover", "\"ttl-min=0\""]),
+        (
+            "    LBDiscover http://app.internal ttl-min=1m ttl-max=10s",
+            "",
+            &["LBDiscover", "ttl-min", "ttl-max"],
+        ),
+        ("    LBDiscover http://app.internal startup=never", "", &["LBDiscover", "\"startup=never\""]),
+        ("    LBDiscover http://app.internal route=a", "", &["LBDiscover", "\"route=a\"", "unknown option"]),
+        ("    LBDiscover http://app.internal loadfactor=500", "", &["LBDiscover", "\"loadfactor=500\""]),
+        ("    LBDiscover srv+http://_http._tcp.app.internal lbset=1", "", &["LBDiscover", "priorities"]),
+        (
+            "    LBDiscover http://app.internal\n    LBDiscover http://APP.internal",
+            "",
+            &["LBDiscover", "written twice"],
+        ),
+        ("", "<Location \"/\">\n    LBDiscover http://app.internal\n</Location>", &["LBDiscover", "\"/\""]),
         // Misplaced: in other sections, or at the top of a virtual host.
         ("", "<Directory \"/tmp\">\n    LBSlowStart 5s\n</Directory>", &["LBSlowStart", "\"/tmp/\""]),
         (

@@ -235,7 +235,11 @@ fn members_follow_the_name_through_scaling_replacement_and_a_dns_outage() {
 
     let answers = load.finish();
     let bad = failed(&answers);
-    println!("{} requests, {} failed", answers.len(), bad.len());
+    let by_backend = answers.iter().fold(HashMap::<&str, usize>::new(), |mut m, a| {
+        *m.entry(a.backend.as_str()).or_insert(0) += 1;
+        m
+    });
+    println!("{} requests, {} failed; served by {by_backend:?}", answers.len(), bad.len());
     assert!(
         bad.is_empty(),
         "{} of {} requests failed: {:?}",
@@ -247,4 +251,263 @@ fn members_follow_the_name_through_scaling_replacement_and_a_dns_outage() {
     for line in ["added", "draining", "removed", "is back", "resolves again"] {
         assert!(log.contains(line), "no notice with \"{line}\" in the error log:\n{log}");
     }
+}
+
+/// Shares of `count` requests sent one after another (the `X-Backend` of each answer).
+fn shares(addr: SocketAddr, count: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..count {
+        let response = lbrs_harness::client::request(addr, "GET", "/", headers, b"").expect("request");
+        assert_eq!(response.status, 200, "{}", response.text());
+        *seen.entry(response.header("X-Backend").unwrap_or("").to_string()).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn srv(target: &str, port: u16, priority: u16, weight: u16) -> Srv {
+    Srv { name: "_http._tcp.app.test".into(), target: target.into(), port, priority, weight }
+}
+
+#[test]
+fn srv_weights_are_the_shares_and_priorities_the_tiers_and_changes_are_followed() {
+    let mut instances = Instances::new(Duration::ZERO);
+    for last in [2, 3, 4] {
+        instances.start(last);
+    }
+    let port = instances.port;
+    let names: Vec<(&str, String)> = [2, 3, 4]
+        .iter()
+        .map(|l| (["a2.test", "a3.test", "a4.test"][*l as usize - 2], format!("127.0.0.{l}")))
+        .collect();
+    let host_pairs: Vec<(&str, &str)> = names.iter().map(|(n, a)| (*n, a.as_str())).collect();
+    // a4 has a higher priority number: a standby tier, used only when the first has nobody.
+    let records = [srv("a2.test", port, 0, 1), srv("a3.test", port, 0, 3), srv("a4.test", port, 1, 5)];
+    let mut dns = Dnsmasq::start(&host_pairs, &records, TTL as u32).expect("dnsmasq");
+    let discover = format!("srv+http://_http._tcp.app.test resolver={}", dns.addr());
+    let apache = apache(&discover, "lbmethod=byweight", "", Mpm::Event);
+
+    let seen = shares(apache.addr(), 400, &[]);
+    println!("weights 1:3, standby 5: {seen:?}");
+    assert_eq!((seen.get("app2"), seen.get("app3"), seen.get("app4")), (Some(&100), Some(&300), None));
+    let member = apache.member_status("balancer://app", &format!("http://127.0.0.4:{port}")).expect("member");
+    assert_eq!((member["lbset"].as_i64(), member["loadfactor"].as_f64()), (Some(1), Some(5.0)));
+
+    // The weights change (a restart of the DNS server: it answers nothing for a moment).
+    dns.restart_with(&[srv("a2.test", port, 0, 3), srv("a3.test", port, 0, 1), srv("a4.test", port, 1, 5)])
+        .expect("dnsmasq with new weights");
+    let followed = wait_for(Duration::from_secs(TTL + 3), || {
+        apache
+            .member_status("balancer://app", &format!("http://127.0.0.2:{port}"))
+            .is_ok_and(|m| m["loadfactor"].as_f64() == Some(3.0))
+    });
+    assert!(followed, "the new weight did not arrive");
+    // Every process has the new weights once it has seen the balancer change.
+    thread::sleep(Duration::from_millis(300));
+    let seen = shares(apache.addr(), 400, &[]);
+    println!("weights 3:1: {seen:?}");
+    assert_eq!((seen.get("app2"), seen.get("app3"), seen.get("app4")), (Some(&300), Some(&100), None));
+
+    // The first tier's targets go: the standby tier serves.
+    dns.restart_with(&[srv("a4.test", port, 1, 5)]).expect("dnsmasq with the standby alone");
+    assert!(wait_for(Duration::from_secs(TTL + 4), || shares(apache.addr(), 1, &[]).contains_key("app4")));
+    let seen = shares(apache.addr(), 50, &[]);
+    assert_eq!(seen.get("app4"), Some(&50), "{seen:?}");
+    let status = apache.status().expect("status");
+    let line = &status["balancers"][0]["discovery"][0];
+    println!("{}", serde_json::to_string_pretty(line).unwrap_or_default());
+    assert_eq!(line["answer"], 1);
+    assert_eq!(line["serving"], 1);
+}
+
+#[test]
+fn byhash_keys_of_members_that_stay_do_not_move() {
+    let mut instances = Instances::new(Duration::ZERO);
+    for last in [2, 3, 4, 5] {
+        instances.start(last);
+    }
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &hosts("app.test", &[2, 3, 4]));
+    let discover = format!("http://app.test:{} resolver={}", instances.port, dns.addr());
+    let apache = apache(
+        &discover,
+        "lbmethod=byhash",
+        "    LBHashKey \"%{HTTP:X-Key}\"\n    LBHashBalanceFactor off\n",
+        Mpm::Event,
+    );
+    let keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    let map = |apache: &Apache| -> Vec<String> {
+        keys.iter()
+            .map(|key| {
+                let r = lbrs_harness::client::request(apache.addr(), "GET", "/", &[("X-Key", key)], b"")
+                    .expect("request");
+                r.header("X-Backend").unwrap_or("").to_string()
+            })
+            .collect()
+    };
+    let before = map(&apache);
+    assert!(before.iter().all(|b| ["app2", "app3", "app4"].contains(&b.as_str())));
+
+    // Scale out: a key keeps its member or moves to the new one.
+    set_hosts(&dns, &hosts("app.test", &[2, 3, 4, 5]));
+    assert!(
+        serves_within(&instances, 5, Duration::from_secs(TTL + 3)).is_some()
+            || wait_for(Duration::from_secs(3), || map(&apache).iter().any(|b| b == "app5"))
+    );
+    thread::sleep(Duration::from_millis(300));
+    let after = map(&apache);
+    let moved: Vec<usize> = (0..keys.len()).filter(|&i| after[i] != before[i]).collect();
+    let between: Vec<usize> = moved.iter().copied().filter(|&i| after[i] != "app5").collect();
+    println!(
+        "scale out 3 -> 4: {} of {} keys moved, {} of them between members that stayed",
+        moved.len(),
+        keys.len(),
+        between.len()
+    );
+    // Maglev's table, rebuilt with one more member, moves a few keys between the others too
+    // (the paper's "minimal disruption" is not zero): a few percent at most.
+    assert!(
+        between.len() * 100 <= keys.len() * 4,
+        "{} keys moved between members that stayed",
+        between.len()
+    );
+    assert!(moved.len() > between.len() && moved.len() < keys.len() / 2, "{} keys moved", moved.len());
+
+    // Scale in: the keys of the members that stay do not move.
+    set_hosts(&dns, &hosts("app.test", &[2, 4, 5]));
+    assert!(wait_for(Duration::from_secs(TTL + 4), || !map(&apache).iter().any(|b| b == "app3")));
+    let last = map(&apache);
+    for i in 0..keys.len() {
+        if after[i] != "app3" {
+            assert_eq!(last[i], after[i], "key {} moved from a member that stayed", keys[i]);
+        }
+    }
+}
+
+/// The pid that resolves now, from the status page.
+fn resolver_pid(apache: &Apache) -> Option<u32> {
+    let status = apache.status().ok()?;
+    status["balancers"][0]["discovery"][0]["resolver_pid"].as_u64().map(|p| p as u32)
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} {pid}");
+}
+
+#[test]
+fn another_process_resolves_when_the_resolver_is_killed_or_hangs() {
+    let mut instances = Instances::new(Duration::ZERO);
+    for last in [2, 3, 4, 5] {
+        instances.start(last);
+    }
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &hosts("app.test", &[2]));
+    let discover = format!("http://app.test:{} resolver={}", instances.port, dns.addr());
+    let apache = apache(&discover, "lbmethod=byinflight", "", Mpm::Prefork);
+    assert!(wait_for(Duration::from_secs(5), || resolver_pid(&apache).is_some()));
+
+    // Killed: the next process takes over at once (the holder is gone).
+    let first = resolver_pid(&apache).expect("a resolver");
+    signal(first, "KILL");
+    set_hosts(&dns, &hosts("app.test", &[2, 3]));
+    let started = Instant::now();
+    assert!(wait_for(Duration::from_secs(TTL + 4), || shares(apache.addr(), 4, &[]).contains_key("app3")));
+    println!("resolver {first} killed: 127.0.0.3 served after {:?}", started.elapsed());
+    let second = resolver_pid(&apache).expect("a resolver");
+    assert_ne!(second, first);
+
+    // Hung (stopped, still alive): another takes over when its lease runs out (5 s).
+    signal(second, "STOP");
+    let resumed = scopeguard(second);
+    set_hosts(&dns, &hosts("app.test", &[2, 3, 4]));
+    let started = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(12), || shares(apache.addr(), 4, &[]).contains_key("app4")),
+        "nobody resolved while the holder was stopped"
+    );
+    println!("resolver {second} stopped: 127.0.0.4 served after {:?}", started.elapsed());
+    drop(resumed);
+    // Resumed, the old holder does not take the lease back.
+    thread::sleep(Duration::from_secs(2));
+    let third = resolver_pid(&apache).expect("a resolver");
+    assert_ne!(third, second, "the resumed process took the lease back");
+    set_hosts(&dns, &hosts("app.test", &[2, 3, 4, 5]));
+    assert!(wait_for(Duration::from_secs(TTL + 4), || shares(apache.addr(), 6, &[]).contains_key("app5")));
+}
+
+/// Sends SIGCONT to `pid` when dropped (a test that fails leaves no stopped process).
+fn scopeguard(pid: u32) -> impl Drop {
+    struct Resume(u32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+        }
+    }
+    Resume(pid)
+}
+
+#[test]
+fn a_graceful_restart_keeps_the_members_also_when_the_name_does_not_resolve() {
+    let mut instances = Instances::new(Duration::ZERO);
+    for last in [2, 3, 4] {
+        instances.start(last);
+    }
+    let mut dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &hosts("app.test", &[2]));
+    let discover = format!("http://app.test:{} resolver={} startup=refuse", instances.port, dns.addr());
+    let mut apache = apache(&discover, "lbmethod=byinflight", "", Mpm::Event);
+    // .3 arrives at run time, in a growth slot.
+    set_hosts(&dns, &hosts("app.test", &[2, 3]));
+    assert!(wait_for(Duration::from_secs(TTL + 3), || shares(apache.addr(), 4, &[]).contains_key("app3")));
+    let before: u64 = status_members(&apache).iter().map(|m| m["selected"].as_u64().unwrap_or(0)).sum();
+
+    apache.graceful().expect("graceful restart");
+    let seen = shares(apache.addr(), 40, &[]);
+    assert_eq!((seen.get("app2"), seen.get("app3")), (Some(&20), Some(&20)), "both found again: {seen:?}");
+    let members = status_members(&apache);
+    let after: u64 = members.iter().map(|m| m["selected"].as_u64().unwrap_or(0)).sum();
+    assert!(after >= before + 40, "counters went back across the restart: {before} then {after}");
+    assert!(members.iter().all(|m| m["origin"]["standing"] == "serving"), "{members:?}");
+
+    // The name does not resolve at the next restart: the last good members stay, even with
+    // startup=refuse (they are an answer).
+    dns.stop();
+    apache.graceful().expect("graceful restart with DNS down");
+    let seen = shares(apache.addr(), 40, &[]);
+    assert_eq!((seen.get("app2"), seen.get("app3")), (Some(&20), Some(&20)), "kept: {seen:?}");
+    let log = apache.error_log();
+    assert!(log.contains("starting with 2 member(s) from its last good answer"), "{log}");
+    dns.start_again().expect("dnsmasq again");
+    set_hosts(&dns, &hosts("app.test", &[2, 3, 4]));
+    assert!(wait_for(Duration::from_secs(TTL + 4), || shares(apache.addr(), 6, &[]).contains_key("app4")));
+}
+
+#[test]
+fn with_slow_start_a_member_that_joins_or_comes_back_ramps_up() {
+    let mut instances = Instances::new(Duration::ZERO);
+    for last in [2, 3] {
+        instances.start(last);
+    }
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &hosts("app.test", &[2]));
+    let discover = format!("http://app.test:{} resolver={}", instances.port, dns.addr());
+    let apache = apache(&discover, "lbmethod=byinflight", "    LBSlowStart 30s\n", Mpm::Event);
+    let url = format!("http://127.0.0.3:{}", instances.port);
+    let progress = |standing: &str| {
+        let member = apache.member_status("balancer://app", &url).ok()?;
+        (member["origin"]["standing"] == standing).then(|| member["slow_start_progress"].as_f64()).flatten()
+    };
+    set_hosts(&dns, &hosts("app.test", &[2, 3]));
+    assert!(
+        wait_for(Duration::from_secs(TTL + 3), || progress("serving").is_some()),
+        "no ramp for a new member"
+    );
+    assert!(progress("serving").is_some_and(|p| p < 0.5));
+    // Gone, then back: a new ramp.
+    set_hosts(&dns, &hosts("app.test", &[2]));
+    assert!(wait_for(Duration::from_secs(TTL + 3), || apache
+        .member_status("balancer://app", &url)
+        .is_ok_and(|m| m["origin"]["standing"] == "removed")));
+    set_hosts(&dns, &hosts("app.test", &[2, 3]));
+    assert!(wait_for(Duration::from_secs(TTL + 3), || progress("serving").is_some_and(|p| p < 0.2)));
 }

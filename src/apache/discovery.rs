@@ -264,6 +264,13 @@ fn entry_for(line: usize, standing: u8, worker: u32, target: &Target) -> Entry {
     }
 }
 
+/// With `LBSlowStart`, a member that joins or comes back starts its ramp now.
+fn ramp_up(slow_start: bool, segment: &Segment, slot: &crate::shm::BalancerSlot, worker: Worker) {
+    if let Some(member) = segment.member_of(slot, worker.index() as usize).filter(|_| slow_start) {
+        crate::methods::slow_start::start_ramp(member, monotonic_us());
+    }
+}
+
 /// child_init: starts the resolver thread when a balancer discovers its members.
 pub fn start_resolver(runtime: &'static Runtime, s: Server) {
     let balancers: Vec<(Server, Balancer)> = runtime
@@ -427,6 +434,8 @@ impl Resolver {
             })
             .collect();
         let mut touched = false;
+        let slow_start =
+            self.runtime.generation.balancer(balancer.id()).is_some_and(|b| b.settings.slow_start.is_some());
         for change in discover::changes(&known, &found.targets) {
             match change {
                 Change::Add(target) => {
@@ -453,6 +462,7 @@ impl Resolver {
                     };
                     match added {
                         Ok(worker) => {
+                            ramp_up(slow_start, segment, slot, worker);
                             if discovery.push(entry_for(line, SERVING, worker.index(), &target)).is_some() {
                                 shared.added.fetch_add(1, Ordering::Relaxed);
                                 log_server!(
@@ -482,6 +492,7 @@ impl Resolver {
                     if let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) {
                         worker.set_weight(target.loadfactor, target.lbset);
                         worker.set_flags(&[], &[Flag::Disabled, Flag::Drain]);
+                        ramp_up(slow_start, segment, slot, *worker);
                         touched = true;
                         discovery.set(index, entry_for(line, SERVING, entry.worker, &target));
                         shared.returned.fetch_add(1, Ordering::Relaxed);

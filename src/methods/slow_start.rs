@@ -63,6 +63,12 @@ pub fn observe(member: &MemberSlot, usable: bool, now_us: u64) {
     }
 }
 
+/// Starts the member's ramp at `now_us` (a member that joins the balancer while it runs).
+pub fn start_ramp(member: &MemberSlot, now_us: u64) {
+    member.life.down.store(0, Ordering::Relaxed);
+    member.life.ramp_start_us.store(now_us.max(1), Ordering::Release);
+}
+
 /// When the member's current ramp began (monotonic microseconds), if one ever did.
 pub fn ramp_start(member: &MemberSlot) -> Option<u64> {
     Some(member.life.ramp_start_us.load(Ordering::Acquire)).filter(|&t| t != 0)
