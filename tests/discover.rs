@@ -511,3 +511,37 @@ fn with_slow_start_a_member_that_joins_or_comes_back_ramps_up() {
     set_hosts(&dns, &hosts("app.test", &[2, 3]));
     assert!(wait_for(Duration::from_secs(TTL + 3), || progress("serving").is_some_and(|p| p < 0.2)));
 }
+
+#[test]
+fn mod_proxy_hcheck_checks_members_added_at_run_time() {
+    let mut instances = Instances::new(Duration::ZERO);
+    for last in [2, 3] {
+        instances.start(last);
+    }
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &hosts("app.test", &[2]));
+    let discover = format!(
+        "http://app.test:{} resolver={} hcmethod=GET hcuri=/health hcinterval=1s hcfails=1 hcpasses=1",
+        instances.port,
+        dns.addr()
+    );
+    let body = format!(
+        "<Proxy \"balancer://app\">\n    LBDiscover {discover}\n    ProxySet lbmethod=byinflight\n</Proxy>\n\
+         ProxyPass \"/\" \"balancer://app/\"\n"
+    );
+    let apache = Apache::start(ApacheConfig::new(&body).with_module("proxy_hcheck")).expect("apache2");
+    set_hosts(&dns, &hosts("app.test", &[2, 3]));
+    let url = format!("http://127.0.0.3:{}", instances.port);
+    let state = || {
+        apache.member_status("balancer://app", &url).map(|m| m["state"].as_str().unwrap_or("").to_string())
+    };
+    assert!(wait_for(Duration::from_secs(TTL + 3), || state().is_ok_and(|s| s == "ok")));
+    instances.running[&3].set_healthy(false);
+    assert!(
+        wait_for(Duration::from_secs(6), || state().is_ok_and(|s| s == "hcheck-failed")),
+        "the added member was not health-checked: {:?}",
+        state()
+    );
+    instances.running[&3].set_healthy(true);
+    assert!(wait_for(Duration::from_secs(6), || state().is_ok_and(|s| s == "ok")));
+}

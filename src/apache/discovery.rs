@@ -71,6 +71,11 @@ fn params(member: &MemberParams, target: &Target) -> WorkerParams {
         disablereuse: member.disablereuse,
         ttl: member.ttl,
         max: member.max,
+        hc_method: member.hc_method.clone(),
+        hc_interval: member.hc_interval,
+        hc_passes: member.hc_passes,
+        hc_fails: member.hc_fails,
+        hc_uri: member.hc_uri.clone(),
     }
 }
 

@@ -62,7 +62,17 @@ pub struct MemberParams {
     pub disablereuse: Option<bool>,
     pub ttl: Option<Duration>,
     pub max: Option<u32>,
+    /// mod_proxy_hcheck's parameters: the method (upper case, one of [`HC_METHODS`]), the
+    /// interval, passes, fails and URI.
+    pub hc_method: Option<String>,
+    pub hc_interval: Option<Duration>,
+    pub hc_passes: Option<u32>,
+    pub hc_fails: Option<u32>,
+    pub hc_uri: Option<String>,
 }
+
+/// The health check methods mod_proxy_hcheck implements for HTTP members.
+pub const HC_METHODS: [&str; 7] = ["TCP", "OPTIONS", "HEAD", "GET", "OPTIONS11", "HEAD11", "GET11"];
 
 /// Member slots kept free for discovered members when `slots=` is not written.
 pub const DEFAULT_SLOTS: u32 = 64;
@@ -198,12 +208,35 @@ pub fn parse(args: &[&str]) -> Result<Discover, String> {
                 member.ttl = Some(time(Duration::from_secs(1), Duration::from_secs(86400), "1s to 24h")?)
             }
             "max" => member.max = Some(whole(1, 100_000)?),
+            "hcmethod" => {
+                let method = value.to_ascii_uppercase();
+                if !HC_METHODS.contains(&method.as_str()) {
+                    return Err(invalid(option, &format!("expected one of {}", HC_METHODS.join(", "))));
+                }
+                member.hc_method = Some(method);
+            }
+            "hcinterval" => {
+                member.hc_interval =
+                    Some(time(Duration::from_millis(100), Duration::from_secs(86400), "100ms to 24h")?)
+            }
+            "hcpasses" => member.hc_passes = Some(whole(0, 1000)?),
+            "hcfails" => member.hc_fails = Some(whole(0, 1000)?),
+            "hcuri" => {
+                if value.len() >= 64
+                    || !value.starts_with('/')
+                    || value.contains(|c: char| c.is_whitespace() || c.is_control())
+                {
+                    return Err(invalid(option, "expected a path starting with /, under 64 characters"));
+                }
+                member.hc_uri = Some(value.to_string());
+            }
             _ => {
                 return Err(invalid(
                     option,
                     "unknown option; LBDiscover takes resolver=, ttl-min=, ttl-max=, dns-timeout=, family=, \
                      startup=, slots= and the member parameters loadfactor=, lbset=, retry=, timeout=, \
-                     connectiontimeout=, ping=, keepalive=, disablereuse=, ttl=, max=",
+                     connectiontimeout=, ping=, keepalive=, disablereuse=, ttl=, max=, and mod_proxy_hcheck's \
+                     hcmethod=, hcinterval=, hcpasses=, hcfails=, hcuri=",
                 ));
             }
         }
@@ -348,6 +381,9 @@ mod tests {
             (&["http://app", "slots=0"], "\"slots=0\""),
             (&["srv+http://_x._tcp.app", "loadfactor=2"], "weights"),
             (&["http://app", "family"], "key=value"),
+            (&["http://app", "hcmethod=PING"], "\"hcmethod=PING\""),
+            (&["http://app", "hcinterval=10ms"], "\"hcinterval=10ms\""),
+            (&["http://app", "hcuri=health"], "\"hcuri=health\""),
         ];
         for (args, expected) in cases {
             let err = parse(args).unwrap_err();

@@ -12,7 +12,7 @@ use std::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use std::time::Duration;
 
 /// `BalancerMember` parameters, as httpd keeps them (`None`: httpd's default).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkerParams {
     /// Loadfactor x 100.
     pub lbfactor: Option<u32>,
@@ -25,6 +25,26 @@ pub struct WorkerParams {
     pub disablereuse: Option<bool>,
     pub ttl: Option<Duration>,
     pub max: Option<u32>,
+    /// mod_proxy_hcheck: method (by name: `TCP`, `GET`, ...), interval, passes, fails, URI.
+    pub hc_method: Option<String>,
+    pub hc_interval: Option<Duration>,
+    pub hc_passes: Option<u32>,
+    pub hc_fails: Option<u32>,
+    pub hc_uri: Option<String>,
+}
+
+/// mod_proxy_hcheck's method number for a name.
+fn hc_method(name: &str) -> Option<ffi::hcmethod_t> {
+    Some(match name {
+        "TCP" => ffi::TCP,
+        "OPTIONS" => ffi::OPTIONS,
+        "HEAD" => ffi::HEAD,
+        "GET" => ffi::GET,
+        "OPTIONS11" => ffi::OPTIONS11,
+        "HEAD11" => ffi::HEAD11,
+        "GET11" => ffi::GET11,
+        _ => return None,
+    })
 }
 
 type DefineWorker = unsafe extern "C" fn(
@@ -229,6 +249,27 @@ unsafe fn apply(worker: *mut ffi::proxy_worker, conf: ProxyConf, params: &Worker
         }
         if let Some(max) = params.max {
             s.hmax = max.min(c_int::MAX as u32) as c_int;
+        }
+        if let Some(method) = params.hc_method.as_deref().and_then(hc_method) {
+            s.method = method;
+        }
+        if let Some(interval) = params.hc_interval {
+            s.interval = us(interval);
+        }
+        if let Some(passes) = params.hc_passes {
+            s.passes = passes.min(c_int::MAX as u32) as c_int;
+        }
+        if let Some(fails) = params.hc_fails {
+            s.fails = fails.min(c_int::MAX as u32) as c_int;
+        }
+        if let Some(uri) = &params.hc_uri {
+            // Checked to fit (under 64 bytes) by the directive; cut anyway, NUL-terminated.
+            let bytes = uri.as_bytes();
+            let n = bytes.len().min(s.hcuri.len() - 1);
+            for (to, &from) in s.hcuri.iter_mut().zip(&bytes[..n]) {
+                *to = from as c_char;
+            }
+            s.hcuri[n] = 0;
         }
     }
 }
