@@ -37,6 +37,14 @@ LBRS_TEST_PACKAGES=(
     jq # scripts/lbrs-maintenance.sh reads the status page's JSON (tests/guide_runbook.rs)
     prometheus # tests/prometheus.rs: promtool checks the metrics and monitoring/'s rules, and a real server scrapes Apache (its service is not started: policy-rc.d below)
     chromium # tests/status_page_browser.rs loads the status page in headless Chromium (DevTools over a pipe)
+    podman # tests/container.rs builds the Dockerfile's image and runs it (a private store, in the test's namespaces)
+    runc   # the runtime it runs containers with (crun refuses hybrid cgroup hierarchies)
+    uidmap # newuidmap/newgidmap, which podman expects beside it
+    netavark # the compose network of tests/container.rs (a bridge inside the test's namespace)
+    aardvark-dns # that network's DNS: the balancer finds the app containers by service name
+    iptables # netavark's port forwarding, inside the test's namespace only
+    mmdebstrap # the test's debian:bookworm-slim stand-in (no registry to pull it from)
+    podman-compose # runs docker/compose.yaml in tests/container.rs
 )
 LBRS_MIN_RUST_MINOR=88
 
