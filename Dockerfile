@@ -11,6 +11,14 @@
 # same scripts outside Docker (the package build, its installation and configuration, the
 # entrypoint and the health check); docs/install.md says what that covers and what it cannot.
 #
+# With a package built already (scripts/build-deb.sh), the build stage can be replaced by a
+# named build context of the same name, laid out by docker/build-context.sh; nothing is
+# compiled and no Rust image is pulled. tests/container.rs builds the image this way with
+# podman, then runs it:
+#   docker/build-context.sh /tmp/lbrs-build
+#   podman build --format docker --build-context build=/tmp/lbrs-build -t mod-lbmethod-rs .
+#   docker buildx build --build-context build=/tmp/lbrs-build -t mod-lbmethod-rs .
+#
 # The site is httpd-conf/example.conf with its members pointed at five small demo backends
 # that the same apache2 serves on 127.0.0.1:8081-8085. For real use, mount your own site over
 # /etc/apache2/sites-available/lbmethod-rs-example.conf with your servers as members.
@@ -27,7 +35,8 @@ RUN scripts/build-deb.sh
 
 FROM debian:bookworm-slim
 # apache2 and the package, then the image's Apache configuration. The build stage's tree is
-# mounted for this step only, so none of it stays in the image.
+# mounted for this step only, so none of it stays in the image. The step finds the package in
+# /src/target/debian/, where scripts/build-deb.sh (or docker/build-context.sh) left it.
 RUN --mount=type=bind,from=build,source=/src,target=/src /src/docker/setup-image.sh --image
 COPY docker/entrypoint.sh /usr/local/bin/apache2-foreground
 COPY docker/healthcheck.sh /usr/local/bin/apache2-healthcheck
