@@ -423,9 +423,6 @@ fn build_image(podman: &Podman, deb: &Path) {
                 "build",
                 "--pull=never",
                 "--network=host",
-                // apt and apache2ctl under podman's default limit of a million files are slow.
-                "--ulimit=nofile=1024:1024",
-                "--ulimit=nproc=1024:1024",
                 // HEALTHCHECK, STOPSIGNAL: Docker's image format keeps them (OCI's drops the first).
                 "--format=docker",
             ])
