@@ -545,3 +545,48 @@ fn mod_proxy_hcheck_checks_members_added_at_run_time() {
     instances.running[&3].set_healthy(true);
     assert!(wait_for(Duration::from_secs(6), || state().is_ok_and(|s| s == "ok")));
 }
+
+#[test]
+fn the_guides_recipe_follows_the_name_and_logs_each_change() {
+    let mut instances = Instances::new(Duration::ZERO);
+    for last in [2, 3] {
+        instances.start(last);
+    }
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &hosts("app.internal", &[2]));
+    let recipe = lbrs_harness::Recipe::load("docs/containers-and-autoscaling.md", "discover-basic").fill(&[
+        ("app.internal:8080", &format!("app.internal:{}", instances.port)),
+        ("ttl-max=10s", &format!("ttl-max=10s resolver={}", dns.addr())),
+        // A ramp the test can wait out: byinflight sends nothing to a member at a tenth of its
+        // weight while requests come one at a time.
+        ("LBSlowStart 30s", "LBSlowStart 1s"),
+    ]);
+    let config = ApacheConfig::new(&recipe.text).log_level("warn lbmethod_rs:notice");
+    let apache = Apache::start(config).expect("apache2 with the recipe");
+    assert_eq!(shares(apache.addr(), 4, &[]).get("app2"), Some(&4));
+    set_hosts(&dns, &hosts("app.internal", &[2, 3]));
+    assert!(wait_for(Duration::from_secs(TTL + 4), || shares(apache.addr(), 8, &[]).contains_key("app3")));
+    set_hosts(&dns, &hosts("app.internal", &[3]));
+    let removed = wait_for(Duration::from_secs(TTL + 4), || apache.error_log().contains("removed (disabled"));
+    assert!(removed, "{:?}\n{}", apache.status().map(|s| s["balancers"][0].clone()), apache.error_log());
+    let log = apache.error_log();
+    assert!(log.contains(&format!("member http://127.0.0.3:{} added", instances.port)), "{log}");
+    assert!(log.contains("is gone from the answer: draining"), "{log}");
+}
+
+#[test]
+fn a_long_answer_comes_over_tcp_and_every_address_is_a_member() {
+    let port = 9; // nothing listens: only the list of members is looked at
+    let many: Vec<(String, String)> =
+        (10..70).map(|last| ("big.test".to_string(), format!("127.0.0.{last}"))).collect();
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &many);
+    let discover = format!("http://big.test:{port} resolver={} slots=8", dns.addr());
+    let apache = apache(&discover, "lbmethod=byinflight", "", Mpm::Event);
+    let members = status_members(&apache);
+    // 60 A records do not fit in 512 bytes of UDP: the answer came over TCP, whole.
+    assert_eq!(members.len(), 60, "{members:?}");
+    let status = apache.status().expect("status");
+    assert_eq!(status["balancers"][0]["discovery"][0]["answer"], 60);
+    assert_eq!(status["balancers"][0]["discovery"][0]["free_slots"], 8);
+}

@@ -1,7 +1,7 @@
 //! The source tree's layers import only downward (docs/architecture.md):
 //!
 //! ```text
-//!     ffi  <-  httpd  <-  apache  ->  config, methods, shm, status
+//!     ffi  <-  httpd  <-  apache  ->  config, discover, methods, shm, status
 //! ```
 //!
 //! `ffi` imports nothing of the crate; `httpd` (the safe wrappers) only `ffi`; `apache` (the
