@@ -172,6 +172,12 @@ impl Backend {
     }
 
     /// Forgets the counts so far (the most-in-flight mark restarts from the current count).
+    /// A reader of the requests received so far, usable from another thread.
+    pub fn counter(&self) -> impl Fn() -> u64 + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.requests.load(Ordering::Relaxed)
+    }
+
     pub fn reset_stats(&self) {
         self.shared.requests.store(0, Ordering::SeqCst);
         self.shared.errors.store(0, Ordering::SeqCst);

@@ -246,6 +246,12 @@ impl Load {
         }
     }
 
+    /// The per-request timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Load {
+        self.timeout = timeout;
+        self
+    }
+
     pub fn deadline(mut self, deadline: Duration) -> Load {
         self.deadline = deadline;
         self

@@ -21,7 +21,9 @@
 //!   `proxy_next_upstream`;
 //! - `burst` (burst.rs): three times more clients than places, members that answer 503 when
 //!   full: `LBQueue` against refusing at once, httpd's balancer `timeout=`, and HAProxy's
-//!   `maxconn` + `timeout queue`.
+//!   `maxconn` + `timeout queue`;
+//! - `scale` (scale.rs): members from DNS through scale out, scale in, a replacement and a DNS
+//!   outage: `LBDiscover` against HAProxy's `server-template` with `resolvers`.
 //!
 //! What they share (options, Ctrl-C, loads, the servers and backends) is in common.rs; slicing a
 //! run by time (per-second shares, windows) is in windows.rs. In every scenario each run starts
@@ -46,6 +48,7 @@ mod failing;
 mod hash;
 mod hash_load;
 mod recover;
+mod scale;
 mod shares;
 mod slow;
 mod steady;
@@ -82,6 +85,9 @@ End-to-end comparisons through the real apache2 (build the module first: cargo b
                     giving up after 1 s: success, p99 before, requests sent to it;
                     burst: 48 clients on 4 members of 4 slots that answer 503 when full:
                     LBQueue against refusing, httpd's timeout=, HAProxy maxconn + queue;
+                    scale: members from DNS (dnsmasq) through scale out, scale in, a
+                    replacement and a 30 s DNS outage: LBDiscover against HAProxy's
+                    server-template + resolvers: failed requests, time to follow;
                     all: every scenario (default); several: a comma-separated list
   --requests N      requests per measured run (default 30000 for shares, 20000 for slow,
                     hash and hash-load, 60000 for steady); a run also stops after 30 s;
@@ -108,10 +114,11 @@ pub enum Scenario {
     BadUrl,
     Pinned,
     Burst,
+    Scale,
 }
 
 /// `--scenario all`, in the order they run.
-const ALL: [Scenario; 11] = [
+const ALL: [Scenario; 12] = [
     Scenario::Shares,
     Scenario::Slow,
     Scenario::Hash,
@@ -123,6 +130,7 @@ const ALL: [Scenario; 11] = [
     Scenario::BadUrl,
     Scenario::Pinned,
     Scenario::Burst,
+    Scenario::Scale,
 ];
 
 /// The options, or `None` when help was asked for.
@@ -169,6 +177,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                         "bad-url" => vec![Scenario::BadUrl],
                         "pinned" => vec![Scenario::Pinned],
                         "burst" => vec![Scenario::Burst],
+                        "scale" => vec![Scenario::Scale],
                         "all" => ALL.to_vec(),
                         _ => return Err(invalid()),
                     });
@@ -206,6 +215,7 @@ fn run(options: &Options) -> Result<(), String> {
             Scenario::BadUrl => failing::run_bad_url(options)?,
             Scenario::Pinned => failing::run_pinned(options)?,
             Scenario::Burst => burst::run(options)?,
+            Scenario::Scale => scale::run(options)?,
         }
     }
     Ok(())
