@@ -448,6 +448,12 @@ fn scopeguard(pid: u32) -> impl Drop {
 
 #[test]
 fn a_graceful_restart_keeps_the_members_also_when_the_name_does_not_resolve() {
+    for mpm in [Mpm::Event, Mpm::Prefork] {
+        graceful_restart_keeps_the_members(mpm);
+    }
+}
+
+fn graceful_restart_keeps_the_members(mpm: Mpm) {
     let mut instances = Instances::new(Duration::ZERO);
     for last in [2, 3, 4] {
         instances.start(last);
@@ -455,7 +461,7 @@ fn a_graceful_restart_keeps_the_members_also_when_the_name_does_not_resolve() {
     let mut dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
     set_hosts(&dns, &hosts("app.test", &[2]));
     let discover = format!("http://app.test:{} resolver={} startup=refuse", instances.port, dns.addr());
-    let mut apache = apache(&discover, "lbmethod=byinflight", "", Mpm::Event);
+    let mut apache = apache(&discover, "lbmethod=byinflight", "", mpm);
     // .3 arrives at run time, in a growth slot.
     set_hosts(&dns, &hosts("app.test", &[2, 3]));
     assert!(wait_for(Duration::from_secs(TTL + 3), || shares(apache.addr(), 4, &[]).contains_key("app3")));
