@@ -158,6 +158,15 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
             &["LBDiscover", "written twice"],
         ),
         ("", "<Location \"/\">\n    LBDiscover http://app.internal\n</Location>", &["LBDiscover", "\"/\""]),
+        (
+            "    LBDiscover http://app.internal",
+            "<VirtualHost 127.0.0.1:1>\n    ProxyPass \"/x\" \"balancer://app/\"\n</VirtualHost>",
+            &[
+                "LBDiscover in <Proxy \"balancer://app\">",
+                "has a copy of this balancer",
+                "BalancerInherit Off",
+            ],
+        ),
         // Misplaced: in other sections, or at the top of a virtual host.
         ("", "<Directory \"/tmp\">\n    LBSlowStart 5s\n</Directory>", &["LBSlowStart", "\"/tmp/\""]),
         (

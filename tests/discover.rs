@@ -305,7 +305,9 @@ fn srv_weights_are_the_shares_and_priorities_the_tiers_and_changes_are_followed(
     thread::sleep(Duration::from_millis(300));
     let seen = shares(apache.addr(), 400, &[]);
     println!("weights 3:1: {seen:?}");
-    assert_eq!((seen.get("app2"), seen.get("app3"), seen.get("app4")), (Some(&300), Some(&100), None));
+    // Exact over whole cycles; the change of tables in each process may cut one cycle short.
+    let near = |name: &str, want: usize| seen.get(name).is_some_and(|&n| n.abs_diff(want) <= 2);
+    assert!(near("app2", 300) && near("app3", 100) && !seen.contains_key("app4"), "{seen:?}");
 
     // The first tier's targets go: the standby tier serves.
     dns.restart_with(&[srv("a4.test", port, 1, 5)]).expect("dnsmasq with the standby alone");
@@ -353,8 +355,20 @@ fn byhash_keys_of_members_that_stay_do_not_move() {
         serves_within(&instances, 5, Duration::from_secs(TTL + 3)).is_some()
             || wait_for(Duration::from_secs(3), || map(&apache).iter().any(|b| b == "app5"))
     );
-    thread::sleep(Duration::from_millis(300));
-    let after = map(&apache);
+    // Each process builds its new table in the background: wait until the answers settle.
+    let settled = |apache: &Apache| {
+        let mut last = map(apache);
+        for _ in 0..20 {
+            thread::sleep(Duration::from_millis(200));
+            let now = map(apache);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    };
+    let after = settled(&apache);
     let moved: Vec<usize> = (0..keys.len()).filter(|&i| after[i] != before[i]).collect();
     let between: Vec<usize> = moved.iter().copied().filter(|&i| after[i] != "app5").collect();
     println!(
@@ -375,7 +389,7 @@ fn byhash_keys_of_members_that_stay_do_not_move() {
     // Scale in: the keys of the members that stay do not move.
     set_hosts(&dns, &hosts("app.test", &[2, 4, 5]));
     assert!(wait_for(Duration::from_secs(TTL + 4), || !map(&apache).iter().any(|b| b == "app3")));
-    let last = map(&apache);
+    let last = settled(&apache);
     for i in 0..keys.len() {
         if after[i] != "app3" {
             assert_eq!(last[i], after[i], "key {} moved from a member that stayed", keys[i]);
@@ -595,4 +609,129 @@ fn a_long_answer_comes_over_tcp_and_every_address_is_a_member() {
     let status = apache.status().expect("status");
     assert_eq!(status["balancers"][0]["discovery"][0]["answer"], 60);
     assert_eq!(status["balancers"][0]["discovery"][0]["free_slots"], 8);
+}
+
+#[test]
+fn members_on_the_schemes_default_port_are_followed() {
+    // Port 80 on 127.0.0.x: in a network namespace of the test's own, where nothing else
+    // listens.
+    let ns = lbrs_harness::netns::Netns::create(&lbrs_harness::netns::name("disc", "a")).expect("netns");
+    let outcome = ns.run(|| {
+        let _two = Backend::start_on("127.0.0.2:80".parse().expect("addr"), BackendSpec::new("app2"))
+            .expect("backend");
+        let _three = Backend::start_on("127.0.0.3:80".parse().expect("addr"), BackendSpec::new("app3"))
+            .expect("backend");
+        let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+        set_hosts(&dns, &hosts("app.test", &[2]));
+        let apache = apache(
+            &format!("http://app.test resolver={}", dns.addr()),
+            "lbmethod=byinflight",
+            "",
+            Mpm::Event,
+        );
+        thread::sleep(Duration::from_secs(TTL + 1));
+        let names: Vec<String> =
+            status_members(&apache).iter().map(|m| m["name"].as_str().unwrap_or("").to_string()).collect();
+        // httpd names the member without the default port; the name's member is that one.
+        assert_eq!(names, vec!["http://127.0.0.2".to_string()], "one member, named as httpd names it");
+        set_hosts(&dns, &hosts("app.test", &[3]));
+        assert!(
+            wait_for(Duration::from_secs(TTL + 3), || {
+                let seen = shares(apache.addr(), 6, &[]);
+                seen.get("app3") == Some(&6)
+            }),
+            "127.0.0.2 left the name but still serves"
+        );
+    });
+    outcome.expect("the test in its namespace");
+}
+
+#[test]
+fn two_names_that_share_an_address_share_one_member() {
+    let mut instances = Instances::new(Duration::ZERO);
+    for last in [2, 3, 4] {
+        instances.start(last);
+    }
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    let both = |a: &[u8], b: &[u8]| {
+        let mut entries = hosts("a.test", a);
+        entries.extend(hosts("b.test", b));
+        set_hosts(&dns, &entries);
+    };
+    both(&[2], &[3]);
+    let port = instances.port;
+    let lines = format!(
+        "http://a.test:{port} resolver={0}\n    LBDiscover http://b.test:{port} resolver={0}",
+        dns.addr()
+    );
+    let apache = apache(&lines, "lbmethod=byinflight", "", Mpm::Event);
+    both(&[2, 4], &[3, 4]);
+    let four = format!("http://127.0.0.4:{port}");
+    let count =
+        |apache: &Apache| status_members(apache).iter().filter(|m| m["name"] == four.as_str()).count();
+    assert!(wait_for(Duration::from_secs(TTL + 3), || count(&apache) == 1));
+    thread::sleep(Duration::from_secs(TTL + 1));
+    assert_eq!(count(&apache), 1, "one member for the address both names have");
+    // b.test drops it, a.test keeps it: it serves on.
+    both(&[2, 4], &[3]);
+    thread::sleep(Duration::from_secs(TTL + 2));
+    let member = apache.member_status("balancer://app", &four).expect("member");
+    assert_eq!(member["state"], "ok", "{member}");
+    assert!(shares(apache.addr(), 30, &[]).contains_key("app4"));
+    // Both drop it: drained and removed.
+    both(&[2], &[3]);
+    assert!(wait_for(Duration::from_secs(TTL + 3), || apache
+        .member_status("balancer://app", &four)
+        .is_ok_and(|m| m["state"] == "disabled")));
+}
+
+#[test]
+fn a_name_whose_server_does_not_answer_holds_up_no_other_name() {
+    let mut instances = Instances::new(Duration::ZERO);
+    for last in [2, 3, 4] {
+        instances.start(last);
+    }
+    // A "name server" that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &hosts("app.test", &[2]));
+    let port = instances.port;
+    let lines = format!(
+        "http://dead.test:{port} resolver={} dns-timeout=8s\n    LBDiscover http://app.test:{port} resolver={}",
+        silent.local_addr().expect("addr"),
+        dns.addr()
+    );
+    let apache = apache(&lines, "lbmethod=byinflight", "", Mpm::Prefork);
+    let mut resolvers = std::collections::BTreeSet::new();
+    for (round, lasts) in [&[2u8, 3][..], &[2, 4], &[3, 4], &[2, 3, 4]].into_iter().enumerate() {
+        set_hosts(&dns, &hosts("app.test", lasts));
+        let started = Instant::now();
+        let followed = wait_for(Duration::from_secs(TTL + 3), || {
+            let serving: Vec<u8> = status_members(&apache)
+                .iter()
+                .filter(|m| m["origin"]["standing"] == "serving")
+                .filter_map(|m| m["name"].as_str()?.split("127.0.0.").nth(1)?.split(':').next()?.parse().ok())
+                .collect();
+            let mut serving = serving;
+            serving.sort();
+            serving == lasts
+        });
+        println!("round {round}: {lasts:?} followed after {:?}", started.elapsed());
+        assert!(followed, "round {round}: {lasts:?} not followed while the other name's server is silent");
+        resolvers.extend(resolver_pid(&apache));
+    }
+    let names: Vec<String> =
+        status_members(&apache).iter().map(|m| m["name"].as_str().unwrap_or("").to_string()).collect();
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "duplicate members: {names:?}");
+    assert_eq!(resolvers.len(), 1, "several processes resolved: {resolvers:?}");
+    let log = apache.error_log();
+    let changers: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains(" added") || l.contains("draining") || l.contains("is back"))
+        .filter_map(|l| l.split("[pid ").nth(1)?.split(':').next())
+        .collect();
+    assert_eq!(changers.len(), 1, "several processes changed the balancer: {changers:?}");
 }

@@ -20,7 +20,7 @@
 
 use super::module::Runtime;
 use super::startup::settings_of;
-use crate::config::{Discover, MemberParams};
+use crate::config::{BalancerSettings, Discover, MemberParams};
 use crate::discover::dns::SystemResolver;
 use crate::discover::{self, Change, Found, Known, Standing, Target};
 use crate::httpd::growth::{Flag, Growth, WorkerParams};
@@ -28,8 +28,9 @@ use crate::httpd::log::{Level, log_server};
 use crate::httpd::{Balancer, Pool, Server, Worker, process};
 use crate::shm::discovery::{self as record, DRAINING, Entry, LINES, REMOVED, SERVING};
 use crate::shm::{Segment, attempt, monotonic_us, name_key};
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the startup lookups gave one `LBDiscover` line, from check_config to post_config.
@@ -42,6 +43,8 @@ struct Startup {
     targets: Vec<Target>,
     /// The line's totals in the previous generation's segment.
     before: Option<record::LineTotals>,
+    /// The balancer's `BalancerMember` lines (their URLs).
+    configured: Vec<String>,
 }
 
 static STARTUP: Mutex<Vec<Startup>> = Mutex::new(Vec::new());
@@ -79,43 +82,94 @@ fn params(member: &MemberParams, target: &Target) -> WorkerParams {
     }
 }
 
-/// check_config, in the parent's second pass (and at every restart): looks every name up and
-/// defines its members. `previous`: the segment of the generation before, if any. Errors stop
-/// httpd.
+/// The balancers of every server with `LBDiscover`, with their settings.
+fn discovering(
+    proxy: &crate::httpd::proxy::ProxyApi,
+    main: Server,
+) -> Vec<(Server, Balancer, BalancerSettings)> {
+    proxy
+        .balancers(main)
+        .into_iter()
+        .map(|(server, balancer)| (server, balancer, settings_of(server, balancer)))
+        .filter(|(_, _, settings)| !settings.discover.is_empty())
+        .collect()
+}
+
+/// check_config (`apachectl -t` too): `LBDiscover` where it cannot work.
+pub fn check(main: Server) -> Vec<String> {
+    let Ok(proxy) = crate::httpd::proxy::ProxyApi::find() else { return Vec::new() };
+    let mut errors = Vec::new();
+    for (server, balancer, settings) in discovering(&proxy, main) {
+        let name = balancer.name();
+        if settings.discover.len() > LINES {
+            errors.push(format!("LBDiscover in <Proxy \"{name}\">: at most {LINES} names per balancer"));
+        }
+        if let Some(copy) = copied_into(&proxy, main, server, balancer) {
+            errors.push(format!(
+                "LBDiscover in <Proxy \"{name}\"> of {}: virtual host {copy} has a copy of this balancer \
+                 (BalancerInherit), which would not follow the name; write the <Proxy> section inside the \
+                 virtual host that uses it, or set BalancerInherit Off there",
+                server.label()
+            ));
+        }
+    }
+    errors
+}
+
+/// check_config, in the parent's second pass (and at every restart): looks every name up (all
+/// at once, each within its `dns-timeout`) and defines its members. `previous`: the segment of
+/// the generation before, if any. Errors stop httpd.
 pub fn define_at_startup(main: Server, pconf: Pool, previous: Option<&Segment>) -> Vec<String> {
     let mut startup = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
     startup.clear();
     let Ok(proxy) = crate::httpd::proxy::ProxyApi::find() else { return Vec::new() };
-    let balancers = proxy.balancers(main);
     let mut errors = Vec::new();
+    let discovering = discovering(&proxy, main);
+    let growth = match Growth::find() {
+        Ok(growth) => growth,
+        Err(missing) if !discovering.is_empty() => {
+            return vec![format!("LBDiscover: {missing} (httpd too old?)")];
+        }
+        Err(_) => return errors,
+    };
     let system = system_resolver();
-    for &(server, balancer) in &balancers {
-        let settings = settings_of(server, balancer);
-        if settings.discover.is_empty() {
-            continue;
-        }
+    // Every name at once: a restart waits for the slowest, not for the sum.
+    let lookups: Vec<Vec<Result<Found, String>>> = std::thread::scope(|scope| {
+        let handles: Vec<Vec<_>> = discovering
+            .iter()
+            .map(|(_, _, settings)| {
+                settings
+                    .discover
+                    .iter()
+                    .map(|discover| {
+                        let system = &system;
+                        scope.spawn(move || discover::lookup(discover, system))
+                    })
+                    .collect()
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|lines| {
+                lines.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("lookup failed".into()))).collect()
+            })
+            .collect()
+    });
+    for ((server, balancer, settings), results) in discovering.iter().zip(lookups) {
+        let (server, balancer) = (*server, *balancer);
         let name = balancer.name();
-        if settings.discover.len() > LINES {
-            errors.push(format!("LBDiscover in <Proxy \"{name}\">: at most {LINES} names per balancer"));
-            continue;
-        }
-        let growth = match Growth::find() {
-            Ok(growth) => growth,
-            Err(missing) => {
-                errors.push(format!("LBDiscover in <Proxy \"{name}\">: {missing} (httpd 2.4 too old?)"));
-                continue;
-            }
-        };
         let Some(conf) = proxy.conf(server) else { continue };
         balancer.reserve_growth(settings.discover.iter().map(|d| d.slots).sum());
         let before = previous.and_then(|segment| previous_record(segment, server, balancer));
-        for (line, discover) in settings.discover.iter().enumerate() {
+        // Members written as BalancerMember lines: never taken over by a name.
+        let configured: Vec<String> = balancer.workers().map(|w| w.name()).collect();
+        for ((line, discover), result) in settings.discover.iter().enumerate().zip(results) {
             let key = name_key(discover.source.as_bytes());
             let last = before.as_ref().and_then(|previous| {
                 let index = previous.lines.iter().position(|(k, _)| *k == key)?;
                 Some((previous.lines[index].1, last_answer(&previous.entries, index)))
             });
-            let (found, targets) = match discover::lookup(discover, &system) {
+            let (found, targets) = match result {
                 Ok(found) => {
                     let targets = found.targets.clone();
                     (Some(found), targets)
@@ -170,10 +224,37 @@ pub fn define_at_startup(main: Server, pconf: Pool, previous: Option<&Segment>) 
                 found,
                 targets,
                 before: last.map(|(totals, _)| totals),
+                configured: configured.clone(),
             });
         }
     }
     errors
+}
+
+/// The virtual host, if any, that has its own copy of `balancer` of `server` (httpd copies the
+/// main server's balancers into every virtual host with mod_proxy settings of its own; the
+/// copies share their members' list but not its shared memory).
+fn copied_into(
+    proxy: &crate::httpd::proxy::ProxyApi,
+    main: Server,
+    server: Server,
+    balancer: Balancer,
+) -> Option<String> {
+    let own = proxy.conf(server)?;
+    main.and_following()
+        .filter(|&other| other != server)
+        .find(|&other| {
+            proxy
+                .conf(other)
+                .is_some_and(|conf| conf != own && conf.balancers().any(|b| b.shares_members_with(balancer)))
+        })
+        .map(|other| other.label())
+}
+
+/// Members written as `BalancerMember` lines in `balancer` (names never take them over).
+fn configured_members(balancer: Balancer) -> Vec<String> {
+    let startup = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
+    startup.iter().find(|s| s.balancer == balancer).map(|s| s.configured.clone()).unwrap_or_default()
 }
 
 /// The previous generation's record of a balancer: each line's key and totals, and the
@@ -250,6 +331,9 @@ pub fn record_startup(segment: &Segment, slot_of: impl Fn(Balancer) -> Option<us
             entry.targets.iter().map(|t| (entry.discover.member_url(t.address, t.port), t)).collect();
         for worker in entry.balancer.workers() {
             let name = worker.name();
+            if entry.configured.iter().any(|c| c.eq_ignore_ascii_case(&name)) {
+                continue;
+            }
             if let Some((_, target)) = urls.iter().find(|(url, _)| url.eq_ignore_ascii_case(&name)) {
                 discovery.push(entry_for(entry.line, SERVING, worker.index(), target));
             }
@@ -306,12 +390,23 @@ struct Resolver {
     balancers: Vec<(Server, Balancer)>,
     growth: Growth,
     pool: Pool,
-    system: SystemResolver,
+    system: Arc<SystemResolver>,
     pid: u32,
-    /// Lines whose failure was logged (logged again once they resolve and fail anew).
-    complained: Vec<(Balancer, usize)>,
-    /// Lines that could not add a member for want of a slot.
-    full: Vec<(Balancer, usize)>,
+    /// Lookups under way, each in a thread of its own (so that a name whose server does not
+    /// answer never holds up another name), and where their answers arrive.
+    pending: Vec<(usize, usize)>,
+    answers: (Sender<Looked>, Receiver<Looked>),
+    /// Lines that could not add a member (no slot, a full record, an address a
+    /// `BalancerMember` has), each logged once.
+    refused: Vec<(Balancer, usize, String)>,
+}
+
+/// A lookup's result: for line `line` of balancer `balancer` (indexes into the resolver's
+/// list and the balancer's lines).
+struct Looked {
+    balancer: usize,
+    line: usize,
+    result: Result<Found, String>,
 }
 
 /// How often the resolver looks at what is due.
@@ -324,10 +419,11 @@ impl Resolver {
             balancers,
             growth: Growth::find()?,
             pool: Pool::for_thread().ok_or("no memory pool")?,
-            system: system_resolver(),
+            system: Arc::new(system_resolver()),
             pid: std::process::id(),
-            complained: Vec::new(),
-            full: Vec::new(),
+            pending: Vec::new(),
+            answers: mpsc::channel(),
+            refused: Vec::new(),
         })
     }
 
@@ -335,59 +431,88 @@ impl Resolver {
     fn run(mut self) {
         let segment = *self.runtime.generation.segment();
         let header = segment.header();
-        let epoch = self.runtime.epoch;
         loop {
-            if header.generation.load(Ordering::Acquire) != epoch {
+            if header.generation.load(Ordering::Acquire) != self.runtime.epoch {
                 return;
             }
-            if record::hold_lease(header, self.pid, epoch, monotonic_s(), process::gone) {
-                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&segment)));
-                if step.is_err() {
-                    log_server!(
-                        self.runtime.main_server,
-                        Level::Err,
-                        "LBDiscover: the resolver failed; trying again in 10s"
-                    );
-                    std::thread::sleep(Duration::from_secs(10));
-                }
+            let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.tick(&segment)));
+            if tick.is_err() {
+                log_server!(
+                    self.runtime.main_server,
+                    Level::Err,
+                    "LBDiscover: the resolver failed; trying again in 10s"
+                );
+                std::thread::sleep(Duration::from_secs(10));
             }
             std::thread::sleep(TICK);
         }
     }
 
-    fn step(&mut self, segment: &Segment) {
+    /// Takes or renews the lease: false when another process resolves. Called before acting on
+    /// anything, so that a process that was stopped while another took over never acts.
+    fn renew(&self, segment: &Segment) -> bool {
+        let header = segment.header();
+        header.generation.load(Ordering::Acquire) == self.runtime.epoch
+            && record::hold_lease(header, self.pid, self.runtime.epoch, monotonic_s(), process::gone)
+    }
+
+    /// One look: the answers that came in are followed, due lookups are started, and draining
+    /// members with nothing in flight are disabled.
+    fn tick(&mut self, segment: &Segment) {
+        let arrived: Vec<Looked> = self.answers.1.try_iter().collect();
+        for looked in &arrived {
+            self.pending.retain(|&p| p != (looked.balancer, looked.line));
+        }
+        if !self.renew(segment) {
+            return;
+        }
+        for looked in arrived {
+            self.follow(segment, looked);
+        }
         for i in 0..self.balancers.len() {
             let (server, balancer) = self.balancers[i];
             let Some(slot) = self.runtime.generation.balancer(balancer.id()) else { continue };
             let Some(discovery) = segment.discovery(slot.shared) else { continue };
-            // This process's copy of the members, with those another resolver added.
-            let workers = self.runtime.proxy.current_workers(balancer, server);
             for (line, discover) in slot.settings.discover.iter().enumerate() {
                 let Some(shared) = discovery.lines.get(line) else { continue };
-                if monotonic_s() >= shared.next_s.load(Ordering::Relaxed) {
-                    self.look_up(server, balancer, line, discover, &workers, segment, slot.shared);
+                if monotonic_s() >= shared.next_s.load(Ordering::Relaxed)
+                    && !self.pending.contains(&(i, line))
+                {
+                    self.start_lookup(i, line, discover.clone());
                 }
+                // This process's copy of the members, with those another resolver added.
+                let workers = self.runtime.proxy.current_workers(balancer, server);
                 self.finish_drains(balancer, line, discover, &workers, segment, slot.shared);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn look_up(
-        &mut self,
-        server: Server,
-        balancer: Balancer,
-        line: usize,
-        discover: &Discover,
-        workers: &[Worker],
-        segment: &Segment,
-        slot: &crate::shm::BalancerSlot,
-    ) {
+    fn start_lookup(&mut self, balancer: usize, line: usize, discover: Discover) {
+        let (answers, system) = (self.answers.0.clone(), Arc::clone(&self.system));
+        let started = process::spawn_quiet(
+            "lbrs-dns",
+            Box::new(move || {
+                let result = discover::lookup(&discover, &system);
+                let _ = answers.send(Looked { balancer, line, result });
+            }),
+        );
+        if started {
+            self.pending.push((balancer, line));
+        }
+    }
+
+    /// Follows one lookup's result.
+    fn follow(&mut self, segment: &Segment, looked: Looked) {
+        let Some(&(server, balancer)) = self.balancers.get(looked.balancer) else { return };
+        let Some(slot) = self.runtime.generation.balancer(balancer.id()) else { return };
+        let Some(discover) = slot.settings.discover.get(looked.line) else { return };
+        let line = looked.line;
+        let slot = slot.shared;
         let Some(discovery) = segment.discovery(slot) else { return };
         let shared = &discovery.lines[line];
-        shared.lookups.fetch_add(1, Ordering::Relaxed);
         let name = balancer.name();
-        let found = match discover::lookup(discover, &self.system) {
+        shared.lookups.fetch_add(1, Ordering::Relaxed);
+        let found = match looked.result {
             Ok(found) => found,
             Err(why) => {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
@@ -395,8 +520,8 @@ impl Resolver {
                 shared.set_error(&why);
                 let next = discover::retry_after(discover, failing);
                 shared.next_s.store(monotonic_s() + next.as_secs(), Ordering::Relaxed);
-                if !self.complained.contains(&(balancer, line)) {
-                    self.complained.push((balancer, line));
+                // Once per outage, whichever process resolves.
+                if failing == 0 {
                     log_server!(
                         server,
                         Level::Warning,
@@ -409,8 +534,7 @@ impl Resolver {
                 return;
             }
         };
-        if let Some(i) = self.complained.iter().position(|c| *c == (balancer, line)) {
-            self.complained.swap_remove(i);
+        if shared.failing.swap(0, Ordering::Relaxed) > 0 {
             log_server!(
                 server,
                 Level::Notice,
@@ -418,16 +542,19 @@ impl Resolver {
                 discover.source
             );
         }
-        shared.failing.store(0, Ordering::Relaxed);
         shared.answer.store(found.targets.len() as u32, Ordering::Relaxed);
         shared.ttl.store(found.ttl, Ordering::Relaxed);
         shared.resolved_s.store(wall_s(), Ordering::Relaxed);
         let next = discover::refresh_after(discover, found.ttl);
         shared.next_s.store(monotonic_s() + next.as_secs(), Ordering::Relaxed);
 
-        let entries: Vec<(usize, Entry)> =
-            discovery.entries().filter(|(_, e)| usize::from(e.line) == line).collect();
-        let known: Vec<Known> = entries
+        // The members as every process has them now (another line or resolver may have added
+        // some since this line last looked).
+        let workers = self.runtime.proxy.current_workers(balancer, server);
+        let entries: Vec<(usize, Entry)> = discovery.entries().collect();
+        let mine: Vec<(usize, Entry)> =
+            entries.iter().copied().filter(|(_, e)| usize::from(e.line) == line).collect();
+        let known: Vec<Known> = mine
             .iter()
             .map(|(_, e)| Known {
                 target: Target { address: e.address, port: e.port, loadfactor: e.loadfactor, lbset: e.lbset },
@@ -438,35 +565,64 @@ impl Resolver {
                 },
             })
             .collect();
-        let mut touched = false;
+        // Whether another line still has worker `index` serving (then this line leaves it be).
+        let served_elsewhere = |index: u32| {
+            entries
+                .iter()
+                .any(|(_, e)| usize::from(e.line) != line && e.worker == index && e.standing == SERVING)
+        };
+        let configured = configured_members(balancer);
         let slow_start =
             self.runtime.generation.balancer(balancer.id()).is_some_and(|b| b.settings.slow_start.is_some());
+        let mut touched = false;
         for change in discover::changes(&known, &found.targets) {
             match change {
                 Change::Add(target) => {
                     let url = discover.member_url(target.address, target.port);
+                    if configured.iter().any(|c| c.eq_ignore_ascii_case(&url)) {
+                        self.refuse_once(
+                            server,
+                            balancer,
+                            line,
+                            discover,
+                            &url,
+                            "a BalancerMember line has this URL: it is left as written",
+                        );
+                        continue;
+                    }
+                    if discovery.known.load(Ordering::Acquire) as usize >= record::MEMBERS {
+                        self.refuse_once(
+                            server,
+                            balancer,
+                            line,
+                            discover,
+                            &url,
+                            "the balancer's record of discovered members is full (512)",
+                        );
+                        continue;
+                    }
                     let adopted = workers.iter().find(|w| w.name().eq_ignore_ascii_case(&url)).copied();
                     let added = match adopted {
                         Some(worker) => {
                             worker.set_flags(&[], &[Flag::Disabled, Flag::Drain]);
                             worker.set_weight(target.loadfactor, target.lbset);
                             touched = true;
-                            Ok(worker)
+                            Ok(Some(worker))
                         }
-                        None => self.growth.add(
-                            self.pool,
-                            balancer,
-                            server,
-                            match self.runtime.proxy.conf(server) {
-                                Some(conf) => conf,
-                                None => continue,
-                            },
-                            &url,
-                            &params(&discover.member, &target),
-                        ),
+                        None => match self.runtime.proxy.conf(server) {
+                            Some(conf) => self.growth.add(
+                                self.pool,
+                                balancer,
+                                server,
+                                conf,
+                                &url,
+                                &params(&discover.member, &target),
+                            ),
+                            None => continue,
+                        },
                     };
                     match added {
-                        Ok(worker) => {
+                        Ok(Some(worker)) => {
                             ramp_up(slow_start, segment, slot, worker);
                             if discovery.push(entry_for(line, SERVING, worker.index(), &target)).is_some() {
                                 shared.added.fetch_add(1, Ordering::Relaxed);
@@ -478,22 +634,15 @@ impl Resolver {
                                 );
                             }
                         }
-                        Err(why) => {
-                            if !self.full.contains(&(balancer, line)) {
-                                self.full.push((balancer, line));
-                                log_server!(
-                                    server,
-                                    Level::Warning,
-                                    "LBDiscover {} in <Proxy \"{name}\">: cannot add member {url}: {why}; a graceful \
-                                     restart gives back the slots of removed members (slots= keeps more free)",
-                                    discover.source
-                                );
-                            }
-                        }
+                        // In shared memory already, not yet here: adopted at the next look.
+                        Ok(None) => shared.next_s.store(monotonic_s(), Ordering::Relaxed),
+                        Err(why) => self.refuse_once(server, balancer, line, discover, &url, &format!(
+                            "{why}; a graceful restart gives back the slots of removed members (slots= keeps more free)"
+                        )),
                     }
                 }
                 Change::Return(i, target) => {
-                    let (index, entry) = entries[i];
+                    let (index, entry) = mine[i];
                     if let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) {
                         worker.set_weight(target.loadfactor, target.lbset);
                         worker.set_flags(&[], &[Flag::Disabled, Flag::Drain]);
@@ -511,7 +660,7 @@ impl Resolver {
                     }
                 }
                 Change::Reweigh(i, target) => {
-                    let (index, entry) = entries[i];
+                    let (index, entry) = mine[i];
                     if let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) {
                         worker.set_weight(target.loadfactor, target.lbset);
                         touched = true;
@@ -528,7 +677,12 @@ impl Resolver {
                     }
                 }
                 Change::Drain(i) => {
-                    let (index, entry) = entries[i];
+                    let (index, entry) = mine[i];
+                    if served_elsewhere(entry.worker) {
+                        // Another name still has it: this line lets go of it, nothing more.
+                        discovery.set(index, Entry { standing: REMOVED, ..entry });
+                        continue;
+                    }
                     if let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) {
                         worker.set_flags(&[Flag::Drain], &[]);
                         discovery.set(index, Entry { standing: DRAINING, ..entry });
@@ -547,10 +701,34 @@ impl Resolver {
         if touched {
             balancer.touch();
         }
-        self.full.retain(|f| *f != (balancer, line));
     }
 
-    /// Draining members with nothing in flight any more are disabled.
+    /// Logs once per line and URL why an address was not added.
+    fn refuse_once(
+        &mut self,
+        server: Server,
+        balancer: Balancer,
+        line: usize,
+        discover: &Discover,
+        url: &str,
+        why: &str,
+    ) {
+        let key = (balancer, line, url.to_string());
+        if self.refused.contains(&key) {
+            return;
+        }
+        self.refused.push(key);
+        log_server!(
+            server,
+            Level::Warning,
+            "LBDiscover {} in <Proxy \"{}\">: cannot add member {url}: {why}",
+            discover.source,
+            balancer.name()
+        );
+    }
+
+    /// Draining members with nothing in flight any more are disabled (unless another name
+    /// serves them again).
     fn finish_drains(
         &self,
         balancer: Balancer,
@@ -561,19 +739,26 @@ impl Resolver {
         slot: &crate::shm::BalancerSlot,
     ) {
         let Some(discovery) = segment.discovery(slot) else { return };
-        for (index, entry) in discovery.entries() {
+        let entries: Vec<(usize, Entry)> = discovery.entries().collect();
+        for &(index, entry) in &entries {
             if usize::from(entry.line) != line || entry.standing != DRAINING {
                 continue;
             }
+            let served_elsewhere = entries.iter().any(|(_, e)| {
+                usize::from(e.line) != line && e.worker == entry.worker && e.standing == SERVING
+            });
             let inflight = segment
                 .member_index(slot, entry.worker as usize)
                 .map_or(0, |m| attempt::inflight(segment, m));
-            if inflight > 0 {
+            if inflight > 0 && !served_elsewhere {
                 continue;
             }
             let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) else { continue };
-            worker.set_flags(&[Flag::Disabled], &[Flag::Drain]);
             discovery.set(index, Entry { standing: REMOVED, ..entry });
+            if served_elsewhere {
+                continue;
+            }
+            worker.set_flags(&[Flag::Disabled], &[Flag::Drain]);
             discovery.lines[line].removed.fetch_add(1, Ordering::Relaxed);
             log_server!(
                 self.runtime.main_server,

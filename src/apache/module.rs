@@ -67,6 +67,7 @@ impl Module for LbMethodRs {
     fn check_config(main: Server, pconf: Pool) -> Vec<String> {
         let mut errors = startup::check_settings(main);
         errors.extend(startup::check_magic_number().err());
+        errors.extend(discovery::check(main));
         // Members from DNS are defined in the pass that starts httpd, not in `apachectl -t`
         // (which asks no name server) nor in the first pass, which httpd throws away.
         if errors.is_empty() && !crate::httpd::server::is_first_pass() {

@@ -95,11 +95,16 @@ const SCHEMES: [(&str, u16); 10] = [
 ];
 
 impl Discover {
-    /// The member URL for an address and port.
+    /// The member URL for an address and port, written as httpd writes a member's name: without
+    /// the port when it is the scheme's default (`ap_proxy_port_of_scheme`).
     pub fn member_url(&self, address: IpAddr, port: u16) -> String {
+        let port = match httpd_default_port(&self.scheme) {
+            Some(default) if default == port => String::new(),
+            _ => format!(":{port}"),
+        };
         match address {
-            IpAddr::V4(v4) => format!("{}://{v4}:{port}{}", self.scheme, self.path),
-            IpAddr::V6(v6) => format!("{}://[{v6}]:{port}{}", self.scheme, self.path),
+            IpAddr::V4(v4) => format!("{}://{v4}{port}{}", self.scheme, self.path),
+            IpAddr::V6(v6) => format!("{}://[{v6}]{port}{}", self.scheme, self.path),
         }
     }
 
@@ -110,6 +115,12 @@ impl Discover {
             Name::Srv { name } => name,
         }
     }
+}
+
+/// The port httpd leaves out of a member's name for `scheme` (APR's table, then mod_proxy's;
+/// uwsgi is in neither).
+fn httpd_default_port(scheme: &str) -> Option<u16> {
+    SCHEMES.iter().find(|(known, _)| *known == scheme && scheme != "uwsgi").map(|&(_, port)| port)
 }
 
 /// Parses `LBDiscover`'s arguments; the error names the bad one and says what was expected.
@@ -349,7 +360,12 @@ mod tests {
         assert_eq!(d.member.loadfactor, Some(250));
         assert_eq!(d.member.retry, Some(Duration::ZERO));
         assert_eq!(d.member_url("127.0.0.2".parse().unwrap(), 8080), "http://127.0.0.2:8080/shop");
-        assert_eq!(d.member_url("::1".parse().unwrap(), 80), "http://[::1]:80/shop");
+        assert_eq!(d.member_url("::1".parse().unwrap(), 80), "http://[::1]/shop");
+        assert_eq!(d.member_url("::1".parse().unwrap(), 443), "http://[::1]:443/shop");
+        let https = parse(&["https://app"]).unwrap();
+        assert_eq!(https.member_url("127.0.0.2".parse().unwrap(), 443), "https://127.0.0.2");
+        let uwsgi = parse(&["uwsgi://app"]).unwrap();
+        assert_eq!(uwsgi.member_url("127.0.0.2".parse().unwrap(), 3031), "uwsgi://127.0.0.2:3031");
 
         let srv = parse(&["srv+https://_app._tcp.service.consul", "resolver=[::1]"]).unwrap();
         assert_eq!(srv.scheme, "https");

@@ -45,8 +45,12 @@ pub fn lookup(discover: &Discover, system: &SystemResolver) -> Result<Found, Str
         None => (system.servers.clone(), system.candidates(discover.asked())),
     };
     let mut last_error = String::from("no name server to ask");
-    for server in &servers {
-        match lookup_at(discover, *server, &names, deadline) {
+    for (i, server) in servers.iter().enumerate() {
+        // Each server gets an equal share of the time left: a silent first server does not
+        // use up the time of the others.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let own = Instant::now() + left / (servers.len() - i) as u32;
+        match lookup_at(discover, *server, &names, own) {
             Ok(Some(found)) => return Ok(found),
             Ok(None) => {
                 last_error = format!("{server} knows no address for {}", names.join(" or "));
@@ -166,22 +170,38 @@ fn srv(
     priorities.sort_unstable();
     priorities.dedup();
     let mut targets = Vec::new();
-    for (priority, weight, port, target) in records {
+    let mut failure = None;
+    for (k, &(priority, weight, port, target)) in records.iter().enumerate() {
         let given = given_addresses(&response.additional, target, family);
         let (addresses, target_ttl) = if given.0.is_empty() {
-            match addresses(server, target, family, deadline)? {
-                Some(found) => found,
-                None => continue,
+            // Each target asked gets a share of the time left; one that fails is left out.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let own = Instant::now() + left / (records.len() - k) as u32;
+            match addresses(server, target, family, own) {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(error) => {
+                    failure.get_or_insert(error);
+                    continue;
+                }
             }
         } else {
             given
         };
         ttl = ttl.min(target_ttl);
         let lbset = priorities.iter().position(|&p| p == priority).unwrap_or(0).min(99) as i32;
-        let loadfactor = u32::from(weight).clamp(1, 100) * 100;
+        // Weights are relative within a priority: a tier whose heaviest weight is above 100
+        // (httpd's largest loadfactor) is scaled down, keeping the proportions.
+        let heaviest = records.iter().filter(|r| r.0 == priority).map(|r| u32::from(r.1)).max().unwrap_or(1);
+        let weight = u32::from(weight);
+        let scaled = if heaviest > 100 { (weight * 100 + heaviest / 2) / heaviest } else { weight };
+        let loadfactor = scaled.clamp(1, 100) * 100;
         targets.extend(addresses.into_iter().map(|address| Target { address, port, loadfactor, lbset }));
     }
-    Ok((!targets.is_empty()).then_some((targets, ttl)))
+    match failure {
+        Some(error) if targets.is_empty() => Err(error),
+        _ => Ok((!targets.is_empty()).then_some((targets, ttl))),
+    }
 }
 
 /// Addresses of `target` that the server sent along in the additional section.

@@ -66,13 +66,20 @@ type InitializeWorker = unsafe extern "C" fn(
     p: *mut ffi::apr_pool_t,
 ) -> ffi::apr_status_t;
 
-/// mod_proxy's functions for defining members.
+/// mod_proxy's functions for defining members, and its global mutex.
 #[derive(Clone, Copy)]
 pub struct Growth {
     define: DefineWorker,
     share: ShareWorker,
     initialize: InitializeWorker,
+    /// `proxy_mutex`: held by `ap_proxy_sync_balancer` (and mod_proxy_hcheck's watchdog through
+    /// it) around its push onto a balancer's member array.
+    proxy_mutex: Option<*mut *mut ffi::apr_global_mutex_t>,
 }
+
+// SAFETY: function pointers, and the address of mod_proxy's global, the same for every thread.
+unsafe impl Send for Growth {}
+unsafe impl Sync for Growth {}
 
 fn symbol(name: &CStr) -> Option<*mut c_void> {
     // SAFETY: a lookup in the process's global namespace (mod_proxy.so exports these).
@@ -87,12 +94,15 @@ impl Growth {
         let share = symbol(c"ap_proxy_share_worker").ok_or("mod_proxy has no ap_proxy_share_worker")?;
         let initialize =
             symbol(c"ap_proxy_initialize_worker").ok_or("mod_proxy has no ap_proxy_initialize_worker")?;
-        // SAFETY: the signatures are mod_proxy.h's, the same in every httpd 2.4 release.
+        let proxy_mutex = symbol(c"proxy_mutex").map(|p| p.cast::<*mut ffi::apr_global_mutex_t>());
+        // SAFETY: the signatures are mod_proxy.h's, the same in every httpd 2.4 release;
+        // `proxy_mutex` is mod_proxy's `apr_global_mutex_t *`.
         unsafe {
             Ok(Growth {
                 define: std::mem::transmute::<*mut c_void, DefineWorker>(define),
                 share: std::mem::transmute::<*mut c_void, ShareWorker>(share),
                 initialize: std::mem::transmute::<*mut c_void, InitializeWorker>(initialize),
+                proxy_mutex,
             })
         }
     }
@@ -118,6 +128,10 @@ impl Growth {
     /// balancer-manager does, under the balancer's thread lock and its global (cross-process)
     /// lock. Every other process picks it up at its next request through the balancer. `pool`
     /// must be used by this thread alone and live as long as the process.
+    ///
+    /// `Ok(None)`: a slot of the shared memory already holds a member with this URL that this
+    /// process does not have (a process stopped or killed while adding it, before it told the
+    /// others): the others are told now, and this process has it after its next sync.
     pub fn add(
         &self,
         pool: Pool,
@@ -126,7 +140,7 @@ impl Growth {
         conf: ProxyConf,
         url: &str,
         params: &WorkerParams,
-    ) -> Result<Worker, String> {
+    ) -> Result<Option<Worker>, String> {
         balancer.with_thread_lock(|| {
             let b = balancer.raw();
             // SAFETY: a live balancer of this process; its global mutex is made by
@@ -139,11 +153,26 @@ impl Growth {
             else {
                 return Err("the balancer's storage cannot grow".to_string());
             };
+            if slots.is_null() {
+                return Err("the balancer has no shared storage".to_string());
+            }
+            // SAFETY: the live instance and its records, read under the global lock that
+            // every writer of them holds.
+            if unsafe { shared_record_named(storage, slots, url) } {
+                // SAFETY: a field of the live shared balancer record.
+                unsafe { write_volatile(addr_of_mut!((*(*b).s).wupdated), ffi::apr_time_now()) };
+                return Ok(None);
+            }
             // SAFETY: a live slotmem instance.
-            if slots.is_null() || unsafe { free(slots) } == 0 {
+            if unsafe { free(slots) } == 0 {
                 return Err("no free member slot left (growth)".to_string());
             }
-            let worker = self.define_worker(pool, balancer, conf, url)?;
+            let worker = {
+                // SAFETY: mod_proxy's global mutex, made in its child_init; held only around
+                // the push onto the member array, as ap_proxy_sync_balancer holds it.
+                let _proxy = self.proxy_mutex.and_then(|m| unsafe { GlobalLock::take(*m) });
+                self.define_worker(pool, balancer, conf, url)?
+            };
             // SAFETY: the worker just defined; its record is then copied into the slot.
             unsafe { apply(worker, conf, params) };
             let mut index: c_uint = 0;
@@ -169,7 +198,7 @@ impl Growth {
                 write_volatile(addr_of_mut!((*b).wupdated), now);
                 write_volatile(addr_of_mut!((*(*b).s).wupdated), now);
             }
-            Worker::from_raw(worker).ok_or_else(|| "httpd made no member".to_string())
+            Worker::from_raw(worker).map(Some).ok_or_else(|| "httpd made no member".to_string())
         })
     }
 
@@ -195,6 +224,36 @@ impl Growth {
             return Err("httpd made no member".to_string());
         }
         Ok(worker)
+    }
+}
+
+/// Whether a slot of `slots` holds a member whose URL is `url`.
+///
+/// # Safety
+/// `storage` and `slots` must be a balancer's live member storage.
+unsafe fn shared_record_named(
+    storage: &ffi::ap_slotmem_provider_t,
+    slots: *mut ffi::ap_slotmem_instance_t,
+    url: &str,
+) -> bool {
+    let (Some(count), Some(dptr)) = (storage.num_slots, storage.dptr) else { return false };
+    // SAFETY: per the caller; each record is read field by field.
+    unsafe {
+        (0..count(slots)).any(|i| {
+            let mut record: *mut c_void = std::ptr::null_mut();
+            if dptr(slots, i, &mut record) != ffi::APR_SUCCESS || record.is_null() {
+                return false;
+            }
+            let record = record.cast::<ffi::proxy_worker_shared>();
+            if read_volatile(addr_of!((*record).hash.def)) == 0 {
+                return false;
+            }
+            #[cfg(lbrs_worker_name_ex)]
+            let name = addr_of!((*record).name_ex).cast::<c_char>();
+            #[cfg(not(lbrs_worker_name_ex))]
+            let name = addr_of!((*record).name).cast::<c_char>();
+            CStr::from_ptr(name).to_bytes().eq_ignore_ascii_case(url.as_bytes())
+        })
     }
 }
 
@@ -317,17 +376,14 @@ impl Worker {
     /// (every process sees it), as balancer-manager does.
     pub fn set_flags(self, set: &[Flag], clear: &[Flag]) {
         let s = self.shared_mut();
-        // SAFETY: a field of the live shared record; httpd writes it with plain stores too.
-        unsafe {
-            let mut status = read_volatile(addr_of!((*s).status));
-            for flag in set {
-                status |= flag.bit();
-            }
-            for flag in clear {
-                status &= !flag.bit();
-            }
-            write_volatile(addr_of_mut!((*s).status), status);
-        }
+        // SAFETY: the status word of the live shared record: an aligned unsigned int, changed
+        // here with atomic operations so that no bit another process sets meanwhile (an error,
+        // a health check) is lost. httpd's own plain stores may still race each other.
+        let status = unsafe { std::sync::atomic::AtomicU32::from_ptr(addr_of_mut!((*s).status)) };
+        let set = set.iter().fold(0, |bits, flag| bits | flag.bit());
+        let clear = clear.iter().fold(0, |bits, flag| bits | flag.bit());
+        status.fetch_or(set, std::sync::atomic::Ordering::AcqRel);
+        status.fetch_and(!clear, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Sets the member's loadfactor (x 100) and lbset.
@@ -352,6 +408,13 @@ impl Balancer {
                 write_volatile(growth, slots.min(c_int::MAX as u32) as c_int);
             }
         }
+    }
+
+    /// Whether `other` is a copy of this balancer that shares its list of members (httpd copies
+    /// a main server's balancers into virtual hosts by value, list pointer included).
+    pub fn shares_members_with(self, other: Balancer) -> bool {
+        // SAFETY: pointer fields of live balancers.
+        unsafe { self != other && (*self.raw()).workers == (*other.raw()).workers }
     }
 
     /// Growth slots still free (0 when unknown).

@@ -40,7 +40,7 @@ pub struct ProxyApi {
 }
 
 /// mod_proxy's configuration of one server: its balancers.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ProxyConf(NonNull<ffi::proxy_server_conf>);
 
 impl ProxyApi {

@@ -221,7 +221,8 @@ impl LineTotals {
     }
 }
 
-/// How long a resolver's lease lasts without being renewed (seconds).
+/// How long a resolver's lease lasts without being renewed (seconds): its holder renews it
+/// four times a second (lookups run in threads of their own).
 pub const LEASE_S: u64 = 5;
 
 /// Takes or renews the segment's resolver lease for `pid` of generation `generation` at
