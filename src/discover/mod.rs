@@ -322,6 +322,51 @@ mod tests {
         assert!(changes(&known[..2], &[target(2, 80), target(3, 80)]).is_empty());
     }
 
+    /// A name server on 127.0.0.1 that answers every A query with `address` (TTL 5) and every
+    /// other query with no record, for `queries` queries.
+    fn answering(address: [u8; 4], queries: usize) -> std::net::SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            for _ in 0..queries {
+                let Ok((n, from)) = socket.recv_from(&mut buffer) else { return };
+                let query = &buffer[..n];
+                let mut answer = query.to_vec();
+                answer[2..4].copy_from_slice(&0x8180u16.to_be_bytes());
+                let is_a = query[n - 4..n - 2] == [0, 1];
+                if is_a {
+                    answer[6..8].copy_from_slice(&1u16.to_be_bytes());
+                    answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
+                    answer.extend_from_slice(&address);
+                }
+                let _ = socket.send_to(&answer, from);
+            }
+        });
+        addr
+    }
+
+    fn discover(args: &[&str]) -> Discover {
+        let mut settings = crate::config::BalancerSettings::default();
+        crate::config::Directive::Discover.apply(&mut settings, args, |_| unreachable!()).unwrap();
+        settings.discover.remove(0)
+    }
+
+    #[test]
+    fn a_silent_first_name_server_leaves_time_for_the_next() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let good = answering([127, 0, 0, 9], 4);
+        let system = SystemResolver {
+            servers: vec![silent.local_addr().unwrap(), good],
+            search: Vec::new(),
+            ndots: 1,
+        };
+        let found = lookup(&discover(&["http://app.test:8080", "dns-timeout=1s"]), &system).unwrap();
+        assert_eq!(found.server, good);
+        assert_eq!(found.targets[0].address, IpAddr::from([127, 0, 0, 9]));
+        assert_eq!(found.ttl, 5);
+    }
+
     #[test]
     fn refreshes_follow_the_ttl_within_bounds() {
         let d = crate::config::Directive::Discover;
