@@ -396,6 +396,8 @@ struct Resolver {
     /// answer never holds up another name), and where their answers arrive.
     pending: Vec<(usize, usize)>,
     answers: (Sender<Looked>, Receiver<Looked>),
+    /// An answer that ended the last wait, followed at once.
+    arrived: Option<Looked>,
     /// Lines that could not add a member (no slot, a full record, an address a
     /// `BalancerMember` has), each logged once.
     refused: Vec<(Balancer, usize, String)>,
@@ -423,6 +425,7 @@ impl Resolver {
             pid: std::process::id(),
             pending: Vec::new(),
             answers: mpsc::channel(),
+            arrived: None,
             refused: Vec::new(),
         })
     }
@@ -444,7 +447,8 @@ impl Resolver {
                 );
                 std::thread::sleep(Duration::from_secs(10));
             }
-            std::thread::sleep(TICK);
+            // Until the next look, or until an answer comes (followed at once).
+            self.arrived = self.answers.1.recv_timeout(TICK).ok();
         }
     }
 
@@ -459,7 +463,7 @@ impl Resolver {
     /// One look: the answers that came in are followed, due lookups are started, and draining
     /// members with nothing in flight are disabled.
     fn tick(&mut self, segment: &Segment) {
-        let arrived: Vec<Looked> = self.answers.1.try_iter().collect();
+        let arrived: Vec<Looked> = self.arrived.take().into_iter().chain(self.answers.1.try_iter()).collect();
         for looked in &arrived {
             self.pending.retain(|&p| p != (looked.balancer, looked.line));
         }
