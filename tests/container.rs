@@ -27,6 +27,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -72,10 +73,37 @@ fn unfit() -> Option<String> {
     None
 }
 
-/// Runs `command` to its end within `within` (killed after that); its output, whatever its
-/// exit status.
+/// Runs `command` to its end within `within`, in a process group of its own: after that the
+/// whole group is killed (mmdebstrap's apt and dpkg, podman's helpers), not only the command,
+/// and this fails. Its output, whatever its exit status.
+fn try_run(command: &mut Command, within: Duration) -> Result<Output, String> {
+    let what = format!("{command:?}");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    let group = child.id() as i32;
+    let (done, finished) = mpsc::channel();
+    // The waiting thread reads both pipes to the end, so a talkative command cannot block.
+    thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(within) {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => {
+            os::signal_group(group, libc::SIGKILL);
+            Err(format!("{what} did not finish within {within:?}: its process group was killed"))
+        }
+    }
+}
+
+/// As [`try_run`], and a failure to run is a panic.
 fn run(command: &mut Command, within: Duration) -> Output {
-    lbrs_harness::netns::run(command, within).unwrap_or_else(|e| panic!("{e}"))
+    try_run(command, within).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// As [`run`], and it must succeed: its stdout.
@@ -262,7 +290,7 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let ids = self.container_ids();
         if self.holder.is_some() {
-            let removed = lbrs_harness::netns::run(
+            let removed = try_run(
                 self.command("podman", true).args(["rm", "--all", "--force", "--time", "0"]),
                 Duration::from_secs(60),
             );
@@ -380,11 +408,16 @@ fn package() -> PathBuf {
 /// The base image and then the Dockerfile's image, in `podman`'s store.
 fn build_image(podman: &Podman, deb: &Path) {
     // debian:bookworm-slim's stand-in: minbase Debian 12 without manuals, docs (but the
-    // copyrights) and translations, as the slim image is.
+    // copyrights) and translations, as the slim image is. mmdebstrap (root mode) mounts /proc,
+    // /sys, /dev/pts and a bind of /dev/shm into its chroot: it runs in podman's private mount
+    // namespace, so those mounts never reach the machine's and end with the holder, even when
+    // mmdebstrap is killed before its own cleanup (then its temporary directory, in the
+    // scratch directory, holds plain directories only, as the machine sees it).
     let started = Instant::now();
     let rootfs = podman.dir().join("rootfs.tar");
     ok(
-        Command::new("mmdebstrap")
+        podman
+            .command("mmdebstrap", false)
             .args([
                 "--quiet",
                 "--variant=minbase",
@@ -394,8 +427,7 @@ fn build_image(podman: &Podman, deb: &Path) {
                 "--dpkgopt=path-exclude=/usr/share/locale/*",
                 "bookworm",
             ])
-            .arg(&rootfs)
-            .env("TMPDIR", podman.dir().join("tmp")),
+            .arg(&rootfs),
         Duration::from_secs(300),
     );
     ok(
