@@ -10,18 +10,23 @@
 //! built). The runtime stage, everything the image holds, is built for real.
 //!
 //! Nothing is left on the machine: podman's store, its configuration and its runtime files
-//! are in a scratch directory, and podman runs in a private mount namespace (its overlay
-//! mounts, /run) and in a network namespace of the test's, where the containers share the
-//! network (`--network host`) and where the compose network's bridge, DNS server and NAT rules
-//! live. Addresses are 198.18.0.0/15 only, inside those namespaces. The guards remove the
-//! containers, the namespaces and the files also when the test fails; at the end the test
-//! checks the machine has no mount, link, iptables rule, network namespace, cgroup or process
-//! left of it.
+//! are in a scratch directory, and podman (and mmdebstrap, whose chroot mounts stay there)
+//! runs in a private mount namespace (its overlay mounts, /run) and in a network namespace of
+//! the test's, where the containers share the network (`--network host`) and where the
+//! compose network's bridge, DNS server and NAT rules live. Addresses are 198.18.0.0/15 only,
+//! inside those namespaces. A command that overruns its time is killed with its whole
+//! process group. The guards remove the containers, the namespaces and the files also when
+//! the test fails; containers that a killed run left (compose's, in podman's own network
+//! namespaces) are stopped by the next run. At the end the test checks that the machine has
+//! no mount of the scratch directory, no link, iptables rule, network namespace or runtime
+//! file of podman's (the only ones compared: the rest of the machine may change meanwhile), no
+//! cgroup of a container the run created, and no process that names the scratch directory in
+//! its command line or its mounts.
 
 use lbrs_harness::client;
 use lbrs_harness::netns::{Lan, Netns, NsBackends, ScratchDir};
 use lbrs_harness::{BackendSpec, os};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
@@ -273,16 +278,90 @@ impl Podman {
         );
     }
 
-    /// The containers this store holds, running or not (their directories, which outlive a
-    /// podman that lost track of them).
-    fn container_ids(&self) -> Vec<String> {
-        fs::read_dir(self.dir().join("storage/overlay-containers"))
+    /// Every container this store has held, removed or not: those whose directories are
+    /// there (which outlive a podman that lost track of them) and those podman's events log
+    /// saw created (compose's, removed by `podman-compose down`).
+    fn container_ids(&self) -> BTreeSet<String> {
+        let mut ids: BTreeSet<String> = fs::read_dir(self.dir().join("storage/overlay-containers"))
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|name| name.len() == 64)
-            .collect()
+            .collect();
+        let events = fs::read_to_string(self.dir().join("events.log")).unwrap_or_default();
+        for event in events.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+            if event["Type"] == "container"
+                && let Some(id) = event["ID"].as_str().filter(|id| id.len() == 64)
+            {
+                ids.insert(id.to_string());
+            }
+        }
+        ids
+    }
+}
+
+/// The `libpod-<id>` cgroups of these containers, under every controller, that still exist.
+fn container_cgroups(ids: &BTreeSet<String>) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for controller in cgroup_controllers() {
+        for id in ids {
+            let cgroup = controller.join(CGROUP_PARENT).join(format!("libpod-{id}"));
+            if cgroup.exists() {
+                found.push(cgroup);
+            }
+        }
+    }
+    found
+}
+
+/// Kills what runs in these cgroups (until they are empty, 1 s at most), then removes them.
+fn empty_and_remove(cgroups: &[PathBuf]) {
+    for cgroup in cgroups {
+        for _ in 0..50 {
+            let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+            if procs.trim().is_empty() {
+                break;
+            }
+            for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
+                os::signal(pid, libc::SIGKILL);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = fs::remove_dir(cgroup);
+    }
+}
+
+/// Stops the containers that a run of this test left when it was killed (SIGKILL, a timeout
+/// of the harness): the compose containers run in podman's own network namespaces, which
+/// [`lbrs_harness::netns::clean_stale`] does not know (it takes the test's namespaces and
+/// what runs there: the mount namespace holder, conmon, aardvark-dns). A container is known
+/// by its overlay root, whose upper directory is in the scratch directory of the test process
+/// (`/tmp/lbrs-ns-<pid>-<n>/storage/...`); when that process is gone, what runs in the
+/// container's cgroups is killed and the cgroups are removed. Containers of a live test, and
+/// podman's containers of anyone else, are left alone.
+fn clean_stale_containers() {
+    let upper = format!("upperdir={}", std::env::temp_dir().join(lbrs_harness::netns::PREFIX).display());
+    let owner = |pid: &str| -> Option<u32> {
+        let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+        let at = mounts.find(&upper)? + upper.len();
+        mounts[at..].split('-').next()?.parse().ok()
+    };
+    let mut stale = BTreeSet::new();
+    for controller in cgroup_controllers() {
+        for entry in fs::read_dir(controller.join(CGROUP_PARENT)).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_prefix("libpod-") else { continue };
+            let procs = fs::read_to_string(entry.path().join("cgroup.procs")).unwrap_or_default();
+            let Some(test) = procs.split_whitespace().find_map(owner) else { continue };
+            if test != std::process::id() && !Path::new(&format!("/proc/{test}")).exists() {
+                stale.insert(id.to_string());
+            }
+        }
+    }
+    if !stale.is_empty() {
+        eprintln!("stopping {} container(s) left by a test process that is gone: {stale:?}", stale.len());
+        empty_and_remove(&container_cgroups(&stale));
     }
 }
 
@@ -302,25 +381,7 @@ impl Drop for Podman {
         }
         // Whatever podman could not remove: what still runs in a container's cgroup, then
         // the cgroups themselves.
-        for controller in cgroup_controllers() {
-            for id in &ids {
-                let cgroup = controller.join(CGROUP_PARENT).join(format!("libpod-{id}"));
-                if !cgroup.exists() {
-                    continue;
-                }
-                for _ in 0..50 {
-                    let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
-                    if procs.trim().is_empty() {
-                        break;
-                    }
-                    for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
-                        os::signal(pid, libc::SIGKILL);
-                    }
-                    thread::sleep(Duration::from_millis(20));
-                }
-                let _ = fs::remove_dir(&cgroup);
-            }
-        }
+        empty_and_remove(&container_cgroups(&ids));
         for id in &ids {
             let pidfile = self.dir().join(format!("run/overlay-containers/{id}/userdata/conmon.pid"));
             if let Some(pid) = fs::read_to_string(pidfile).ok().and_then(|p| p.trim().parse().ok()) {
@@ -546,9 +607,11 @@ fn the_dockerfile_image_runs_under_podman_and_the_compose_demo_balances() {
         return;
     }
     let started = Instant::now();
+    clean_stale_containers();
     let before = HostState::take();
     let deb = package();
     let dir;
+    let containers;
     {
         let lan = Lan::build("ctr", &[("apache", APACHE_IP), ("client", CLIENT_IP)]).unwrap();
         let podman = Podman::start(lan.host("apache"));
@@ -558,19 +621,28 @@ fn the_dockerfile_image_runs_under_podman_and_the_compose_demo_balances() {
         the_demo(&lan, &podman);
         a_mounted_site_and_a_graceful_stop(&lan, &podman);
         the_compose_demo(&lan, &podman);
+        containers = podman.container_ids();
     }
 
-    // Nothing left: no mount of podman's, no link, rule, namespace or runtime file in the
-    // machine's namespaces, no process, no cgroup of a container.
+    // Nothing left: no mount of podman's, no link, rule, namespace or runtime file of podman's
+    // in the machine's namespaces, no process, no cgroup of the run's containers.
+    let dir_text = dir.to_string_lossy().into_owned();
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&*dir.to_string_lossy())).collect();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&dir_text)).collect();
     assert!(left.is_empty(), "mounts left: {left:?}");
     assert!(!dir.exists(), "{} is left", dir.display());
-    assert_eq!(HostState::take(), before, "the machine's namespaces changed");
+    assert_eq!(HostState::take(), before, "podman left something in the machine's namespaces");
+    eprintln!("{} containers ran", containers.len());
+    assert!(containers.len() >= 7, "the events log names {} containers: {containers:?}", containers.len());
+    let cgroups = container_cgroups(&containers);
+    assert!(cgroups.is_empty(), "container cgroups left: {cgroups:?}");
+    // A process that names the scratch directory in its command line (conmon, podman) or in
+    // its mounts (a container's overlay root, the holder's namespace).
     let mut processes = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
+        let mounts = fs::read_to_string(entry.path().join("mountinfo")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&dir_text) || mounts.contains(&dir_text) {
             processes.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
