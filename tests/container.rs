@@ -402,12 +402,18 @@ impl Drop for Podman {
     }
 }
 
-/// What the machine looks like from the root namespaces, to compare after the test.
+/// What podman, netavark and aardvark-dns could leave in the machine's namespaces, to compare
+/// after the test: links, firewall rules, network namespaces and runtime files of theirs.
+/// Only theirs: other programs on the machine may change the rest meanwhile.
 #[derive(Debug, PartialEq, Eq)]
 struct HostState {
+    /// Links named podman*, veth*, netavark*, cni*.
     links: Vec<String>,
+    /// iptables rules (filter and nat) that name NETAVARK, CNI, podman or 198.18.
     iptables: Vec<String>,
+    /// Network namespaces named netns-* (podman's).
     netns: Vec<String>,
+    /// /run/containers, podman's runtime directory.
     run_containers: Vec<String>,
 }
 
@@ -422,15 +428,21 @@ impl HostState {
         let links = lines(Command::new("ip").args(["-o", "link", "show"]))
             .iter()
             .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+            .filter(|n| ["podman", "veth", "netavark", "cni"].iter().any(|p| n.starts_with(p)))
             .collect();
         let mut iptables = Vec::new();
         for table in ["filter", "nat"] {
-            iptables.extend(lines(Command::new("iptables").args(["-t", table, "-S"])));
+            iptables.extend(lines(Command::new("iptables").args(["-t", table, "-S"])).into_iter().filter(
+                |rule| {
+                    ["NETAVARK", "CNI", "198.18."].iter().any(|w| rule.contains(w))
+                        || rule.to_lowercase().contains("podman")
+                },
+            ));
         }
         let netns = lines(Command::new("ip").args(["netns", "list"]))
             .iter()
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .filter(|n| !n.starts_with(lbrs_harness::netns::PREFIX))
+            .filter(|n| n.starts_with("netns-"))
             .collect();
         let run_containers = walk(Path::new("/run/containers"));
         HostState { links, iptables, netns, run_containers }
