@@ -8,7 +8,8 @@ set -u
 port=${LBRS_HEALTH_PORT:-80}
 
 exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
-printf 'GET /lb-status?format=json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
+# Its User-Agent keeps it out of the image's access log (docker/setup-image.sh).
+printf 'GET /lb-status?format=json HTTP/1.1\r\nHost: localhost\r\nUser-Agent: apache2-healthcheck\r\nConnection: close\r\n\r\n' >&3
 status_line=
 IFS= read -r -t 5 status_line <&3 || true
 exec 3<&-

@@ -6,7 +6,9 @@
 #     that the same Apache serves on 127.0.0.1:8081-8085 (/var/www/lbmethod-rs-demo/app1-5);
 #     Debian's default site disabled;
 #   - ports.conf: Listen 80 only;
-#   - logs to the container's output: the error log to stderr, the access log to stdout.
+#   - logs to the container's output: the error log to stderr, the access log to stdout
+#     (without the health check's requests);
+#   - a global ServerName (localhost), so that Apache does not warn that it guessed one.
 # tests/debian_package.rs runs it on this machine's apache2 too, on free ports, then puts
 # everything back:
 #   LBRS_IMAGE_LISTEN          what ports.conf listens on (default 80)
@@ -90,12 +92,20 @@ a2ensite -q lbmethod-rs-demo-backends lbmethod-rs-example
 # use these. /proc/self/fd/N is opened by Apache's parent process, so it is Apache's own
 # stdout and stderr, which its children inherit.
 cat >/etc/apache2/conf-available/lbmethod-rs-container-logs.conf <<'EOF'
-# The container's logs go to its output (docker logs): errors to stderr, requests to stdout.
+# The container's logs go to its output (docker logs): errors to stderr, requests to stdout,
+# but for the health check's (apache2-healthcheck, every few seconds under Kubernetes).
 ErrorLog /proc/self/fd/2
-CustomLog /proc/self/fd/1 vhost_combined
+SetEnvIf User-Agent "^apache2-healthcheck$" lbrs_healthcheck
+CustomLog /proc/self/fd/1 vhost_combined env=!lbrs_healthcheck
+EOF
+# A server name of its own, so that Apache does not guess one (AH00558 at every start). The
+# sites name theirs; a mounted site without one answers as localhost.
+cat >/etc/apache2/conf-available/lbmethod-rs-container-servername.conf <<'EOF'
+# The server's name, instead of Apache's guess from the container's host name (AH00558).
+ServerName localhost
 EOF
 a2disconf -q other-vhosts-access-log
-a2enconf -q lbmethod-rs-container-logs
+a2enconf -q lbmethod-rs-container-logs lbmethod-rs-container-servername
 
 apache2ctl configtest
 
