@@ -916,6 +916,10 @@ fn the_compose_demo(lan: &Lan, podman: &Podman) {
     assert!(down.status.success(), "podman-compose down failed:\n{}", String::from_utf8_lossy(&down.stderr));
     let left = podman.ok(&["ps", "--all", "--format", "{{.Names}}"]);
     assert!(left.trim().is_empty(), "containers left after podman-compose down: {left}");
+    // podman-compose down leaves the network; docs/install.md says to remove it, as here.
+    podman.ok(&["network", "rm", "lbrs_default"]);
+    let networks = podman.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!networks.lines().any(|n| n == "lbrs_default"), "lbrs_default is left: {networks}");
 }
 
 /// `podman-compose down` when dropped (the Podman guard removes whatever it leaves).
