@@ -2,8 +2,15 @@
 # mod_lbmethod_rs on Debian 12's apache2, installed from its Debian package.
 #
 #   docker build -t mod-lbmethod-rs .
-#   docker run --rm -p 8080:80 mod-lbmethod-rs
+#   docker run -d --rm --name lbrs -p 8080:80 mod-lbmethod-rs
 #   curl http://127.0.0.1:8080/            # answered by app1, app2 or app3 in a 1:2:3 ratio
+#   docker exec lbrs apache2-healthcheck && echo healthy
+#
+# Docker Engine 23 or later (Docker's own packages: docker-ce, docker-buildx-plugin,
+# docker-compose-plugin), whose default builder, BuildKit, knows RUN --mount. With Debian 12's
+# docker.io (20.10), build with `DOCKER_BUILDKIT=1 docker build -t mod-lbmethod-rs .`. The
+# syntax line above makes BuildKit fetch the Dockerfile frontend from Docker Hub; for a build
+# without a registry, delete it (Docker 23 or later: the built-in frontend is enough).
 #
 # Two stages. The build stage turns this tree into libapache2-mod-lbmethod-rs_*.deb with
 # scripts/build-deb.sh. The runtime stage is debian:bookworm-slim with apache2 and that
@@ -13,19 +20,22 @@
 #
 # With a package built already (scripts/build-deb.sh), the build stage can be replaced by a
 # named build context of the same name, laid out by docker/build-context.sh; nothing is
-# compiled and no Rust image is pulled. tests/container.rs builds the image this way with
-# podman, then runs it:
+# compiled and no Rust image is pulled (needs buildx: Docker 23 or later, or podman):
 #   docker/build-context.sh /tmp/lbrs-build
-#   podman build --format docker --build-context build=/tmp/lbrs-build -t mod-lbmethod-rs .
 #   docker buildx build --build-context build=/tmp/lbrs-build -t mod-lbmethod-rs .
+#   podman build --format=docker --build-context build=/tmp/lbrs-build -t mod-lbmethod-rs .
+# (podman: --format=docker keeps HEALTHCHECK. Without a registry, tests/container.rs adds
+# --pull=never, to use the base image it imported, and --network=host, so that the RUN's apt
+# reaches Debian's mirror through the host's network; docs/install.md shows the whole recipe.)
 #
 # The site is httpd-conf/example.conf with its members pointed at five small demo backends
 # that the same apache2 serves on 127.0.0.1:8081-8085. For real use, mount your own site over
-# /etc/apache2/sites-available/lbmethod-rs-example.conf with your servers as members.
+# /etc/apache2/sites-available/lbmethod-rs-example.conf with your servers as members (and
+# ProxyPass "/lb-status" "!" before ProxyPass "/": the health check asks for that page).
 # The status page and balancer-manager answer local requests only:
-#   docker exec <container> apache2-healthcheck     # or any HTTP client inside the container
+#   docker exec lbrs apache2-healthcheck     # or bash's /dev/tcp: docs/install.md
 
-# Debian 12 with Rust (rustup's, 1.85 or later) and its C toolchain.
+# Debian 12 with Rust (rustup's, 1.88 or later: Cargo.toml's rust-version) and its C toolchain.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .

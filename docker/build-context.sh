@@ -7,10 +7,13 @@
 #
 #   scripts/build-deb.sh
 #   docker/build-context.sh /tmp/lbrs-build
-#   podman build --build-context build=/tmp/lbrs-build -t mod-lbmethod-rs .
 #   docker buildx build --build-context build=/tmp/lbrs-build -t mod-lbmethod-rs .
+#   podman build --format=docker --build-context build=/tmp/lbrs-build -t mod-lbmethod-rs .
 #
-# tests/container.rs builds the image this way with podman.
+# (podman: --format=docker keeps the HEALTHCHECK.) tests/container.rs builds the image this
+# way with podman, adding --pull=never (no registry: the base image is one it imported) and
+# --network=host (the build's apt reaches Debian's mirror through the host's network); see
+# docs/install.md's container section.
 #
 # Usage: docker/build-context.sh DIR [PACKAGE.deb]
 #   DIR           created, or emptied of a previous src/ (nothing else in it is touched)
