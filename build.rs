@@ -172,6 +172,7 @@ const ALLOWED_FUNCTIONS: &[&str] = &[
     "apr_global_mutex_lock",
     "apr_global_mutex_unlock",
     "apr_pool_create_ex",
+    "apr_pool_pre_cleanup_register",
     "ap_get_conn_socket",
     "apr_os_sock_get",
 ];

@@ -13,7 +13,7 @@
 //! - a graceful restart keeps the members, also when the name does not resolve then.
 
 use lbrs_harness::dns::{Dnsmasq, Srv};
-use lbrs_harness::{Apache, ApacheConfig, Backend, BackendSpec, Mpm, wait_for};
+use lbrs_harness::{Apache, ApacheConfig, Backend, BackendSpec, LoadOrder, Mpm, wait_for};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -734,4 +734,30 @@ fn a_name_whose_server_does_not_answer_holds_up_no_other_name() {
         .filter_map(|l| l.split("[pid ").nth(1)?.split(':').next())
         .collect();
     assert_eq!(changers.len(), 1, "several processes changed the balancer: {changers:?}");
+}
+
+#[test]
+fn graceful_restarts_in_quick_succession_crash_no_child() {
+    let mut instances = Instances::new(Duration::ZERO);
+    instances.start(2);
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &hosts("app.test", &[2]));
+    let discover = format!("http://app.test:{} resolver={}", instances.port, dns.addr());
+    // Loaded before mod_proxy, as Debian's a2enmod orders it (lbmethod_rs.load sorts first):
+    // this module's child_init then must not run before mod_proxy_balancer's.
+    let body = format!(
+        "<Proxy \"balancer://app\">\n    LBDiscover {discover}\n    ProxySet lbmethod=byinflight\n</Proxy>\n\
+         ProxyPass \"/\" \"balancer://app/\"\n"
+    );
+    let config =
+        ApacheConfig::new(&body).mpm(Mpm::Event).processes(2).threads(16).load_order(LoadOrder::BeforeProxy);
+    let mut apache = Apache::start(config).expect("apache2");
+    for round in 0..16u64 {
+        apache.graceful().expect("graceful restart");
+        assert_eq!(shares(apache.addr(), 4, &[]).get("app2"), Some(&4), "round {round}");
+        thread::sleep(Duration::from_millis(700 + (round * 397) % 1800));
+    }
+    thread::sleep(Duration::from_secs(2));
+    let log = apache.error_log();
+    assert!(!log.contains("Segmentation fault") && !log.contains("exit signal"), "{log}");
 }

@@ -28,7 +28,7 @@ use crate::httpd::log::{Level, log_server};
 use crate::httpd::{Balancer, Pool, Server, Worker, process};
 use crate::shm::discovery::{self as record, DRAINING, Entry, LINES, REMOVED, SERVING};
 use crate::shm::{Segment, attempt, monotonic_us, name_key};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -360,8 +360,22 @@ fn ramp_up(slow_start: bool, segment: &Segment, slot: &crate::shm::BalancerSlot,
     }
 }
 
-/// child_init: starts the resolver thread when a balancer discovers its members.
-pub fn start_resolver(runtime: &'static Runtime, s: Server) {
+/// Set when the child is exiting: the resolver stops touching httpd's structures.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Held by the resolver while it looks (and changes members); taken by [`stop_resolver`] to
+/// wait for the look in progress to end.
+static LOOKING: Mutex<()> = Mutex::new(());
+
+/// When the child's pool is destroyed (the child exits), before httpd's balancers and their
+/// locks go: the resolver finishes the look in progress and stops.
+fn stop_resolver() {
+    STOPPING.store(true, Ordering::Release);
+    drop(LOOKING.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// child_init (after every other module's): starts the resolver thread when a balancer
+/// discovers its members.
+pub fn start_resolver(runtime: &'static Runtime, s: Server, pchild: Pool) {
     let balancers: Vec<(Server, Balancer)> = runtime
         .proxy
         .balancers(runtime.main_server)
@@ -371,6 +385,7 @@ pub fn start_resolver(runtime: &'static Runtime, s: Server) {
     if balancers.is_empty() {
         return;
     }
+    pchild.before_destroy(stop_resolver);
     let started = process::spawn_quiet(
         "lbrs-discover",
         Box::new(move || {
@@ -435,10 +450,14 @@ impl Resolver {
         let segment = *self.runtime.generation.segment();
         let header = segment.header();
         loop {
-            if header.generation.load(Ordering::Acquire) != self.runtime.epoch {
+            let looking = LOOKING.lock().unwrap_or_else(|e| e.into_inner());
+            if STOPPING.load(Ordering::Acquire)
+                || header.generation.load(Ordering::Acquire) != self.runtime.epoch
+            {
                 return;
             }
             let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.tick(&segment)));
+            drop(looking);
             if tick.is_err() {
                 log_server!(
                     self.runtime.main_server,

@@ -89,10 +89,10 @@ impl Module for LbMethodRs {
         attempts::describe_for_log(r);
     }
 
-    fn child_init(s: Server) {
+    fn child_init(s: Server, pchild: Pool) {
         let Some(runtime) = runtime() else { return };
         runtime.generation.start_table_builder();
-        discovery::start_resolver(runtime, s);
+        discovery::start_resolver(runtime, s, pchild);
         if !runtime.generation.join_as_process(std::process::id()) {
             log_server!(
                 s,

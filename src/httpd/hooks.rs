@@ -38,8 +38,9 @@ pub trait Module: 'static {
     fn post_config(_main: Server, _pconf: Pool) -> Result<(), String> {
         Ok(())
     }
-    /// A new child process, before it serves.
-    fn child_init(_s: Server) {}
+    /// A new child process, before it serves, after every other module's `child_init` (their
+    /// locks and shared memory are ready); `pchild` is destroyed when the child exits.
+    fn child_init(_s: Server, _pchild: Pool) {}
     /// In the parent: a child process has exited (httpd reaped it).
     fn child_exited(_s: Server, _pid: u32) {}
     /// In the parent, every few seconds (httpd's `monitor` hook).
@@ -123,7 +124,7 @@ pub fn register<M: Module>(index: c_int, pool: *mut ffi::apr_pool_t) {
             ffi::ap_hook_check_config(Some(check_config::<M>), none, none, middle);
             // After mod_proxy_balancer's post_config, which puts balancers in shared memory.
             ffi::ap_hook_post_config(Some(post_config::<M>), AFTER_BALANCER.0.as_ptr(), none, middle);
-            ffi::ap_hook_child_init(Some(child_init::<M>), none, none, middle);
+            ffi::ap_hook_child_init(Some(child_init::<M>), none, none, ffi::APR_HOOK_REALLY_LAST);
             ffi::ap_hook_child_status(Some(child_status::<M>), none, none, middle);
             ffi::ap_hook_monitor(Some(monitor::<M>), none, none, middle);
             ffi::ap_hook_handler(Some(handler::<M>), none, none, middle);
@@ -189,11 +190,11 @@ unsafe extern "C" fn post_config<M: Module>(
     })
 }
 
-unsafe extern "C" fn child_init<M: Module>(_pchild: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) {
+unsafe extern "C" fn child_init<M: Module>(pchild: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) {
     catch("child_init", (), || {
-        // SAFETY: httpd passes the live main server.
-        if let Some(s) = unsafe { Server::from_raw(s) } {
-            M::child_init(s);
+        // SAFETY: httpd passes the live main server and the child's pool.
+        if let (Some(s), Some(pchild)) = (unsafe { Server::from_raw(s) }, unsafe { Pool::from_raw(pchild) }) {
+            M::child_init(s, pchild);
         }
     })
 }

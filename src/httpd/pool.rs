@@ -22,6 +22,21 @@ impl Pool {
     }
 
     /// Runs `work` on `data` when the pool is cleared or destroyed.
+    /// Runs `work` when the pool is cleared or destroyed, before anything else of it is (its
+    /// subpools, its other cleanups): for a thread that must stop using what the pool holds.
+    pub fn before_destroy(self, work: fn()) {
+        unsafe extern "C" fn run(data: *mut c_void) -> ffi::apr_status_t {
+            catch("pool pre-cleanup", ffi::APR_SUCCESS, || {
+                // SAFETY: `data` is the `fn()` registered below.
+                let work = unsafe { std::mem::transmute::<*mut c_void, fn()>(data) };
+                work();
+                ffi::APR_SUCCESS
+            })
+        }
+        // SAFETY: registers a plain callback with a function pointer as its data.
+        unsafe { ffi::apr_pool_pre_cleanup_register(self.raw(), work as *const c_void, Some(run)) };
+    }
+
     pub(super) fn on_clear_with<D: 'static>(self, data: &'static D, work: fn(&'static D)) {
         self.adopt(Deferred { data, work });
     }
