@@ -761,3 +761,43 @@ fn graceful_restarts_in_quick_succession_crash_no_child() {
     let log = apache.error_log();
     assert!(!log.contains("Segmentation fault") && !log.contains("exit signal"), "{log}");
 }
+
+#[test]
+fn startup_refuse_fails_the_start_where_the_admin_sees_it() {
+    let dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    let body = format!(
+        "<Proxy \"balancer://app\">\n    LBDiscover http://nothere.test:8080 resolver={} startup=refuse\n    \
+         ProxySet lbmethod=byinflight\n</Proxy>\nProxyPass \"/\" \"balancer://app/\"\n",
+        dns.addr()
+    );
+    let dir = lbrs_harness::apache::ScratchDir::new().expect("scratch");
+    let port = lbrs_harness::apache::free_port().expect("port");
+    let conf = dir.path().join("httpd.conf");
+    std::fs::write(&conf, ApacheConfig::new(&body).render(dir.path(), port)).expect("config");
+    let apache2 = lbrs_harness::apache::apache2_binary();
+    // Whatever happens, no daemon is left behind.
+    struct Stop(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(&self.0).arg("-f").arg(&self.1).args(["-k", "stop"]).output();
+        }
+    }
+    let _stop = Stop(apache2.clone(), conf.clone());
+    // `apachectl -t` asks no name server: the syntax is fine.
+    let test =
+        std::process::Command::new(&apache2).arg("-f").arg(&conf).arg("-t").output().expect("apache2 -t");
+    assert!(test.status.success(), "{}", String::from_utf8_lossy(&test.stderr));
+    // A start as a daemon (what apachectl start does) fails, on the terminal, with a status.
+    let start = std::process::Command::new(&apache2)
+        .arg("-f")
+        .arg(&conf)
+        .args(["-k", "start"])
+        .output()
+        .expect("apache2");
+    let said = String::from_utf8_lossy(&start.stderr);
+    assert!(!start.status.success(), "started: {said}");
+    assert!(
+        said.contains("LBDiscover http://nothere.test:8080") && said.contains("startup=refuse"),
+        "{said}"
+    );
+}

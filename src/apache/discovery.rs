@@ -116,6 +116,33 @@ pub fn check(main: Server) -> Vec<String> {
     errors
 }
 
+/// check_config, in the first pass of a start (before httpd detaches, so that the error reaches
+/// the terminal and `apachectl start` fails): the names of `startup=refuse` lines that do not
+/// resolve. A restart has no first pass; there the last good answer counts as an answer.
+pub fn refuse_unresolved(main: Server) -> Vec<String> {
+    let Ok(proxy) = crate::httpd::proxy::ProxyApi::find() else { return Vec::new() };
+    let system = system_resolver();
+    let mut errors = Vec::new();
+    for (_, balancer, settings) in discovering(&proxy, main) {
+        let refusing: Vec<&Discover> = settings.discover.iter().filter(|d| d.refuse_unresolved).collect();
+        let results: Vec<Result<Found, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                refusing.iter().map(|d| scope.spawn(|| discover::lookup(d, &system))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("lookup failed".into()))).collect()
+        });
+        for (discover, result) in refusing.iter().zip(results) {
+            if let Err(why) = result {
+                errors.push(format!(
+                    "LBDiscover {} in <Proxy \"{}\">: the name does not resolve: {why} (startup=refuse)",
+                    discover.source,
+                    balancer.name()
+                ));
+            }
+        }
+    }
+    errors
+}
+
 /// check_config, in the parent's second pass (and at every restart): looks every name up (all
 /// at once, each within its `dns-timeout`) and defines its members. `previous`: the segment of
 /// the generation before, if any. Errors stop httpd.

@@ -69,9 +69,13 @@ impl Module for LbMethodRs {
         errors.extend(startup::check_magic_number().err());
         errors.extend(discovery::check(main));
         // Members from DNS are defined in the pass that starts httpd, not in `apachectl -t`
-        // (which asks no name server) nor in the first pass, which httpd throws away.
+        // (which asks no name server) nor in the first pass, which httpd throws away. The
+        // first pass of a start still looks up the names with startup=refuse: its errors reach
+        // the terminal and the exit status, before httpd detaches.
         if errors.is_empty() && !crate::httpd::server::is_first_pass() {
             errors.extend(discovery::define_at_startup(main, pconf, startup::previous_segment().as_ref()));
+        } else if errors.is_empty() && !crate::httpd::server::is_config_test() {
+            errors.extend(discovery::refuse_unresolved(main));
         }
         errors
     }

@@ -77,6 +77,12 @@ pub fn is_first_pass() -> bool {
     unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE) == ffi::AP_SQ_MS_CREATE_PRE_CONFIG }
 }
 
+/// True in `apachectl -t` (and `-S`, `-M` and the like): the configuration is only checked.
+pub fn is_config_test() -> bool {
+    // SAFETY: a plain query.
+    unsafe { ffi::ap_state_query(ffi::AP_SQ_RUN_MODE) == ffi::AP_SQ_RM_CONFIG_TEST }
+}
+
 /// The most child processes the MPM may run (`ServerLimit`), if it says.
 pub fn process_limit() -> Option<u32> {
     let mut limit: c_int = 0;
