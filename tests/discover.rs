@@ -661,17 +661,23 @@ fn two_names_that_share_an_address_share_one_member() {
     both(&[2], &[3]);
     let port = instances.port;
     let lines = format!(
-        "http://a.test:{port} resolver={0}\n    LBDiscover http://b.test:{port} resolver={0}",
+        "http://a.test:{port} resolver={0}\n    LBDiscover http://b.test:{port} resolver={0} loadfactor=5",
         dns.addr()
     );
-    let apache = apache(&lines, "lbmethod=byinflight", "", Mpm::Event);
-    both(&[2, 4], &[3, 4]);
+    let apache = apache(&lines, "lbmethod=byweight", "", Mpm::Event);
+    both(&[2, 4], &[3]);
     let four = format!("http://127.0.0.4:{port}");
+    assert!(wait_for(Duration::from_secs(TTL + 3), || apache.member_status("balancer://app", &four).is_ok()));
+    both(&[2, 4], &[3, 4]);
     let count =
         |apache: &Apache| status_members(apache).iter().filter(|m| m["name"] == four.as_str()).count();
     assert!(wait_for(Duration::from_secs(TTL + 3), || count(&apache) == 1));
     thread::sleep(Duration::from_secs(TTL + 1));
     assert_eq!(count(&apache), 1, "one member for the address both names have");
+    // Its settings stay those of the name that gave it first (loadfactor 1, not b's 5).
+    let member = apache.member_status("balancer://app", &four).expect("member");
+    assert_eq!(member["loadfactor"].as_f64(), Some(1.0), "{member}");
+    assert!(apache.error_log().contains("is shared with another name"));
     // b.test drops it, a.test keeps it: it serves on.
     both(&[2, 4], &[3]);
     thread::sleep(Duration::from_secs(TTL + 2));

@@ -652,6 +652,20 @@ impl Resolver {
                         continue;
                     }
                     let adopted = workers.iter().find(|w| w.name().eq_ignore_ascii_case(&url)).copied();
+                    // Another name serves it already: this name shares the member, whose
+                    // settings stay those of the name that gave it first.
+                    if let Some(worker) = adopted.filter(|w| served_elsewhere(w.index())) {
+                        if discovery.push(entry_for(line, SERVING, worker.index(), &target)).is_some() {
+                            log_server!(
+                                server,
+                                Level::Notice,
+                                "LBDiscover {} in <Proxy \"{name}\">: member {url} is shared with another name \
+                                 of the balancer; its settings stay that name's",
+                                discover.source
+                            );
+                        }
+                        continue;
+                    }
                     let added = match adopted {
                         Some(worker) => {
                             worker.set_flags(&[], &[Flag::Disabled, Flag::Drain]);
@@ -693,6 +707,10 @@ impl Resolver {
                 }
                 Change::Return(i, target) => {
                     let (index, entry) = mine[i];
+                    if served_elsewhere(entry.worker) {
+                        discovery.set(index, entry_for(line, SERVING, entry.worker, &target));
+                        continue;
+                    }
                     if let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) {
                         worker.set_weight(target.loadfactor, target.lbset);
                         worker.set_flags(&[], &[Flag::Disabled, Flag::Drain]);
@@ -711,6 +729,13 @@ impl Resolver {
                 }
                 Change::Reweigh(i, target) => {
                     let (index, entry) = mine[i];
+                    // A shared member keeps the settings of the name that gave it first.
+                    let first =
+                        entries.iter().find(|(_, e)| e.worker == entry.worker && e.standing == SERVING);
+                    if first.is_some_and(|(_, e)| usize::from(e.line) != line) {
+                        discovery.set(index, entry_for(line, SERVING, entry.worker, &target));
+                        continue;
+                    }
                     if let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) {
                         worker.set_weight(target.loadfactor, target.lbset);
                         touched = true;
