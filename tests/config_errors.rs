@@ -137,6 +137,11 @@ fn bad_settings_fail_with_the_directive_and_value_named() {
             &["LBQueue in <Proxy \"balancer://app\">", "LBMaxInflight is missing"],
         ),
         ("    LBDiscover", "", &["LBDiscover", "usage"]),
+        (
+            "    LBDiscover http://app.internal hcmethod=GET",
+            "",
+            &["LBDiscover http://app.internal", "need mod_proxy_hcheck", "a2enmod proxy_hcheck"],
+        ),
         ("    LBDiscover app.internal", "", &["LBDiscover", "\"app.internal\"", "scheme://"]),
         ("    LBDiscover gopher://app.internal", "", &["LBDiscover", "unknown scheme"]),
         ("    LBDiscover http://127.0.0.1:8080", "", &["LBDiscover", "BalancerMember"]),

@@ -564,6 +564,24 @@ fn mod_proxy_hcheck_checks_members_added_at_run_time() {
     );
     instances.running[&3].set_healthy(true);
     assert!(wait_for(Duration::from_secs(6), || state().is_ok_and(|s| s == "ok")));
+    // A member defined at startup is checked too, and so is an address where nothing listens.
+    let first = format!("http://127.0.0.2:{}", instances.port);
+    instances.running[&2].set_healthy(false);
+    assert!(
+        wait_for(Duration::from_secs(6), || apache
+            .member_status("balancer://app", &first)
+            .is_ok_and(|m| m["state"] == "hcheck-failed")),
+        "the startup member was not health-checked"
+    );
+    set_hosts(&dns, &hosts("app.test", &[2, 3, 9]));
+    let dead = format!("http://127.0.0.9:{}", instances.port);
+    assert!(
+        wait_for(Duration::from_secs(TTL + 6), || apache
+            .member_status("balancer://app", &dead)
+            .is_ok_and(|m| m["state"] == "hcheck-failed")),
+        "an address where nothing listens was not found out: {:?}",
+        apache.member_status("balancer://app", &dead)
+    );
 }
 
 #[test]

@@ -104,6 +104,21 @@ pub fn check(main: Server) -> Vec<String> {
         if settings.discover.len() > LINES {
             errors.push(format!("LBDiscover in <Proxy \"{name}\">: at most {LINES} names per balancer"));
         }
+        for discover in &settings.discover {
+            let member = &discover.member;
+            let checks = member.hc_method.is_some()
+                || member.hc_interval.is_some()
+                || member.hc_passes.is_some()
+                || member.hc_fails.is_some()
+                || member.hc_uri.is_some();
+            if checks && !crate::httpd::proxy::hcheck_module_loaded() {
+                errors.push(format!(
+                    "LBDiscover {} in <Proxy \"{name}\">: the hc...= options need mod_proxy_hcheck, which is \
+                     not loaded (Debian: a2enmod proxy_hcheck)",
+                    discover.source
+                ));
+            }
+        }
         if let Some(copy) = copied_into(&proxy, main, server, balancer) {
             errors.push(format!(
                 "LBDiscover in <Proxy \"{name}\"> of {}: virtual host {copy} has a copy of this balancer \

@@ -320,7 +320,7 @@ fn parse_url(url: &str) -> Result<(String, Name, String), String> {
     }
     if srv {
         if port.is_some() {
-            return Err("an SRV name has no port: the records give each target's".into());
+            return Err("an SRV name has no port: its SRV records give each target's port".into());
         }
         Ok((scheme, Name::Srv { name: host }, path))
     } else {

@@ -176,6 +176,12 @@ pub fn balancer_module_loaded() -> bool {
     !unsafe { ffi::ap_find_linked_module(c"mod_proxy_balancer.c".as_ptr()) }.is_null()
 }
 
+/// Whether mod_proxy_hcheck is loaded.
+pub fn hcheck_module_loaded() -> bool {
+    // SAFETY: a lookup by name in httpd's module list.
+    !unsafe { ffi::ap_find_linked_module(c"mod_proxy_hcheck.c".as_ptr()) }.is_null()
+}
+
 /// Whether a method provider of that name is registered (a loaded `lbmethod` module offers it).
 pub fn method_registered(name: &Name) -> bool {
     let Ok(name) = std::ffi::CString::new(name.as_bytes()) else { return false };
