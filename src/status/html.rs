@@ -172,8 +172,8 @@ fn balancer_section(out: &mut String, b: &BalancerStatus) {
         let _ = write!(
             out,
             "<p class=\"small\">members from DNS: <b>{}</b> (resolver {}): {} address(es), TTL {} s, resolved \
-             {resolved}, next lookup in {} s<span class=\"sep\">|</span>{} serving, {} draining, {} removed\
-             <span class=\"sep\">|</span>{} added, {} back, {} lookups, <b{}>{}</b> failed",
+             {resolved}, next lookup in {} s<span class=\"sep\">|</span>{} serving, {} draining, {} removed, \
+             {} slot(s) free<span class=\"sep\">|</span>{} added, {} back, {} lookups, <b{}>{}</b> failed",
             escape(&d.name),
             escape(&d.resolver),
             d.answer,
@@ -182,6 +182,7 @@ fn balancer_section(out: &mut String, b: &BalancerStatus) {
             d.serving,
             d.draining,
             d.removed,
+            d.free_slots,
             d.added,
             d.returned,
             d.lookups,
