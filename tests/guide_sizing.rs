@@ -75,9 +75,9 @@ fn caps_below_the_workers_shed_the_excess_at_once() {
     assert!(segment.contains("1 balancer, 2 member and 24 process slot(s)"), "{segment}");
     let bytes: f64 =
         segment.rsplit(", ").next().and_then(|s| s.strip_suffix(" bytes")).unwrap().parse().unwrap();
-    // The page's formula: 64 + 384 x balancers + 256 x member slots + 64 x rows + (rows + 1) x
-    // 32 x member slots rounded up to an even number + 32768 x balancers.
-    let formula = 64.0 + 384.0 + 256.0 * 2.0 + 64.0 * 24.0 + 25.0 * 32.0 * 2.0 + 32768.0;
+    // The page's formula: 128 + 384 x balancers + 256 x member slots + 64 x rows + (rows + 1) x
+    // 32 x member slots rounded up to an even number + 49984 x balancers.
+    let formula = 128.0 + 384.0 + 256.0 * 2.0 + 64.0 * 24.0 + 25.0 * 32.0 * 2.0 + 49984.0;
     assert_eq!(bytes, formula, "the page's formula");
 }
 

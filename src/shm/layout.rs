@@ -262,7 +262,9 @@ shm_safe!(Header, BalancerSlot, MemberSlot, ProcessSlot, Cell, Place, Ring, Disc
 /// across a graceful restart.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"lbrs\0v13");
 
-const _: () = assert!(size_of::<Header>().is_multiple_of(64));
+// docs/sizing.md's segment formula counts these sizes.
+const _: () = assert!(size_of::<Header>() == 128);
+const _: () = assert!(size_of::<Discovery>() == 17216);
 const _: () = assert!(size_of::<BalancerSlot>() == 6 * 64);
 const _: () = assert!(size_of::<Place>() == 16);
 const _: () = assert!(size_of::<MemberSlot>() == 4 * 64);
