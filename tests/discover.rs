@@ -702,6 +702,17 @@ fn two_names_that_share_an_address_share_one_member() {
     let member = apache.member_status("balancer://app", &four).expect("member");
     assert_eq!(member["state"], "ok", "{member}");
     assert!(shares(apache.addr(), 30, &[]).contains_key("app4"));
+    // b has it again, then a lets go of it: it takes b's settings (loadfactor 5).
+    both(&[2, 4], &[3, 4]);
+    thread::sleep(Duration::from_secs(TTL + 1));
+    both(&[2], &[3, 4]);
+    assert!(
+        wait_for(Duration::from_secs(TTL + 3), || apache
+            .member_status("balancer://app", &four)
+            .is_ok_and(|m| m["loadfactor"].as_f64() == Some(5.0) && m["state"] == "ok")),
+        "{:?}",
+        apache.member_status("balancer://app", &four)
+    );
     // Both drop it: drained and removed.
     both(&[2], &[3]);
     assert!(wait_for(Duration::from_secs(TTL + 3), || apache
@@ -824,4 +835,33 @@ fn startup_refuse_fails_the_start_where_the_admin_sees_it() {
         said.contains("LBDiscover http://nothere.test:8080") && said.contains("startup=refuse"),
         "{said}"
     );
+}
+
+#[test]
+fn with_startup_refuse_a_dns_outage_blocks_no_reload_stop_or_dump() {
+    let mut instances = Instances::new(Duration::ZERO);
+    instances.start(2);
+    let mut dns = Dnsmasq::start(&[], &[], TTL as u32).expect("dnsmasq");
+    set_hosts(&dns, &hosts("app.test", &[2]));
+    let discover = format!("http://app.test:{} resolver={} startup=refuse", instances.port, dns.addr());
+    let apache = apache(&discover, "lbmethod=byinflight", "", Mpm::Event);
+    dns.stop();
+    let conf = apache.dir().join("httpd.conf");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(lbrs_harness::apache::apache2_binary())
+            .arg("-f")
+            .arg(&conf)
+            .args(args)
+            .output()
+            .expect("apache2");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for args in [&["-M"][..], &["-S"], &["-t", "-D", "DUMP_RUN_CFG"], &["-k", "graceful"]] {
+        let (ok, said) = run(args);
+        assert!(ok && !said.contains("startup=refuse"), "apache2 {args:?}: {said}");
+    }
+    // The graceful restart happened, with the last good member.
+    assert!(wait_for(Duration::from_secs(10), || shares(apache.addr(), 2, &[]).get("app2") == Some(&2)));
+    let (ok, said) = run(&["-k", "stop"]);
+    assert!(ok, "apache2 -k stop: {said}");
 }

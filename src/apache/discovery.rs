@@ -395,6 +395,14 @@ fn entry_for(line: usize, standing: u8, worker: u32, target: &Target) -> Entry {
     }
 }
 
+/// A shared member one name let go of takes the loadfactor and lbset of the first name that
+/// still serves it.
+fn hand_over(discovery: &record::Discovery, worker: Worker) {
+    if let Some(owner) = discovery.of_worker(worker.index()).filter(|e| e.standing == SERVING) {
+        worker.set_weight(owner.loadfactor, owner.lbset);
+    }
+}
+
 /// With `LBSlowStart`, a member that joins or comes back starts its ramp now.
 fn ramp_up(slow_start: bool, segment: &Segment, slot: &crate::shm::BalancerSlot, worker: Worker) {
     if let Some(member) = segment.member_of(slot, worker.index() as usize).filter(|_| slow_start) {
@@ -412,7 +420,14 @@ static LOOKING: Mutex<()> = Mutex::new(());
 /// locks go: the resolver finishes the look in progress and stops.
 fn stop_resolver() {
     STOPPING.store(true, Ordering::Release);
-    drop(LOOKING.lock().unwrap_or_else(|e| e.into_inner()));
+    // Bounded: in prefork this runs in a signal handler of the main thread, which may hold a
+    // lock the look in progress waits for; the process exits either way.
+    for _ in 0..200 {
+        match LOOKING.try_lock() {
+            Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => return,
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 /// child_init (after every other module's): starts the resolver thread when a balancer
@@ -455,6 +470,10 @@ struct Resolver {
     answers: (Sender<Looked>, Receiver<Looked>),
     /// An answer that ended the last wait, followed at once.
     arrived: Option<Looked>,
+    /// Counts the times this process held the lease: an answer to a lookup started while it
+    /// held it before is not followed (another process may have followed newer ones since).
+    term: u64,
+    holding: bool,
     /// Lines that could not add a member (no slot, a full record, an address a
     /// `BalancerMember` has), each logged once.
     refused: Vec<(Balancer, usize, String)>,
@@ -463,6 +482,7 @@ struct Resolver {
 /// A lookup's result: for line `line` of balancer `balancer` (indexes into the resolver's
 /// list and the balancer's lines).
 struct Looked {
+    term: u64,
     balancer: usize,
     line: usize,
     result: Result<Found, String>,
@@ -483,6 +503,8 @@ impl Resolver {
             pending: Vec::new(),
             answers: mpsc::channel(),
             arrived: None,
+            term: 0,
+            holding: false,
             refused: Vec::new(),
         })
     }
@@ -508,8 +530,10 @@ impl Resolver {
                 );
                 std::thread::sleep(Duration::from_secs(10));
             }
-            // Until the next look, or until an answer comes (followed at once).
-            self.arrived = self.answers.1.recv_timeout(TICK).ok();
+            // Until the next look, or until an answer comes (followed at once). A process that
+            // does not resolve looks once a second whether it should.
+            let wait = if self.holding || !self.pending.is_empty() { TICK } else { TICK * 4 };
+            self.arrived = self.answers.1.recv_timeout(wait).ok();
         }
     }
 
@@ -528,10 +552,16 @@ impl Resolver {
         for looked in &arrived {
             self.pending.retain(|&p| p != (looked.balancer, looked.line));
         }
-        if !self.renew(segment) {
+        let held = self.renew(segment);
+        if held && !self.holding {
+            self.term += 1;
+        }
+        self.holding = held;
+        if !held {
             return;
         }
-        for looked in arrived {
+        let term = self.term;
+        for looked in arrived.into_iter().filter(|l| l.term == term) {
             self.follow(segment, looked);
         }
         for i in 0..self.balancers.len() {
@@ -553,12 +583,13 @@ impl Resolver {
     }
 
     fn start_lookup(&mut self, balancer: usize, line: usize, discover: Discover) {
-        let (answers, system) = (self.answers.0.clone(), Arc::clone(&self.system));
+        let (answers, system, term) = (self.answers.0.clone(), Arc::clone(&self.system), self.term);
         let started = process::spawn_quiet(
             "lbrs-dns",
             Box::new(move || {
-                let result = discover::lookup(&discover, &system);
-                let _ = answers.send(Looked { balancer, line, result });
+                let result = std::panic::catch_unwind(|| discover::lookup(&discover, &system))
+                    .unwrap_or_else(|_| Err("the lookup failed (internal error)".to_string()));
+                let _ = answers.send(Looked { term, balancer, line, result });
             }),
         );
         if started {
@@ -766,11 +797,18 @@ impl Resolver {
                         );
                     }
                 }
+                // Part of the answer failed: what it lacks may only be missing.
+                Change::Drain(_) if found.partial => {}
                 Change::Drain(i) => {
                     let (index, entry) = mine[i];
                     if served_elsewhere(entry.worker) {
-                        // Another name still has it: this line lets go of it, nothing more.
+                        // Another name still has it: this line lets go of it, and the member
+                        // takes the settings of the name that has it now.
                         discovery.set(index, Entry { standing: REMOVED, ..entry });
+                        if let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) {
+                            hand_over(discovery, *worker);
+                            touched = true;
+                        }
                         continue;
                     }
                     if let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) {
@@ -846,6 +884,8 @@ impl Resolver {
             let Some(worker) = workers.iter().find(|w| w.index() == entry.worker) else { continue };
             discovery.set(index, Entry { standing: REMOVED, ..entry });
             if served_elsewhere {
+                hand_over(discovery, *worker);
+                balancer.touch();
                 continue;
             }
             worker.set_flags(&[Flag::Disabled], &[Flag::Drain]);

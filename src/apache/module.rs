@@ -74,7 +74,7 @@ impl Module for LbMethodRs {
         // the terminal and the exit status, before httpd detaches.
         if errors.is_empty() && !crate::httpd::server::is_first_pass() {
             errors.extend(discovery::define_at_startup(main, pconf, startup::previous_segment().as_ref()));
-        } else if errors.is_empty() && !crate::httpd::server::is_config_test() {
+        } else if errors.is_empty() && crate::httpd::server::starts_a_server() {
             errors.extend(discovery::refuse_unresolved(main));
         }
         errors

@@ -29,6 +29,9 @@ pub struct Found {
     pub ttl: u32,
     /// The server that answered.
     pub server: SocketAddr,
+    /// Part of the answer failed (an address type or an SRV target timed out or got
+    /// SERVFAIL): what it has is added, but nothing missing from it is taken to be gone.
+    pub partial: bool,
 }
 
 /// Most targets taken from one answer.
@@ -73,9 +76,12 @@ fn lookup_at(
 ) -> Result<Option<Found>, Error> {
     let member = &discover.member;
     for name in names {
+        let mut partial = false;
         let (mut targets, ttl) = match &discover.name {
             Name::Addresses { port, .. } => {
-                let Some((addresses, ttl)) = addresses(server, name, discover.family, deadline)? else {
+                let Some((addresses, ttl)) =
+                    addresses(server, name, discover.family, deadline, &mut partial)?
+                else {
                     continue;
                 };
                 let targets = addresses
@@ -90,7 +96,9 @@ fn lookup_at(
                 (targets, ttl)
             }
             Name::Srv { .. } => {
-                let Some(found) = srv(server, name, discover.family, deadline)? else { continue };
+                let Some(found) = srv(server, name, discover.family, deadline, &mut partial)? else {
+                    continue;
+                };
                 found
             }
         };
@@ -98,18 +106,26 @@ fn lookup_at(
         targets.dedup_by_key(|t| (t.address, t.port));
         targets.truncate(MAX_TARGETS);
         if !targets.is_empty() {
-            return Ok(Some(Found { targets, ttl, server }));
+            return Ok(Some(Found { targets, ttl, server, partial }));
         }
     }
     Ok(None)
 }
 
-/// The addresses of `name` and their smallest TTL; `None` when it has none.
+/// Whether an error is the server's definite "no" (it refuses the question: dnsmasq without an
+/// upstream, for a type it has no record of) rather than a fault (no answer, SERVFAIL).
+fn definite(error: &Error) -> bool {
+    matches!(error, Error::Server(5))
+}
+
+/// The addresses of `name` and their smallest TTL; `None` when it has none. `partial` is set
+/// when a type failed by a fault while another gave addresses.
 fn addresses(
     server: SocketAddr,
     name: &str,
     family: Family,
     deadline: Instant,
+    partial: &mut bool,
 ) -> Result<Option<(Vec<IpAddr>, u32)>, Error> {
     let types: &[u16] = match family {
         Family::Any => &[dns::A, dns::AAAA],
@@ -123,6 +139,7 @@ fn addresses(
         let response = match dns::ask(server, name, qtype, deadline) {
             Ok(response) => response,
             Err(error) => {
+                *partial |= !definite(&error);
                 failure.get_or_insert(error);
                 continue;
             }
@@ -151,6 +168,7 @@ fn srv(
     name: &str,
     family: Family,
     deadline: Instant,
+    partial: &mut bool,
 ) -> Result<Option<(Vec<Target>, u32)>, Error> {
     let response = dns::ask(server, name, dns::SRV, deadline)?;
     let mut ttl = u32::MAX;
@@ -177,10 +195,11 @@ fn srv(
             // Each target asked gets a share of the time left; one that fails is left out.
             let left = deadline.saturating_duration_since(Instant::now());
             let own = Instant::now() + left / (records.len() - k) as u32;
-            match addresses(server, target, family, own) {
+            match addresses(server, target, family, own, partial) {
                 Ok(Some(found)) => found,
                 Ok(None) => continue,
                 Err(error) => {
+                    *partial |= !definite(&error);
                     failure.get_or_insert(error);
                     continue;
                 }

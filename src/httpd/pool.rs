@@ -21,7 +21,6 @@ impl Pool {
         self.0.as_ptr()
     }
 
-    /// Runs `work` on `data` when the pool is cleared or destroyed.
     /// Runs `work` when the pool is cleared or destroyed, before anything else of it is (its
     /// subpools, its other cleanups): for a thread that must stop using what the pool holds.
     pub fn before_destroy(self, work: fn()) {
@@ -37,6 +36,7 @@ impl Pool {
         unsafe { ffi::apr_pool_pre_cleanup_register(self.raw(), work as *const c_void, Some(run)) };
     }
 
+    /// Runs `work` on `data` when the pool is cleared or destroyed.
     pub(super) fn on_clear_with<D: 'static>(self, data: &'static D, work: fn(&'static D)) {
         self.adopt(Deferred { data, work });
     }

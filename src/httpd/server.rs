@@ -77,10 +77,17 @@ pub fn is_first_pass() -> bool {
     unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE) == ffi::AP_SQ_MS_CREATE_PRE_CONFIG }
 }
 
-/// True in `apachectl -t` (and `-S`, `-M` and the like): the configuration is only checked.
-pub fn is_config_test() -> bool {
+/// True when this invocation of httpd is to start a server: not `apachectl -t`, `-S`, `-M` or
+/// `-D DUMP_...` (which only read the configuration), and not `-k stop`, `graceful`,
+/// `restart` or `graceful-stop` (which only signal the running server, after reading the
+/// configuration as a start would).
+pub fn starts_a_server() -> bool {
     // SAFETY: a plain query.
-    unsafe { ffi::ap_state_query(ffi::AP_SQ_RUN_MODE) == ffi::AP_SQ_RM_CONFIG_TEST }
+    let normal = unsafe { ffi::ap_state_query(ffi::AP_SQ_RUN_MODE) } == ffi::AP_SQ_RM_NORMAL;
+    let arguments = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let arguments: Vec<&[u8]> = arguments.split(|&b| b == 0).collect();
+    let signal = arguments.windows(2).find(|pair| pair[0] == b"-k").map(|pair| pair[1]);
+    normal && signal.is_none_or(|action| action == b"start")
 }
 
 /// The most child processes the MPM may run (`ServerLimit`), if it says.

@@ -83,9 +83,10 @@ impl Discovery {
         (0..known).filter_map(|i| Some((i, self.members[i].read()?)))
     }
 
-    /// The entry of httpd worker `worker`, if a name gave it.
+    /// The entry of httpd worker `worker`: the first one serving it, else the first one.
     pub fn of_worker(&self, worker: u32) -> Option<Entry> {
-        self.entries().map(|(_, e)| e).find(|e| e.worker == worker)
+        let mine = || self.entries().map(|(_, e)| e).filter(|e| e.worker == worker);
+        mine().find(|e| e.standing == SERVING).or_else(|| mine().next())
     }
 
     /// Records a new member; `None` when the record is full. One writer (the lease holder).
