@@ -84,10 +84,15 @@ fn main() {
 /// | cfg | set when |
 /// |---|---|
 /// | `lbrs_worker_name_ex` | `proxy_worker_shared` has `name_ex`, the full member URL (2.4.53 and later); older releases keep only the 96-byte `name` |
+/// | `lbrs_hc_http11` | mod_proxy_hcheck has the HTTP/1.1 methods `OPTIONS11`, `HEAD11`, `GET11` (not in 2.4.37) |
 fn probe_differences(bindings: &str) {
     println!("cargo::rustc-check-cfg=cfg(lbrs_worker_name_ex)");
     if struct_has_field(bindings, "proxy_worker_shared", "name_ex") {
         println!("cargo::rustc-cfg=lbrs_worker_name_ex");
+    }
+    println!("cargo::rustc-check-cfg=cfg(lbrs_hc_http11)");
+    if bindings.contains("pub const GET11:") {
+        println!("cargo::rustc-cfg=lbrs_hc_http11");
     }
 }
 

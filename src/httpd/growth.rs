@@ -40,8 +40,11 @@ fn hc_method(name: &str) -> Option<ffi::hcmethod_t> {
         "OPTIONS" => ffi::OPTIONS,
         "HEAD" => ffi::HEAD,
         "GET" => ffi::GET,
+        #[cfg(lbrs_hc_http11)]
         "OPTIONS11" => ffi::OPTIONS11,
+        #[cfg(lbrs_hc_http11)]
         "HEAD11" => ffi::HEAD11,
+        #[cfg(lbrs_hc_http11)]
         "GET11" => ffi::GET11,
         _ => return None,
     })
