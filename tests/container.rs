@@ -32,7 +32,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -78,32 +77,9 @@ fn unfit() -> Option<String> {
     None
 }
 
-/// Runs `command` to its end within `within`, in a process group of its own: after that the
-/// whole group is killed (mmdebstrap's apt and dpkg, podman's helpers), not only the command,
-/// and this fails. Its output, whatever its exit status.
+/// Runs `command` (in a process group of its own, killed whole at the timeout).
 fn try_run(command: &mut Command, within: Duration) -> Result<Output, String> {
-    let what = format!("{command:?}");
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    let group = child.id() as i32;
-    let (done, finished) = mpsc::channel();
-    // The waiting thread reads both pipes to the end, so a talkative command cannot block.
-    thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match finished.recv_timeout(within) {
-        Ok(Ok(output)) => Ok(output),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => {
-            os::signal_group(group, libc::SIGKILL);
-            Err(format!("{what} did not finish within {within:?}: its process group was killed"))
-        }
-    }
+    lbrs_harness::netns::run(command, within)
 }
 
 /// As [`try_run`], and a failure to run is a panic.
@@ -463,19 +439,7 @@ fn walk(dir: &Path) -> Vec<String> {
 
 /// The package, built by scripts/build-deb.sh (lintian is tests/debian_package.rs's part).
 fn package() -> PathBuf {
-    let started = Instant::now();
-    let output = run(
-        Command::new(workspace().join("scripts/build-deb.sh"))
-            .current_dir(workspace())
-            .env("LBRS_LINTIAN", "0"),
-        Duration::from_secs(1500),
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "scripts/build-deb.sh failed ({}):\n{stderr}", output.status);
-    let deb = PathBuf::from(String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or("").trim());
-    assert!(deb.is_file(), "scripts/build-deb.sh printed no package: {deb:?}\n{stderr}");
-    eprintln!("built {} in {:.0?}", deb.display(), started.elapsed());
-    deb
+    lbrs_harness::system::build_package(false, Duration::from_secs(1500))
 }
 
 /// The base image and then the Dockerfile's image, in `podman`'s store.

@@ -51,21 +51,10 @@ fn machine() -> Option<MutexGuard<'static, ()>> {
 fn package() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
-        let started = Instant::now();
         // The module as built last may be another version's (package_at shares the cargo
         // directory).
         forget_built_module();
-        let output = Command::new(workspace().join("scripts/build-deb.sh"))
-            .current_dir(workspace())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/build-deb.sh");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "scripts/build-deb.sh failed ({}):\n{stderr}", output.status);
-        let deb = PathBuf::from(String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or("").trim());
-        assert!(deb.is_file(), "scripts/build-deb.sh printed no package: {deb:?}\n{stderr}");
-        eprintln!("built {} in {:.0?}", deb.display(), started.elapsed());
-        deb
+        system::build_package(true, Duration::from_secs(1500))
     })
 }
 

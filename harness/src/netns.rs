@@ -44,16 +44,18 @@ const NETNS_ETC_DIR: &str = "/etc/netns";
 
 pub use crate::os::is_root;
 
-/// Runs `command` to its end, for at most `within`; after that it is killed and this fails.
+/// Runs `command` to its end, for at most `within`; after that its process group (it runs in
+/// one of its own) is killed and this fails.
 pub fn run(command: &mut Command, within: Duration) -> Result<Output, String> {
     let what = format!("{command:?}");
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run {what}: {e}"))?;
-    let pid = child.id() as i32;
+    let group = child.id() as i32;
     let (done, finished) = mpsc::channel();
     // The waiting thread reads both pipes to the end, so a talkative command cannot block.
     thread::spawn(move || {
@@ -63,8 +65,8 @@ pub fn run(command: &mut Command, within: Duration) -> Result<Output, String> {
         Ok(Ok(output)) => Ok(output),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Err(_) => {
-            os::signal(pid, libc::SIGKILL);
-            Err(format!("{what} did not finish within {within:?}"))
+            os::signal_group(group, libc::SIGKILL);
+            Err(format!("{what} did not finish within {within:?}: its process group was killed"))
         }
     }
 }

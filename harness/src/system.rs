@@ -422,3 +422,20 @@ fn remove_any(path: &Path) -> Option<String> {
         Err(e) => format!("could not remove {}: {e}", path.display()),
     })
 }
+
+/// The Debian package, built by `scripts/build-deb.sh` (which also runs lintian when `lintian`),
+/// for the tests of the package and of the container image: its path. Panics, with the
+/// script's output, when it fails or takes longer than `within`.
+pub fn build_package(lintian: bool, within: Duration) -> PathBuf {
+    let started = Instant::now();
+    let root = crate::recipe::workspace_root();
+    let mut command = Command::new(root.join("scripts/build-deb.sh"));
+    command.current_dir(&root).env("LBRS_LINTIAN", if lintian { "1" } else { "0" });
+    let output = crate::netns::run(&mut command, within).unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "scripts/build-deb.sh failed ({}):\n{stderr}", output.status);
+    let deb = PathBuf::from(String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or("").trim());
+    assert!(deb.is_file(), "scripts/build-deb.sh printed no package: {deb:?}\n{stderr}");
+    eprintln!("built {} in {:.0?}", deb.display(), started.elapsed());
+    deb
+}
